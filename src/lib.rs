@@ -1,0 +1,56 @@
+//! miwv: pick the instruction-tuning samples a given LLM will learn most from.
+//!
+//! MIWV (Model Instruction Weakness Value, Jiang et al., arXiv 2511.07074) scores each sample by
+//! how much a similar sample, shown as a one-shot example, changes the model's loss on its
+//! response: `MIWV = L(y | example, x) - L(y | x)`. Higher is selected first.
+//!
+//! The modules follow the pipeline: [`dataset`] -> [`prompt`] -> [`embed`] -> [`neighbours`]
+//! -> [`plan`] / [`engine`] -> [`score`] -> [`select`] -> [`output`]; [`run`] wires them
+//! together and [`config`] checks the settings first.
+
+#![deny(missing_docs)]
+
+pub mod config;
+pub mod dataset;
+pub mod embed;
+pub mod engine;
+pub mod neighbours;
+pub mod output;
+pub mod plan;
+pub mod prompt;
+pub mod run;
+pub mod score;
+pub mod select;
+
+use std::path::PathBuf;
+
+/// Any failure of a run, by the step that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Inconsistent settings.
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    /// Unreadable or malformed dataset.
+    #[error(transparent)]
+    Dataset(#[from] dataset::DatasetError),
+    /// The dataset has no records.
+    #[error("{0}: the dataset has no records")]
+    EmptyDataset(PathBuf),
+    /// llama.cpp failed.
+    #[error(transparent)]
+    Engine(#[from] engine::EngineError),
+    /// FAISS failed.
+    #[error(transparent)]
+    Neighbours(#[from] neighbours::NeighbourError),
+    /// An output file could not be written.
+    #[error(transparent)]
+    Output(#[from] output::OutputError),
+    /// Other file-system failures.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}

@@ -1,0 +1,143 @@
+//! The `miwv` command line: parses flags, builds a checked configuration, calls the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use miwv::config::{EmbedModel, SelectConfig};
+use miwv::engine::ContextSizes;
+use miwv::prompt::Template;
+use miwv::select::Budget;
+
+/// Pick the instruction-tuning samples a model learns most from (MIWV).
+#[derive(Parser)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    /// Log more (-v: debug, -vv: trace, llama.cpp's log included). RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Score every sample and write the top share by MIWV.
+    #[command(after_help = "Example:\n  miwv select examples/alpaca-mini.json -o out --ratio 0.1")]
+    Select(SelectArgs),
+}
+
+#[derive(Args)]
+struct SelectArgs {
+    /// Dataset: a JSON array or JSON Lines of {instruction, input?, output, id?}.
+    data: PathBuf,
+    /// Output directory for scores.jsonl, selected.jsonl and run.json.
+    #[arg(short, long, default_value = "miwv-out")]
+    out: PathBuf,
+    /// GGUF scoring model.
+    #[arg(short = 'm', long, default_value = "ggml-models/SmolLM2-135M-Instruct.Q4_1.gguf")]
+    model: PathBuf,
+    /// GGUF embedding model for retrieval, or `self` to mean-pool the scoring model.
+    #[arg(long, default_value = "ggml-models/nomic-embed-text-v1.5.f16.gguf")]
+    embed_model: String,
+    /// Text put before each retrieval text [default: the embedder's convention, e.g.
+    /// "search_document: " for nomic-embed].
+    #[arg(long)]
+    embed_prefix: Option<String>,
+    /// Prompt template.
+    #[arg(long, value_enum, default_value_t = Template::Alpaca)]
+    template: Template,
+    /// Share of samples to keep, in (0, 1].
+    #[arg(short, long, default_value_t = 0.05, conflicts_with = "count")]
+    ratio: f64,
+    /// Exact number of samples to keep (instead of --ratio).
+    #[arg(short = 'n', long)]
+    count: Option<usize>,
+    /// End each response with the model's EOS token (scored with the response).
+    #[arg(long)]
+    append_eos: bool,
+    /// Longest sequence in tokens (example + target); each parallel sequence gets this much KV.
+    #[arg(short = 'c', long, default_value_t = 2048)]
+    ctx_size: usize,
+    /// Sequences decoded together.
+    #[arg(long, default_value_t = 4)]
+    parallel: usize,
+    /// Most tokens per decode call (at least --ctx-size).
+    #[arg(short = 'b', long, default_value_t = 2048)]
+    batch_size: usize,
+    /// Most tokens per compute step.
+    #[arg(long = "ubatch-size", default_value_t = 512)]
+    ubatch_size: usize,
+    /// CPU threads [default: all cores].
+    #[arg(short = 't', long)]
+    threads: Option<usize>,
+    /// Layers to offload to the GPU (builds with the cuda, metal or vulkan feature).
+    #[arg(long = "n-gpu-layers", visible_alias = "ngl", default_value_t = 0)]
+    n_gpu_layers: u32,
+}
+
+impl SelectArgs {
+    fn into_config(self) -> SelectConfig {
+        let threads = self
+            .threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
+        SelectConfig {
+            data: self.data,
+            out_dir: self.out,
+            model: self.model,
+            embed_model: match self.embed_model.as_str() {
+                "self" => EmbedModel::Scoring,
+                path => EmbedModel::File(path.into()),
+            },
+            embed_prefix: self.embed_prefix,
+            template: self.template,
+            budget: self.count.map_or(Budget::Ratio(self.ratio), Budget::Count),
+            append_eos: self.append_eos,
+            sizes: ContextSizes {
+                ctx_per_sequence: self.ctx_size,
+                parallel: self.parallel,
+                batch: self.batch_size,
+                ubatch: self.ubatch_size,
+                threads,
+            },
+            gpu_layers: self.n_gpu_layers,
+        }
+    }
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "miwv=info,warn",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    let result = match cli.command {
+        Command::Select(args) => miwv::run::select(&args.into_config()).map(|summary| {
+            println!(
+                "scored {} of {} samples; selected {}",
+                summary.scored, summary.samples, summary.selected_count
+            );
+            println!("scores:   {}", summary.scores.display());
+            println!("selected: {}", summary.selected.display());
+            println!("run:      {}", summary.run.display());
+        }),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("miwv: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,103 @@
+//! Writing a run's results: `scores.jsonl`, `selected.jsonl` and `run.json`.
+//!
+//! Each file is written to a temporary name and renamed into place, so a crash never leaves a
+//! half-written file that looks complete.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::prompt::Unscorable;
+
+/// One line of `scores.jsonl`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ScoreRow {
+    /// The sample's id.
+    pub id: String,
+    /// Its 0-based position in the dataset.
+    pub index: usize,
+    /// One-shot loss minus zero-shot loss; null when undefined.
+    pub miwv: f32,
+    /// Mean response loss given the sample's own prompt.
+    pub loss_zero_shot: f32,
+    /// Mean response loss with the neighbour as a one-shot example.
+    pub loss_one_shot: f32,
+    /// Why `miwv` is undefined.
+    pub reason: Option<Unscorable>,
+    /// The example's id.
+    pub neighbour_id: Option<String>,
+    /// The example's index.
+    pub neighbour_index: Option<usize>,
+    /// Cosine similarity to the example.
+    pub similarity: Option<f32>,
+    /// Scored tokens (the response, EOS included when appended).
+    pub response_tokens: usize,
+    /// Tokens before the response in the zero-shot sequence (BOS and prompt).
+    pub prompt_tokens_zero_shot: usize,
+    /// Tokens before the response in the one-shot sequence (BOS, example, separator, prompt).
+    pub prompt_tokens_one_shot: usize,
+    /// Example tokens cut from the left to fit the context.
+    pub example_tokens_dropped: usize,
+    /// Whether the sample is in `selected.jsonl`.
+    pub selected: bool,
+    /// 1-based rank by MIWV among scored samples.
+    pub rank: Option<usize>,
+}
+
+/// Writes `path` atomically: a temporary file in the same directory, synced, then renamed.
+///
+/// # Errors
+/// The I/O error, with the path.
+pub fn write_atomically(
+    path: &Path,
+    write: impl FnOnce(&mut BufWriter<File>) -> std::io::Result<()>,
+) -> Result<(), OutputError> {
+    let fail = |source| OutputError {
+        path: path.to_path_buf(),
+        source,
+    };
+    let tmp = path.with_extension("tmp");
+    let file = File::create(&tmp).map_err(fail)?;
+    let mut out = BufWriter::new(file);
+    write(&mut out).map_err(fail)?;
+    let file = out.into_inner().map_err(|e| fail(e.into_error()))?;
+    file.sync_all().map_err(fail)?;
+    std::fs::rename(&tmp, path).map_err(fail)
+}
+
+/// Writes one JSON value per line.
+///
+/// # Errors
+/// The I/O error, with the path.
+pub fn write_jsonl<T: Serialize>(path: &Path, rows: impl IntoIterator<Item = T>) -> Result<(), OutputError> {
+    write_atomically(path, |out| {
+        for row in rows {
+            serde_json::to_writer(&mut *out, &row)?;
+            out.write_all(b"\n")?;
+        }
+        Ok(())
+    })
+}
+
+/// Writes pretty-printed JSON.
+///
+/// # Errors
+/// The I/O error, with the path.
+pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), OutputError> {
+    write_atomically(path, |out| {
+        serde_json::to_writer_pretty(&mut *out, value)?;
+        out.write_all(b"\n")
+    })
+}
+
+/// An output file could not be written.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {source}")]
+pub struct OutputError {
+    /// The file being written.
+    pub path: PathBuf,
+    /// The I/O error.
+    pub source: std::io::Error,
+}

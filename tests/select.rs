@@ -1,0 +1,164 @@
+//! `miwv select` end to end, and retrieval with the real embedding model and FAISS.
+
+mod common;
+
+use std::process::Command;
+
+use miwv::dataset::read_dataset;
+use miwv::embed::{default_prefix, embed_samples};
+use miwv::engine::{Embedder, Model};
+use miwv::neighbours::nearest_others;
+use serde_json::Value;
+
+fn miwv() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_miwv"));
+    cmd.current_dir(common::root());
+    cmd
+}
+
+fn read_jsonl(path: &std::path::Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn the_neighbour_of_a_near_paraphrase_is_its_paraphrase() {
+    let samples = read_dataset(&common::examples()).unwrap();
+    let model = Model::load(&common::embedding_model(), 0).unwrap();
+    let prefix = default_prefix(model.info().architecture.as_deref());
+    let mut embedder = Embedder::new(&model, common::threads()).unwrap();
+    let (vectors, dim) = embed_samples(&mut embedder, &samples, prefix).unwrap();
+    assert_eq!(dim, 768);
+    let found = nearest_others(&vectors, dim).unwrap();
+    for (a, b) in common::PARAPHRASES {
+        let (na, nb) = (found[a].unwrap(), found[b].unwrap());
+        assert_eq!(na.index, b, "{} should retrieve {}", samples[a].id, samples[b].id);
+        assert_eq!(nb.index, a, "{} should retrieve {}", samples[b].id, samples[a].id);
+        assert!(na.similarity > 0.8 && na.similarity <= 1.0 + 1e-5);
+    }
+    for (i, n) in found.iter().enumerate() {
+        assert_ne!(n.unwrap().index, i, "a sample is never its own neighbour");
+    }
+}
+
+#[test]
+fn select_writes_scores_selection_and_run_record() {
+    // 40 samples, one of them duplicated at the end: 41 records.
+    let dir = tempfile::tempdir().unwrap();
+    let all: Vec<Value> = serde_json::from_str(&std::fs::read_to_string(common::examples()).unwrap()).unwrap();
+    let mut records: Vec<Value> = all[..40].to_vec();
+    let mut duplicate = records[7].clone();
+    duplicate["id"] = "dup-of-ex-008".into();
+    records.push(duplicate);
+    let data = dir.path().join("data.jsonl");
+    let lines: Vec<String> = records.iter().map(|r| r.to_string()).collect();
+    std::fs::write(&data, lines.join("\n") + "\n").unwrap();
+    let out = dir.path().join("out");
+
+    let status = miwv()
+        .args(["select", data.to_str().unwrap(), "--out", out.to_str().unwrap(), "--ratio", "0.1"])
+        .status()
+        .unwrap();
+    assert!(status.success());
+
+    let scores = read_jsonl(&out.join("scores.jsonl"));
+    assert_eq!(scores.len(), 41);
+    for (i, row) in scores.iter().enumerate() {
+        assert_eq!(row["index"], i);
+        assert_eq!(row["id"], records[i]["id"]);
+        let zero = row["loss_zero_shot"].as_f64().unwrap();
+        let one = row["loss_one_shot"].as_f64().unwrap();
+        let miwv = row["miwv"].as_f64().unwrap();
+        assert!((miwv - (one - zero)).abs() < 1e-5);
+        assert!(row["reason"].is_null());
+        assert!(row["response_tokens"].as_u64().unwrap() > 0);
+        assert!(row["prompt_tokens_one_shot"].as_u64() > row["prompt_tokens_zero_shot"].as_u64());
+        assert_ne!(row["neighbour_index"], i);
+    }
+    // The duplicate and its original retrieve each other and score clearly negative.
+    assert_eq!(scores[40]["neighbour_index"], 7);
+    assert_eq!(scores[7]["neighbour_index"], 40);
+    assert!(scores[40]["miwv"].as_f64().unwrap() < -0.3);
+
+    // floor(41 * 0.1) = 4 selected: the four highest MIWV, unchanged records, input order.
+    let selected = read_jsonl(&out.join("selected.jsonl"));
+    assert_eq!(selected.len(), 4);
+    let mut by_score: Vec<(f64, usize)> =
+        scores.iter().map(|r| (r["miwv"].as_f64().unwrap(), r["index"].as_u64().unwrap() as usize)).collect();
+    by_score.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+    let mut top: Vec<usize> = by_score[..4].iter().map(|&(_, i)| i).collect();
+    top.sort();
+    let expected: Vec<Value> = top.iter().map(|&i| records[i].clone()).collect();
+    assert_eq!(selected, expected);
+    assert_eq!(scores.iter().filter(|r| r["selected"] == true).count(), 4);
+
+    let run: Value = serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).unwrap()).unwrap();
+    assert_eq!(run["samples"], 41);
+    assert_eq!(run["selected"], 4);
+    assert_eq!(run["template"], "alpaca");
+    assert_eq!(run["budget"]["ratio"], 0.1);
+    assert_eq!(
+        run["scoring_model"]["sha256"],
+        "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+    );
+    assert_eq!(run["scoring_model"]["quantisation"], "Q4_1");
+    assert_eq!(run["scoring_model"]["architecture"], "llama");
+    assert_eq!(run["embedder"]["model"]["architecture"], "nomic-bert");
+    assert!(run["tool"].as_str().unwrap().starts_with("miwv "));
+}
+
+#[test]
+fn unscorable_samples_are_nan_with_a_reason_and_never_selected() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("d.json");
+    std::fs::write(
+        &data,
+        r#"[
+ {"id": "empty", "instruction": "Say nothing.", "output": ""},
+ {"id": "a", "instruction": "Name a primary colour.", "output": "Red is a primary colour."},
+ {"id": "b", "instruction": "Name a warm colour.", "output": "Orange is a warm colour."}
+]"#,
+    )
+    .unwrap();
+    let out = dir.path().join("out");
+    let status = miwv()
+        .args(["select", data.to_str().unwrap(), "-o", out.to_str().unwrap(), "--count", "3", "--embed-model", "self"])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let scores = read_jsonl(&out.join("scores.jsonl"));
+    assert!(scores[0]["miwv"].is_null());
+    assert_eq!(scores[0]["reason"], "empty_response");
+    assert_eq!(scores[0]["selected"], false);
+    let selected = read_jsonl(&out.join("selected.jsonl"));
+    assert_eq!(selected.len(), 2, "NaN is never selected, even when the count allows it");
+}
+
+#[test]
+fn bad_input_fails_with_file_line_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("bad.jsonl");
+    std::fs::write(&data, "{\"instruction\": \"a\", \"output\": \"b\"}\n{\"instruction\": 3, \"output\": \"b\"}\n").unwrap();
+    let out = miwv()
+        .args(["select", data.to_str().unwrap(), "-o", dir.path().join("o").to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("bad.jsonl: line 2, record 1: field `instruction`: expected a string"), "{stderr}");
+
+    let good = dir.path().join("good.jsonl");
+    std::fs::write(&good, "{\"instruction\": \"a\", \"output\": \"b\"}\n").unwrap();
+    for (model, problem) in [("no/such/model.gguf", "cannot read the model file"), ("README.md", "not a GGUF file")] {
+        let out = miwv()
+            .args(["select", good.to_str().unwrap(), "-m", model, "-o", dir.path().join("o").to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(model) && stderr.contains(problem), "{stderr}");
+    }
+}
