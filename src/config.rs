@@ -63,7 +63,10 @@ impl SelectConfig {
             _ => {}
         }
         if s.ctx_per_sequence < 16 {
-            return fail(format!("--ctx-size must be at least 16, got {}", s.ctx_per_sequence));
+            return fail(format!(
+                "--ctx-size must be at least 16, got {}",
+                s.ctx_per_sequence
+            ));
         }
         if s.parallel == 0 || s.parallel > 256 {
             return fail(format!("--parallel must be 1..=256, got {}", s.parallel));

@@ -150,7 +150,10 @@ fn split_records(text: &str) -> Result<Vec<(Location, Value)>, RecordError> {
                         line: lines.line_of(pos),
                         record: records.len(),
                     };
-                    return Err((at, format!("expected `,` or `]` after a record, found `{c}`")));
+                    return Err((
+                        at,
+                        format!("expected `,` or `]` after a record, found `{c}`"),
+                    ));
                 }
                 None => {
                     let at = Location {
@@ -221,7 +224,10 @@ fn sample_from(value: Value, at: Location) -> Result<Sample, (String, String)> {
             Some(Value::String(s)) => Ok(s.clone()),
             Some(Value::Null) | None if !required => Ok(String::new()),
             None => Err((name.into(), "missing".into())),
-            Some(other) => Err((name.into(), format!("expected a string, found {}", kind(other)))),
+            Some(other) => Err((
+                name.into(),
+                format!("expected a string, found {}", kind(other)),
+            )),
         }
     };
     let instruction = text_field("instruction", true)?;
@@ -283,7 +289,11 @@ mod tests {
         assert_eq!(a[1].id, "1");
         assert_eq!(a[1].input, "");
         let keys: Vec<_> = a[0].record.keys().cloned().collect();
-        assert_eq!(keys, ["instruction", "input", "output", "id"], "field order kept");
+        assert_eq!(
+            keys,
+            ["instruction", "input", "output", "id"],
+            "field order kept"
+        );
     }
 
     #[test]
@@ -292,26 +302,49 @@ mod tests {
         let err = read(text, "bad.json").unwrap_err().to_string();
         assert!(err.contains("bad.json"), "{err}");
         assert!(err.contains("line 3, record 1"), "{err}");
-        assert!(err.contains("field `output`: expected a string, found a number"), "{err}");
+        assert!(
+            err.contains("field `output`: expected a string, found a number"),
+            "{err}"
+        );
 
-        let err = read("{\"output\": \"x\"}\n", "m.jsonl").unwrap_err().to_string();
-        assert!(err.contains("line 1, record 0: field `instruction`: missing"), "{err}");
+        let err = read("{\"output\": \"x\"}\n", "m.jsonl")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("line 1, record 0: field `instruction`: missing"),
+            "{err}"
+        );
     }
 
     #[test]
     fn invalid_json_names_the_record() {
-        let text = "{\"instruction\": \"a\", \"output\": \"b\"}\n{\"instruction\": \"c\", \"output\": }\n";
+        let text =
+            "{\"instruction\": \"a\", \"output\": \"b\"}\n{\"instruction\": \"c\", \"output\": }\n";
         let err = read(text, "x.jsonl").unwrap_err().to_string();
-        assert!(err.contains("x.jsonl: line 2, record 1: invalid JSON"), "{err}");
+        assert!(
+            err.contains("x.jsonl: line 2, record 1: invalid JSON"),
+            "{err}"
+        );
 
-        let truncated = "[\n {\"instruction\": \"a\", \"output\": \"b\"},\n {\"instruction\": \"c\", \"outp";
+        let truncated =
+            "[\n {\"instruction\": \"a\", \"output\": \"b\"},\n {\"instruction\": \"c\", \"outp";
         let err = read(truncated, "t.json").unwrap_err().to_string();
-        assert!(err.contains("t.json: line 3, record 1: invalid JSON"), "{err}");
+        assert!(
+            err.contains("t.json: line 3, record 1: invalid JSON"),
+            "{err}"
+        );
 
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("latin1.jsonl");
-        std::fs::write(&path, b"{\"instruction\": \"a\", \"output\": \"b\"}\n{\"instruction\": \"caf\xe9\"}\n").unwrap();
+        std::fs::write(
+            &path,
+            b"{\"instruction\": \"a\", \"output\": \"b\"}\n{\"instruction\": \"caf\xe9\"}\n",
+        )
+        .unwrap();
         let err = read_dataset(&path).unwrap_err().to_string();
-        assert!(err.contains("latin1.jsonl: line 2: not valid UTF-8"), "{err}");
+        assert!(
+            err.contains("latin1.jsonl: line 2: not valid UTF-8"),
+            "{err}"
+        );
     }
 }

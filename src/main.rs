@@ -35,7 +35,11 @@ struct SelectArgs {
     #[arg(short, long, default_value = "miwv-out")]
     out: PathBuf,
     /// GGUF scoring model.
-    #[arg(short = 'm', long, default_value = "ggml-models/SmolLM2-135M-Instruct.Q4_1.gguf")]
+    #[arg(
+        short = 'm',
+        long,
+        default_value = "ggml-models/SmolLM2-135M-Instruct.Q4_1.gguf"
+    )]
     model: PathBuf,
     /// GGUF embedding model for retrieval, or `self` to mean-pool the scoring model.
     #[arg(long, default_value = "ggml-models/nomic-embed-text-v1.5.f16.gguf")]

@@ -31,26 +31,40 @@ const TIE: f32 = 1e-6;
 ///
 /// # Errors
 /// [`NeighbourError`] when FAISS fails.
-pub fn nearest_others(vectors: &[f32], dim: usize) -> Result<Vec<Option<Neighbour>>, NeighbourError> {
-    let n = if dim == 0 { 0 } else { vectors.len() / dim };
+pub fn nearest_others(
+    vectors: &[f32],
+    dim: usize,
+) -> Result<Vec<Option<Neighbour>>, NeighbourError> {
+    let n = vectors.len().checked_div(dim).unwrap_or(0);
     if n < 2 {
         return Ok(vec![None; n]);
     }
     let fail = |e: faiss::error::Error| NeighbourError(e.to_string());
-    let mut index: IndexImpl = faiss::index_factory(dim as u32, "Flat", MetricType::InnerProduct).map_err(fail)?;
+    let mut index: IndexImpl =
+        faiss::index_factory(dim as u32, "Flat", MetricType::InnerProduct).map_err(fail)?;
     index.add(vectors).map_err(fail)?;
     // The query itself, an exact duplicate or two, and a margin to see a tie end.
     let mut k = n.min(4);
     let result = index.search(vectors, k).map_err(fail)?;
     let mut found: Vec<Option<Neighbour>> = (0..n)
-        .map(|i| best_other(i, &result.labels[i * k..(i + 1) * k], &result.distances[i * k..(i + 1) * k]))
+        .map(|i| {
+            best_other(
+                i,
+                &result.labels[i * k..(i + 1) * k],
+                &result.distances[i * k..(i + 1) * k],
+            )
+        })
         .collect();
     // Rows whose tie may continue past the k results are searched again, wider.
-    let mut unsettled: Vec<usize> = (0..n).filter(|&i| tie_reaches_end(&result.distances[i * k..(i + 1) * k], found[i])).collect();
+    let mut unsettled: Vec<usize> = (0..n)
+        .filter(|&i| tie_reaches_end(&result.distances[i * k..(i + 1) * k], found[i]))
+        .collect();
     while !unsettled.is_empty() && k < n {
         k = (k * 4).min(n);
         for i in std::mem::take(&mut unsettled) {
-            let row = index.search(&vectors[i * dim..(i + 1) * dim], k).map_err(fail)?;
+            let row = index
+                .search(&vectors[i * dim..(i + 1) * dim], k)
+                .map_err(fail)?;
             found[i] = best_other(i, &row.labels, &row.distances);
             if tie_reaches_end(&row.distances, found[i]) {
                 unsettled.push(i);
@@ -121,6 +135,9 @@ mod tests {
 
     #[test]
     fn a_single_sample_has_no_neighbour() {
-        assert_eq!(nearest_others(&rows(&[[1.0, 2.0, 3.0]]), 3).unwrap(), vec![None]);
+        assert_eq!(
+            nearest_others(&rows(&[[1.0, 2.0, 3.0]]), 3).unwrap(),
+            vec![None]
+        );
     }
 }

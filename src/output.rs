@@ -71,7 +71,10 @@ pub fn write_atomically(
 ///
 /// # Errors
 /// The I/O error, with the path.
-pub fn write_jsonl<T: Serialize>(path: &Path, rows: impl IntoIterator<Item = T>) -> Result<(), OutputError> {
+pub fn write_jsonl<T: Serialize>(
+    path: &Path,
+    rows: impl IntoIterator<Item = T>,
+) -> Result<(), OutputError> {
     write_atomically(path, |out| {
         for row in rows {
             serde_json::to_writer(&mut *out, &row)?;

@@ -23,9 +23,14 @@ pub fn pack(lengths: &[usize], capacity: Capacity) -> Vec<Vec<usize>> {
     let mut batches: Vec<Vec<usize>> = Vec::new();
     let mut used = 0;
     for i in order {
-        assert!(lengths[i] <= capacity.tokens, "sequence {i} exceeds the batch");
+        assert!(
+            lengths[i] <= capacity.tokens,
+            "sequence {i} exceeds the batch"
+        );
         match batches.last_mut() {
-            Some(batch) if used + lengths[i] <= capacity.tokens && batch.len() < capacity.sequences => {
+            Some(batch)
+                if used + lengths[i] <= capacity.tokens && batch.len() < capacity.sequences =>
+            {
                 batch.push(i);
                 used += lengths[i];
             }

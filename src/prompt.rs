@@ -160,7 +160,9 @@ impl<'t, T: Tokenize> Layout<'t, T> {
         let mut dropped = 0;
         if let Some(example) = example {
             let room = max_len - base;
-            let kept = room.saturating_sub(self.separator.len()).min(example.tokens.len());
+            let kept = room
+                .saturating_sub(self.separator.len())
+                .min(example.tokens.len());
             dropped = example.tokens.len() - kept;
             if kept > 0 {
                 tokens.extend(&example.tokens[dropped..]);
@@ -226,7 +228,10 @@ pub(crate) mod tests {
         // "a" ends the raw prompt ("a\n"), the response starts with "b": no merge across.
         let layout = Layout::new(&ByteTokenizer, Template::Raw, false);
         let block = layout.block(&sample("a", "bab"));
-        assert_eq!(block.tokens, vec![b'a' as Token, b'\n' as Token, b'b' as Token, 1000]);
+        assert_eq!(
+            block.tokens,
+            vec![b'a' as Token, b'\n' as Token, b'b' as Token, 1000]
+        );
         assert_eq!(block.prompt_len, 2);
         let seq = layout.zero_shot(&block, 100).unwrap();
         assert_eq!(seq.tokens[0], 1);
@@ -243,7 +248,10 @@ pub(crate) mod tests {
         assert_eq!(dropped, 0);
         assert_eq!(&one.tokens[..zero_k.tokens.len()], &zero_k.tokens[..]);
         let zero_i = layout.zero_shot(&target, 10_000).unwrap();
-        assert_eq!(&one.tokens[one.target.clone()], &zero_i.tokens[zero_i.target.clone()]);
+        assert_eq!(
+            &one.tokens[one.target.clone()],
+            &zero_i.tokens[zero_i.target.clone()]
+        );
         assert_eq!(*one.tokens.last().unwrap(), 2, "EOS appended");
     }
 
@@ -262,6 +270,9 @@ pub(crate) mod tests {
             Err(Unscorable::TooLong)
         );
         let empty = layout.block(&sample("q", ""));
-        assert_eq!(layout.zero_shot(&empty, 100), Err(Unscorable::EmptyResponse));
+        assert_eq!(
+            layout.zero_shot(&empty, 100),
+            Err(Unscorable::EmptyResponse)
+        );
     }
 }

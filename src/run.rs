@@ -110,7 +110,10 @@ pub fn select(config: &SelectConfig) -> Result<RunSummary, Error> {
         selected_count: chosen.len(),
     };
     write_jsonl(&summary.scores, rows)?;
-    write_jsonl(&summary.selected, chosen.iter().map(|&i| &samples[i].record))?;
+    write_jsonl(
+        &summary.selected,
+        chosen.iter().map(|&i| &samples[i].record),
+    )?;
 
     timings.total_s = started.elapsed().as_secs_f64();
     let record = RunRecord {
@@ -122,8 +125,14 @@ pub fn select(config: &SelectConfig) -> Result<RunSummary, Error> {
         separator: config.template.separator(),
         append_eos: config.append_eos,
         budget: match config.budget {
-            Budget::Ratio(r) => BudgetRecord { ratio: Some(r), count: None },
-            Budget::Count(c) => BudgetRecord { ratio: None, count: Some(c) },
+            Budget::Ratio(r) => BudgetRecord {
+                ratio: Some(r),
+                count: None,
+            },
+            Budget::Count(c) => BudgetRecord {
+                ratio: None,
+                count: Some(c),
+            },
         },
         context: config.sizes,
         samples: samples.len(),
@@ -234,7 +243,12 @@ fn score_all(
     let todo_lengths: Vec<usize> = todo.iter().map(|&s| lengths[s]).collect();
     let batches = pack(&todo_lengths, capacity);
     let total_tokens: usize = todo_lengths.iter().sum();
-    tracing::info!(sequences = todo.len(), batches = batches.len(), tokens = total_tokens, "scoring");
+    tracing::info!(
+        sequences = todo.len(),
+        batches = batches.len(),
+        tokens = total_tokens,
+        "scoring"
+    );
 
     let mut scorer = Scorer::new(model, config.sizes)?;
     let mut losses = vec![f32::NAN; sequences.len()];
@@ -243,7 +257,8 @@ fn score_all(
     let report_every = (batches.len() / 20).max(1);
     for (b, batch) in batches.iter().enumerate() {
         let ids: Vec<usize> = batch.iter().map(|&t| todo[t]).collect();
-        let seqs: Vec<&ScoredSequence> = ids.iter().filter_map(|&s| sequences[s].as_ref()).collect();
+        let seqs: Vec<&ScoredSequence> =
+            ids.iter().filter_map(|&s| sequences[s].as_ref()).collect();
         for (&s, log_probs) in ids.iter().zip(scorer.target_log_probs(&seqs)?) {
             losses[s] = mean_loss(&log_probs);
         }
@@ -312,7 +327,11 @@ impl FileRecord {
             hasher.update(&buf[..n]);
             bytes += n as u64;
         }
-        let sha256 = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
+        let sha256 = hasher
+            .finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
         Ok(Self {
             path: std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()),
             sha256,

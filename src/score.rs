@@ -84,11 +84,14 @@ mod tests {
         // Three response tokens scored from three logit rows over a 3-token vocabulary.
         let rows = [[0.0f32, 0.0, 0.0], [2.0, 0.0, 0.0], [0.0, 0.0, 10.0]];
         let targets = [1usize, 0, 2];
-        let lps: Vec<f32> = rows.iter().zip(targets).map(|(r, t)| log_prob(r, t)).collect();
-        let expected = (3f64.ln()
-            + (1.0 + 2.0 * (-2f64).exp()).ln()
-            + (1.0 + 2.0 * (-10f64).exp()).ln())
-            / 3.0;
+        let lps: Vec<f32> = rows
+            .iter()
+            .zip(targets)
+            .map(|(r, t)| log_prob(r, t))
+            .collect();
+        let expected =
+            (3f64.ln() + (1.0 + 2.0 * (-2f64).exp()).ln() + (1.0 + 2.0 * (-10f64).exp()).ln())
+                / 3.0;
         assert!((f64::from(mean_loss(&lps)) - expected).abs() < 1e-6);
         assert!(mean_loss(&[]).is_nan());
         let s = Scores::from_losses(1.5, 2.0);

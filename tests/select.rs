@@ -35,8 +35,16 @@ fn the_neighbour_of_a_near_paraphrase_is_its_paraphrase() {
     let found = nearest_others(&vectors, dim).unwrap();
     for (a, b) in common::PARAPHRASES {
         let (na, nb) = (found[a].unwrap(), found[b].unwrap());
-        assert_eq!(na.index, b, "{} should retrieve {}", samples[a].id, samples[b].id);
-        assert_eq!(nb.index, a, "{} should retrieve {}", samples[b].id, samples[a].id);
+        assert_eq!(
+            na.index, b,
+            "{} should retrieve {}",
+            samples[a].id, samples[b].id
+        );
+        assert_eq!(
+            nb.index, a,
+            "{} should retrieve {}",
+            samples[b].id, samples[a].id
+        );
         assert!(na.similarity > 0.8 && na.similarity <= 1.0 + 1e-5);
     }
     for (i, n) in found.iter().enumerate() {
@@ -48,7 +56,8 @@ fn the_neighbour_of_a_near_paraphrase_is_its_paraphrase() {
 fn select_writes_scores_selection_and_run_record() {
     // 40 samples, one of them duplicated at the end: 41 records.
     let dir = tempfile::tempdir().unwrap();
-    let all: Vec<Value> = serde_json::from_str(&std::fs::read_to_string(common::examples()).unwrap()).unwrap();
+    let all: Vec<Value> =
+        serde_json::from_str(&std::fs::read_to_string(common::examples()).unwrap()).unwrap();
     let mut records: Vec<Value> = all[..40].to_vec();
     let mut duplicate = records[7].clone();
     duplicate["id"] = "dup-of-ex-008".into();
@@ -59,7 +68,14 @@ fn select_writes_scores_selection_and_run_record() {
     let out = dir.path().join("out");
 
     let status = miwv()
-        .args(["select", data.to_str().unwrap(), "--out", out.to_str().unwrap(), "--ratio", "0.1"])
+        .args([
+            "select",
+            data.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--ratio",
+            "0.1",
+        ])
         .status()
         .unwrap();
     assert!(status.success());
@@ -86,8 +102,15 @@ fn select_writes_scores_selection_and_run_record() {
     // floor(41 * 0.1) = 4 selected: the four highest MIWV, unchanged records, input order.
     let selected = read_jsonl(&out.join("selected.jsonl"));
     assert_eq!(selected.len(), 4);
-    let mut by_score: Vec<(f64, usize)> =
-        scores.iter().map(|r| (r["miwv"].as_f64().unwrap(), r["index"].as_u64().unwrap() as usize)).collect();
+    let mut by_score: Vec<(f64, usize)> = scores
+        .iter()
+        .map(|r| {
+            (
+                r["miwv"].as_f64().unwrap(),
+                r["index"].as_u64().unwrap() as usize,
+            )
+        })
+        .collect();
     by_score.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
     let mut top: Vec<usize> = by_score[..4].iter().map(|&(_, i)| i).collect();
     top.sort();
@@ -95,7 +118,8 @@ fn select_writes_scores_selection_and_run_record() {
     assert_eq!(selected, expected);
     assert_eq!(scores.iter().filter(|r| r["selected"] == true).count(), 4);
 
-    let run: Value = serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).unwrap()).unwrap();
+    let run: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).unwrap()).unwrap();
     assert_eq!(run["samples"], 41);
     assert_eq!(run["selected"], 4);
     assert_eq!(run["template"], "alpaca");
@@ -125,7 +149,16 @@ fn unscorable_samples_are_nan_with_a_reason_and_never_selected() {
     .unwrap();
     let out = dir.path().join("out");
     let status = miwv()
-        .args(["select", data.to_str().unwrap(), "-o", out.to_str().unwrap(), "--count", "3", "--embed-model", "self"])
+        .args([
+            "select",
+            data.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "--count",
+            "3",
+            "--embed-model",
+            "self",
+        ])
         .status()
         .unwrap();
     assert!(status.success());
@@ -134,31 +167,60 @@ fn unscorable_samples_are_nan_with_a_reason_and_never_selected() {
     assert_eq!(scores[0]["reason"], "empty_response");
     assert_eq!(scores[0]["selected"], false);
     let selected = read_jsonl(&out.join("selected.jsonl"));
-    assert_eq!(selected.len(), 2, "NaN is never selected, even when the count allows it");
+    assert_eq!(
+        selected.len(),
+        2,
+        "NaN is never selected, even when the count allows it"
+    );
 }
 
 #[test]
 fn bad_input_fails_with_file_line_and_field() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("bad.jsonl");
-    std::fs::write(&data, "{\"instruction\": \"a\", \"output\": \"b\"}\n{\"instruction\": 3, \"output\": \"b\"}\n").unwrap();
+    std::fs::write(
+        &data,
+        "{\"instruction\": \"a\", \"output\": \"b\"}\n{\"instruction\": 3, \"output\": \"b\"}\n",
+    )
+    .unwrap();
     let out = miwv()
-        .args(["select", data.to_str().unwrap(), "-o", dir.path().join("o").to_str().unwrap()])
+        .args([
+            "select",
+            data.to_str().unwrap(),
+            "-o",
+            dir.path().join("o").to_str().unwrap(),
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("bad.jsonl: line 2, record 1: field `instruction`: expected a string"), "{stderr}");
+    assert!(
+        stderr.contains("bad.jsonl: line 2, record 1: field `instruction`: expected a string"),
+        "{stderr}"
+    );
 
     let good = dir.path().join("good.jsonl");
     std::fs::write(&good, "{\"instruction\": \"a\", \"output\": \"b\"}\n").unwrap();
-    for (model, problem) in [("no/such/model.gguf", "cannot read the model file"), ("README.md", "not a GGUF file")] {
+    for (model, problem) in [
+        ("no/such/model.gguf", "cannot read the model file"),
+        ("Cargo.toml", "not a GGUF file"),
+    ] {
         let out = miwv()
-            .args(["select", good.to_str().unwrap(), "-m", model, "-o", dir.path().join("o").to_str().unwrap()])
+            .args([
+                "select",
+                good.to_str().unwrap(),
+                "-m",
+                model,
+                "-o",
+                dir.path().join("o").to_str().unwrap(),
+            ])
             .output()
             .unwrap();
         assert!(!out.status.success());
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(stderr.contains(model) && stderr.contains(problem), "{stderr}");
+        assert!(
+            stderr.contains(model) && stderr.contains(problem),
+            "{stderr}"
+        );
     }
 }

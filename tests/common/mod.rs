@@ -31,8 +31,14 @@ pub fn examples() -> PathBuf {
 }
 
 /// The example dataset's deliberate near-paraphrase pairs (0-based indices).
-pub const PARAPHRASES: [(usize, usize); 6] =
-    [(4, 149), (19, 169), (32, 180), (47, 161), (61, 194), (89, 139)];
+pub const PARAPHRASES: [(usize, usize); 6] = [
+    (4, 149),
+    (19, 169),
+    (32, 180),
+    (47, 161),
+    (61, 194),
+    (89, 139),
+];
 
 pub fn threads() -> usize {
     std::thread::available_parallelism().map_or(1, usize::from)
