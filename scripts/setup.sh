@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 need_sudo() { if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null; then echo sudo; fi; }
 
 if [ "$(uname -s)" = Linux ] && command -v apt-get >/dev/null; then
-    packages=(cmake build-essential pkg-config libclang-dev libopenblas-dev python3 python3-pip)
+    packages=(cmake build-essential pkg-config libclang-dev libopenblas-dev)
+    python3 -m pip --version >/dev/null 2>&1 || packages+=(python3 python3-pip)
     missing=()
     for p in "${packages[@]}"; do
         dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
