@@ -41,6 +41,8 @@ pub struct SelectConfig {
     pub sizes: ContextSizes,
     /// Layers offloaded to a GPU backend.
     pub gpu_layers: u32,
+    /// Continue the neighbour's cached zero-shot pass for the one-shot pass.
+    pub kv_reuse: bool,
 }
 
 /// An invalid setting.

@@ -11,6 +11,7 @@
 //! overwritten by the next decode, so rows are consumed before it.
 
 use std::num::NonZeroU32;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
@@ -303,69 +304,123 @@ impl<'m> Scorer<'m> {
         self.sizes
     }
 
-    /// Decodes `sequences` together in one call and returns, for each, the log-probability of
-    /// every target token given all tokens before it.
+    /// Decodes `sequences` together in one call, each from position 0 in its own slot, and
+    /// returns for each the log-probability of every target token given all before it.
     ///
     /// # Errors
-    /// [`EngineError::BatchTooLarge`] when the sequences exceed the context's limits (checked
-    /// here because llama.cpp aborts the process instead of returning an error), or a decode
-    /// failure.
+    /// As [`Scorer::decode`].
     pub fn target_log_probs(
         &mut self,
         sequences: &[&ScoredSequence],
     ) -> Result<Vec<Vec<f32>>, EngineError> {
-        let tokens: usize = sequences.iter().map(|s| s.tokens.len()).sum();
-        let longest = sequences.iter().map(|s| s.tokens.len()).max().unwrap_or(0);
-        if tokens > self.sizes.batch
-            || sequences.len() > self.sizes.parallel
-            || longest > self.sizes.ctx_per_sequence
-        {
+        let items: Vec<Item> = sequences
+            .iter()
+            .enumerate()
+            .map(|(slot, s)| Item {
+                tokens: &s.tokens,
+                first_pos: 0,
+                slot,
+                copy_from: None,
+                scored: s.target.clone(),
+            })
+            .collect();
+        let result = self.decode(&items);
+        self.free(&(0..sequences.len()).collect::<Vec<_>>());
+        result
+    }
+
+    /// Decodes `items` in one `llama_decode` call and returns, for each, the log-probabilities
+    /// of its scored tokens. Items with `copy_from` first get a copy of that slot's cache, so
+    /// they continue a prefix decoded in an earlier call.
+    ///
+    /// # Errors
+    /// [`EngineError::BatchTooLarge`] when the items exceed the context's limits (checked here
+    /// because llama.cpp aborts the process instead of returning an error), or a decode
+    /// failure.
+    pub fn decode(&mut self, items: &[Item]) -> Result<Vec<Vec<f32>>, EngineError> {
+        let tokens: usize = items.iter().map(|s| s.tokens.len()).sum();
+        let fits = tokens <= self.sizes.batch
+            && items.iter().all(|s| {
+                s.slot < self.sizes.parallel
+                    && s.copy_from.is_none_or(|from| from < self.sizes.parallel)
+                    && s.first_pos + s.tokens.len() <= self.sizes.ctx_per_sequence
+                    && s.scored.start >= 1
+                    && s.scored.end <= s.tokens.len()
+            });
+        if !fits {
             return Err(EngineError::BatchTooLarge {
                 tokens,
-                sequences: sequences.len(),
+                sequences: items.len(),
                 max_tokens: self.sizes.batch,
                 max_sequences: self.sizes.parallel,
             });
         }
-        self.batch.clear();
-        // (batch row, target token) for every logit row that scores a token, in sequence order.
-        let mut rows = Vec::new();
-        for (seq_id, seq) in sequences.iter().enumerate() {
-            debug_assert!(seq.target.start >= 1 && seq.target.end == seq.tokens.len());
-            for (pos, &token) in seq.tokens.iter().enumerate() {
-                // The logits at position p predict the token at p + 1.
-                let wanted = pos + 1 >= seq.target.start && pos + 1 < seq.target.end;
-                if wanted {
-                    rows.push((self.batch.n_tokens(), seq.tokens[pos + 1] as usize));
-                }
-                self.batch
-                    .add(LlamaToken(token), pos as i32, &[seq_id as i32], wanted)
+        for item in items {
+            if let Some(from) = item.copy_from {
+                self.ctx
+                    .kv_cache_seq_cp(from as i32, item.slot as i32, None, None)
                     .map_err(|e| EngineError::Decode(e.to_string()))?;
             }
         }
-        let decoded = self.ctx.decode(&mut self.batch);
-        let result = decoded
-            .map_err(|e| EngineError::Decode(format!("{e} ({})", self.path.display())))
-            .map(|()| {
-                let ctx = &self.ctx;
-                let logits: Vec<(&[f32], usize)> = rows
-                    .iter()
-                    .map(|&(row, token)| (ctx.get_logits_ith(row), token))
-                    .collect();
-                // The log-softmax over the vocabulary runs on all cores between decodes.
-                let log_probs: Vec<f32> = logits
-                    .par_iter()
-                    .map(|&(row, token)| log_prob(row, token))
-                    .collect();
-                let mut log_probs = log_probs.into_iter();
-                sequences
-                    .iter()
-                    .map(|s| log_probs.by_ref().take(s.target.len()).collect())
-                    .collect()
-            });
-        self.ctx.clear_kv_cache();
-        result
+        self.batch.clear();
+        // (batch row, target token) for every logit row that scores a token, in item order.
+        let mut rows = Vec::new();
+        for item in items {
+            for (offset, &token) in item.tokens.iter().enumerate() {
+                // The logits at one position predict the token at the next.
+                let wanted = offset + 1 >= item.scored.start && offset + 1 < item.scored.end;
+                if wanted {
+                    rows.push((self.batch.n_tokens(), item.tokens[offset + 1] as usize));
+                }
+                let pos = (item.first_pos + offset) as i32;
+                self.batch
+                    .add(LlamaToken(token), pos, &[item.slot as i32], wanted)
+                    .map_err(|e| EngineError::Decode(e.to_string()))?;
+            }
+        }
+        self.ctx
+            .decode(&mut self.batch)
+            .map_err(|e| EngineError::Decode(format!("{e} ({})", self.path.display())))?;
+        let ctx = &self.ctx;
+        let logits: Vec<(&[f32], usize)> = rows
+            .iter()
+            .map(|&(row, token)| (ctx.get_logits_ith(row), token))
+            .collect();
+        // The log-softmax over the vocabulary runs on all cores between decodes.
+        let log_probs: Vec<f32> = logits
+            .par_iter()
+            .map(|&(row, token)| log_prob(row, token))
+            .collect();
+        let mut log_probs = log_probs.into_iter();
+        Ok(items
+            .iter()
+            .map(|s| log_probs.by_ref().take(s.scored.len()).collect())
+            .collect())
     }
+
+    /// Clears the caches of `slots` so they can take new sequences.
+    pub fn free(&mut self, slots: &[usize]) {
+        for &slot in slots {
+            // Only fails for ids above i32::MAX, which `decode` never accepts.
+            let _ = self.ctx.clear_kv_cache_seq(Some(slot as u32), None, None);
+        }
+    }
+}
+
+/// One sequence (or continuation) in a [`Scorer::decode`] call.
+#[derive(Debug, Clone)]
+pub struct Item<'a> {
+    /// Tokens decoded in this call.
+    pub tokens: &'a [Token],
+    /// Position of `tokens[0]`: 0 for a new sequence, the prefix length for a continuation.
+    pub first_pos: usize,
+    /// The KV slot (sequence id).
+    pub slot: usize,
+    /// A slot whose cache is copied into `slot` before decoding.
+    pub copy_from: Option<usize>,
+    /// Indices into `tokens` of the scored tokens; starts at 1 or later, since a token is
+    /// scored from the logits of the token before it.
+    pub scored: Range<usize>,
 }
 
 /// A context that turns token sequences into pooled embeddings.

@@ -5,7 +5,7 @@
 //! response: `MIWV = L(y | example, x) - L(y | x)`. Higher is selected first.
 //!
 //! The modules follow the pipeline: [`dataset`] -> [`prompt`] -> [`embed`] -> [`neighbours`]
-//! -> [`plan`] / [`engine`] -> [`score`] -> [`select`] -> [`output`]; [`run`] wires them
+//! -> [`plan`] / [`scheduler`] / [`engine`] -> [`score`] -> [`select`] -> [`output`]; [`run`] wires them
 //! together and [`config`] checks the settings first.
 
 #![deny(missing_docs)]
@@ -19,6 +19,7 @@ pub mod output;
 pub mod plan;
 pub mod prompt;
 pub mod run;
+pub mod scheduler;
 pub mod score;
 pub mod select;
 

@@ -66,3 +66,406 @@ mod tests {
         assert_eq!(pack(&lengths, capacity), batches, "deterministic");
     }
 }
+
+/// How a sample's one-shot pass is decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OneShot {
+    /// No one-shot pass (the sample is unscorable).
+    Skip,
+    /// Continue a copy of `parent`'s zero-shot KV cache with `suffix_len` tokens (SEP block_i).
+    Reuse {
+        /// The neighbour whose zero-shot sequence is the prefix.
+        parent: usize,
+        /// Tokens decoded after the prefix.
+        suffix_len: usize,
+    },
+    /// Decode the whole one-shot sequence (`len` tokens) from scratch.
+    Whole {
+        /// Tokens in the sequence.
+        len: usize,
+    },
+}
+
+/// What the scheduler needs to know about one sample.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shape {
+    /// Tokens of the zero-shot sequence; `None` when it is not decoded.
+    pub zero_len: Option<usize>,
+    /// The one-shot pass.
+    pub one_shot: OneShot,
+}
+
+/// A unit of decoding work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Work {
+    /// Sample i's zero-shot sequence.
+    ZeroShot(usize),
+    /// Sample i's whole one-shot sequence.
+    OneShotWhole(usize),
+    /// Sample i's one-shot suffix, after its neighbour's copied prefix.
+    OneShotSuffix(usize),
+}
+
+/// One sequence in a decode step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Entry {
+    /// What is decoded.
+    pub work: Work,
+    /// The KV slot (sequence id) it is decoded in.
+    pub slot: usize,
+    /// Slot whose cache is copied into `slot` before the decode.
+    pub copy_from: Option<usize>,
+}
+
+/// One `llama_decode` call and the slots that can be cleared after it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Step {
+    /// Sequences decoded together.
+    pub entries: Vec<Entry>,
+    /// Slots whose cache is no longer needed after this step.
+    pub free_after: Vec<usize>,
+}
+
+/// The limits every step respects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Most tokens decoded per step.
+    pub tokens: usize,
+    /// KV slots (sequence ids), each holding one sequence's cache.
+    pub slots: usize,
+    /// Most slots held by parents waiting for their children; fewer than `slots`.
+    pub held: usize,
+}
+
+/// Plans every decode of a run up front, so the batch layout (and with it llama.cpp's exact
+/// numbers) depends only on the inputs and the limits.
+///
+/// Each step first continues the children of parents already decoded (freeing their slots
+/// soonest), then starts new parents, then fills the remaining tokens and slots with
+/// independent sequences, largest first. A parent's slot is held from its zero-shot decode
+/// until its last child has copied it, whatever its number of children, so a hub neighbour
+/// costs one slot, not one per child.
+///
+/// # Panics
+/// When a sequence is longer than `limits.tokens`, or `limits.held >= limits.slots` while any
+/// sample reuses a prefix.
+pub fn schedule(shapes: &[Shape], limits: Limits) -> Vec<Step> {
+    let mut children: Vec<Vec<usize>> = vec![Vec::new(); shapes.len()];
+    for (i, shape) in shapes.iter().enumerate() {
+        if let OneShot::Reuse { parent, .. } = shape.one_shot {
+            assert!(
+                shapes[parent].zero_len.is_some(),
+                "sample {i} reuses an undecoded parent {parent}"
+            );
+            children[parent].push(i);
+        }
+    }
+    let reuses = children.iter().any(|c| !c.is_empty());
+    assert!(
+        !reuses || limits.held < limits.slots,
+        "reuse needs a slot besides the held ones"
+    );
+
+    let len_of = |work: Work| match work {
+        Work::ZeroShot(i) => shapes[i].zero_len.expect("decoded zero-shot"),
+        Work::OneShotWhole(i) => match shapes[i].one_shot {
+            OneShot::Whole { len } => len,
+            _ => unreachable!(),
+        },
+        Work::OneShotSuffix(i) => match shapes[i].one_shot {
+            OneShot::Reuse { suffix_len, .. } => suffix_len,
+            _ => unreachable!(),
+        },
+    };
+
+    // Parents in dataset order; independent sequences largest first (ties by work order).
+    let mut parents: std::collections::VecDeque<usize> = (0..shapes.len())
+        .filter(|&k| !children[k].is_empty())
+        .collect();
+    let mut independent = std::collections::BTreeSet::new();
+    for (i, shape) in shapes.iter().enumerate() {
+        if shape.zero_len.is_some() && children[i].is_empty() {
+            let work = Work::ZeroShot(i);
+            independent.insert((len_of(work), std::cmp::Reverse(2 * i), work_key(work)));
+        }
+        if let OneShot::Whole { .. } = shape.one_shot {
+            let work = Work::OneShotWhole(i);
+            independent.insert((len_of(work), std::cmp::Reverse(2 * i + 1), work_key(work)));
+        }
+    }
+    for (_, _, key) in &independent {
+        assert!(
+            len_of(work_of(*key)) <= limits.tokens,
+            "a sequence exceeds the step's tokens"
+        );
+    }
+
+    struct Held {
+        parent: usize,
+        slot: usize,
+        next_child: usize,
+    }
+    let mut held: std::collections::VecDeque<Held> = Default::default();
+    let mut free_slots: std::collections::BTreeSet<usize> = (0..limits.slots).collect();
+    let mut steps = Vec::new();
+    while !(parents.is_empty() && independent.is_empty() && held.is_empty()) {
+        let mut step = Step::default();
+        let mut tokens = limits.tokens;
+        let mut temporary = Vec::new();
+        // 1. Children of decoded parents.
+        for h in held.iter_mut() {
+            while let Some(&child) = children[h.parent].get(h.next_child) {
+                let need = len_of(Work::OneShotSuffix(child));
+                let Some(&slot) = free_slots.first() else {
+                    break;
+                };
+                if need > tokens {
+                    break;
+                }
+                free_slots.remove(&slot);
+                temporary.push(slot);
+                tokens -= need;
+                step.entries.push(Entry {
+                    work: Work::OneShotSuffix(child),
+                    slot,
+                    copy_from: Some(h.slot),
+                });
+                h.next_child += 1;
+            }
+        }
+        held.retain(|h| {
+            let done = h.next_child == children[h.parent].len();
+            if done {
+                step.free_after.push(h.slot);
+            }
+            !done
+        });
+        // 2. New parents, each holding its slot until its children are done.
+        while held.len() + step.free_after.len() < limits.held {
+            let Some(&parent) = parents.front() else {
+                break;
+            };
+            let need = len_of(Work::ZeroShot(parent));
+            let Some(&slot) = free_slots.first() else {
+                break;
+            };
+            if need > tokens || free_slots.len() < 2 {
+                break;
+            }
+            parents.pop_front();
+            free_slots.remove(&slot);
+            tokens -= need;
+            step.entries.push(Entry {
+                work: Work::ZeroShot(parent),
+                slot,
+                copy_from: None,
+            });
+            held.push_back(Held {
+                parent,
+                slot,
+                next_child: 0,
+            });
+        }
+        // 3. Independent sequences, the largest that fits first.
+        while let Some(&slot) = free_slots.first() {
+            let Some(&item) = independent
+                .range(..(tokens + 1, std::cmp::Reverse(usize::MAX), 0))
+                .next_back()
+            else {
+                break;
+            };
+            independent.remove(&item);
+            free_slots.remove(&slot);
+            temporary.push(slot);
+            tokens -= item.0;
+            step.entries.push(Entry {
+                work: work_of(item.2),
+                slot,
+                copy_from: None,
+            });
+        }
+        assert!(!step.entries.is_empty(), "the schedule made no progress");
+        step.free_after.extend(&temporary);
+        free_slots.extend(step.free_after.iter().copied());
+        step.free_after.sort_unstable();
+        steps.push(step);
+    }
+    steps
+}
+
+/// Works as sortable keys (kind in the low bits).
+fn work_key(work: Work) -> usize {
+    match work {
+        Work::ZeroShot(i) => 3 * i,
+        Work::OneShotWhole(i) => 3 * i + 1,
+        Work::OneShotSuffix(i) => 3 * i + 2,
+    }
+}
+
+fn work_of(key: usize) -> Work {
+    match key % 3 {
+        0 => Work::ZeroShot(key / 3),
+        1 => Work::OneShotWhole(key / 3),
+        _ => Work::OneShotSuffix(key / 3),
+    }
+}
+
+#[cfg(test)]
+mod schedule_tests {
+    use super::*;
+
+    fn check(shapes: &[Shape], limits: Limits) -> Vec<Step> {
+        let steps = schedule(shapes, limits);
+        let mut decoded_at = std::collections::HashMap::new();
+        let mut holding: std::collections::HashMap<usize, usize> = Default::default(); // slot -> parent
+        let mut seen = Vec::new();
+        for (t, step) in steps.iter().enumerate() {
+            let mut slots = std::collections::HashSet::new();
+            let mut tokens = 0;
+            for e in &step.entries {
+                assert!(e.slot < limits.slots);
+                assert!(slots.insert(e.slot), "slot used twice in one step");
+                assert!(!holding.contains_key(&e.slot), "slot {} still held", e.slot);
+                let (i, len) = match e.work {
+                    Work::ZeroShot(i) => (i, shapes[i].zero_len.unwrap()),
+                    Work::OneShotWhole(i) => match shapes[i].one_shot {
+                        OneShot::Whole { len } => (i, len),
+                        _ => panic!(),
+                    },
+                    Work::OneShotSuffix(i) => match shapes[i].one_shot {
+                        OneShot::Reuse { parent, suffix_len } => {
+                            let from = e.copy_from.unwrap();
+                            assert_eq!(
+                                holding.get(&from),
+                                Some(&parent),
+                                "copy from the parent's slot"
+                            );
+                            assert!(decoded_at[&parent] < t, "parent decoded before child");
+                            (i, suffix_len)
+                        }
+                        _ => panic!(),
+                    },
+                };
+                tokens += len;
+                seen.push(e.work);
+                if let Work::ZeroShot(i) = e.work {
+                    decoded_at.insert(i, t);
+                }
+                let _ = i;
+            }
+            assert!(tokens <= limits.tokens);
+            for e in &step.entries {
+                if let Work::ZeroShot(i) = e.work {
+                    if !step.free_after.contains(&e.slot) {
+                        holding.insert(e.slot, i);
+                    }
+                }
+            }
+            let held_now = holding.len();
+            assert!(held_now <= limits.held);
+            for s in &step.free_after {
+                holding.remove(s);
+            }
+        }
+        assert!(holding.is_empty(), "every slot is freed at the end");
+        // Every piece of work exactly once.
+        let mut expected = Vec::new();
+        for (i, s) in shapes.iter().enumerate() {
+            if s.zero_len.is_some() {
+                expected.push(Work::ZeroShot(i));
+            }
+            match s.one_shot {
+                OneShot::Skip => {}
+                OneShot::Reuse { .. } => expected.push(Work::OneShotSuffix(i)),
+                OneShot::Whole { .. } => expected.push(Work::OneShotWhole(i)),
+            }
+        }
+        let key = |w: &Work| work_key(*w);
+        seen.sort_by_key(key);
+        expected.sort_by_key(key);
+        assert_eq!(seen, expected);
+        steps
+    }
+
+    #[test]
+    fn parents_before_children_within_limits_and_each_work_once() {
+        // Sample 0 is a hub: the neighbour of 1..=6. 7 and 8 are each other's neighbours.
+        // 9 has a truncated example (whole), 10 is unscorable.
+        let mut shapes: Vec<Shape> = (0..=6)
+            .map(|i| Shape {
+                zero_len: Some(20 + i),
+                one_shot: OneShot::Reuse {
+                    parent: 0,
+                    suffix_len: 21 + i,
+                },
+            })
+            .collect();
+        shapes[0].one_shot = OneShot::Reuse {
+            parent: 1,
+            suffix_len: 21,
+        };
+        shapes.push(Shape {
+            zero_len: Some(30),
+            one_shot: OneShot::Reuse {
+                parent: 8,
+                suffix_len: 31,
+            },
+        });
+        shapes.push(Shape {
+            zero_len: Some(40),
+            one_shot: OneShot::Reuse {
+                parent: 7,
+                suffix_len: 41,
+            },
+        });
+        shapes.push(Shape {
+            zero_len: Some(50),
+            one_shot: OneShot::Whole { len: 90 },
+        });
+        shapes.push(Shape {
+            zero_len: None,
+            one_shot: OneShot::Skip,
+        });
+        for limits in [
+            Limits {
+                tokens: 100,
+                slots: 2,
+                held: 1,
+            },
+            Limits {
+                tokens: 100,
+                slots: 4,
+                held: 2,
+            },
+            Limits {
+                tokens: 1000,
+                slots: 8,
+                held: 4,
+            },
+        ] {
+            let steps = check(&shapes, limits);
+            assert_eq!(schedule(&shapes, limits), steps, "deterministic");
+        }
+    }
+
+    #[test]
+    fn without_reuse_every_sequence_is_independent() {
+        let shapes: Vec<Shape> = (0..20)
+            .map(|i| Shape {
+                zero_len: Some(10 + i % 7),
+                one_shot: OneShot::Whole { len: 30 + i % 5 },
+            })
+            .collect();
+        let steps = check(
+            &shapes,
+            Limits {
+                tokens: 64,
+                slots: 4,
+                held: 0,
+            },
+        );
+        assert!(steps
+            .iter()
+            .all(|s| s.entries.iter().all(|e| e.copy_from.is_none())));
+    }
+}

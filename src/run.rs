@@ -14,12 +14,11 @@ use sha2::{Digest, Sha256};
 use crate::config::{EmbedModel, SelectConfig};
 use crate::dataset::{read_dataset, Sample};
 use crate::embed::{default_prefix, embed_samples};
-use crate::engine::{ContextSizes, Embedder, Model, ModelInfo, Scorer};
+use crate::engine::{ContextSizes, Embedder, Model, ModelInfo};
 use crate::neighbours::{nearest_others, Neighbour};
 use crate::output::{write_json, write_jsonl, ScoreRow};
-use crate::plan::{pack, Capacity};
-use crate::prompt::{Layout, ScoredSequence, Template, Unscorable};
-use crate::score::{mean_loss, Scores};
+use crate::prompt::Template;
+use crate::scheduler::{score_samples, ScoringOptions, Stats};
 use crate::select::{top_by_score, Budget};
 use crate::Error;
 
@@ -68,7 +67,31 @@ pub fn select(config: &SelectConfig) -> Result<RunSummary, Error> {
     timings.retrieval_s = clock.elapsed().as_secs_f64();
 
     let clock = Instant::now();
-    let (scores, usage) = score_all(config, &model, &samples, &neighbours)?;
+    let options = ScoringOptions {
+        sizes: config.sizes,
+        kv_reuse: config.kv_reuse,
+        template: config.template,
+        append_eos: config.append_eos,
+    };
+    let report_every = Instant::now();
+    let mut last_report = 0.0;
+    let outcome = score_samples(
+        &model,
+        &samples,
+        &neighbours,
+        &options,
+        |done, total, tokens| {
+            let secs = report_every.elapsed().as_secs_f64();
+            if secs - last_report >= 10.0 || done == total {
+                last_report = secs;
+                tracing::info!(
+                    "scored {done}/{total} decodes, {:.0} tokens/s",
+                    tokens as f64 / secs.max(1e-9)
+                );
+            }
+        },
+    )?;
+    let (scores, usage) = (outcome.scores, outcome.usage);
     timings.scoring_s = clock.elapsed().as_secs_f64();
 
     let miwv: Vec<f32> = scores.iter().map(|s| s.miwv).collect();
@@ -139,7 +162,8 @@ pub fn select(config: &SelectConfig) -> Result<RunSummary, Error> {
         scored: ranked.len(),
         unscorable: samples.len() - ranked.len(),
         selected: chosen.len(),
-        tokens_decoded: usage.iter().map(|u| u.tokens_decoded).sum(),
+        kv_reuse: config.kv_reuse,
+        scoring: outcome.stats,
         timings,
     };
     write_json(&summary.run, &record)?;
@@ -182,108 +206,6 @@ fn retrieve(
         max_tokens: embedder.max_tokens(),
     };
     Ok((record, neighbours))
-}
-
-/// Token counts of one sample's two sequences.
-#[derive(Debug, Clone, Copy, Default)]
-struct Usage {
-    response_tokens: usize,
-    prompt_tokens_zero_shot: usize,
-    prompt_tokens_one_shot: usize,
-    example_tokens_dropped: usize,
-    tokens_decoded: usize,
-}
-
-/// Scores every sample zero-shot and one-shot, several sequences per decode.
-fn score_all(
-    config: &SelectConfig,
-    model: &Model,
-    samples: &[Sample],
-    neighbours: &[Option<Neighbour>],
-) -> Result<(Vec<Scores>, Vec<Usage>), Error> {
-    let max_len = config.sizes.ctx_per_sequence;
-    let layout = Layout::new(model, config.template, config.append_eos);
-    let blocks: Vec<_> = samples.iter().map(|s| layout.block(s)).collect();
-
-    // Sequence 2i is sample i's zero-shot pass, 2i + 1 its one-shot pass.
-    let mut sequences: Vec<Option<ScoredSequence>> = Vec::with_capacity(2 * samples.len());
-    let mut usage = vec![Usage::default(); samples.len()];
-    let mut failed: Vec<Option<Unscorable>> = vec![None; samples.len()];
-    for (i, block) in blocks.iter().enumerate() {
-        usage[i].response_tokens = block.response_len();
-        let zero = layout.zero_shot(block, max_len);
-        let one = match (&zero, neighbours[i]) {
-            (Err(reason), _) => Err(*reason),
-            (Ok(_), None) => Err(Unscorable::NoNeighbour),
-            (Ok(_), Some(n)) => layout.one_shot(Some(&blocks[n.index]), block, max_len),
-        };
-        if let Ok(z) = &zero {
-            usage[i].prompt_tokens_zero_shot = z.target.start;
-        }
-        match &one {
-            Ok((seq, dropped)) => {
-                usage[i].prompt_tokens_one_shot = seq.target.start;
-                usage[i].example_tokens_dropped = *dropped;
-            }
-            Err(reason) => failed[i] = Some(*reason),
-        }
-        sequences.push(zero.ok());
-        sequences.push(one.ok().map(|(seq, _)| seq));
-    }
-
-    let lengths: Vec<usize> = sequences
-        .iter()
-        .map(|s| s.as_ref().map_or(0, |s| s.tokens.len()))
-        .collect();
-    let todo: Vec<usize> = (0..sequences.len()).filter(|&s| lengths[s] > 0).collect();
-    let capacity = Capacity {
-        tokens: config.sizes.batch,
-        sequences: config.sizes.parallel,
-    };
-    let todo_lengths: Vec<usize> = todo.iter().map(|&s| lengths[s]).collect();
-    let batches = pack(&todo_lengths, capacity);
-    let total_tokens: usize = todo_lengths.iter().sum();
-    tracing::info!(
-        sequences = todo.len(),
-        batches = batches.len(),
-        tokens = total_tokens,
-        "scoring"
-    );
-
-    let mut scorer = Scorer::new(model, config.sizes)?;
-    let mut losses = vec![f32::NAN; sequences.len()];
-    let clock = Instant::now();
-    let mut done_tokens = 0;
-    let report_every = (batches.len() / 20).max(1);
-    for (b, batch) in batches.iter().enumerate() {
-        let ids: Vec<usize> = batch.iter().map(|&t| todo[t]).collect();
-        let seqs: Vec<&ScoredSequence> =
-            ids.iter().filter_map(|&s| sequences[s].as_ref()).collect();
-        for (&s, log_probs) in ids.iter().zip(scorer.target_log_probs(&seqs)?) {
-            losses[s] = mean_loss(&log_probs);
-        }
-        done_tokens += ids.iter().map(|&s| lengths[s]).sum::<usize>();
-        if (b + 1) % report_every == 0 || b + 1 == batches.len() {
-            let secs = clock.elapsed().as_secs_f64();
-            tracing::info!(
-                "scored {}/{} batches, {:.0} tokens/s",
-                b + 1,
-                batches.len(),
-                done_tokens as f64 / secs.max(1e-9)
-            );
-        }
-    }
-
-    let scores = (0..samples.len())
-        .map(|i| {
-            usage[i].tokens_decoded = lengths[2 * i] + lengths[2 * i + 1];
-            match failed[i] {
-                Some(reason) => Scores::unscorable(reason, losses[2 * i]),
-                None => Scores::from_losses(losses[2 * i], losses[2 * i + 1]),
-            }
-        })
-        .collect();
-    Ok((scores, usage))
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -367,6 +289,7 @@ struct RunRecord {
     scored: usize,
     unscorable: usize,
     selected: usize,
-    tokens_decoded: usize,
+    kv_reuse: bool,
+    scoring: Stats,
     timings: Timings,
 }
