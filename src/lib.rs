@@ -10,6 +10,7 @@
 
 #![deny(missing_docs)]
 
+pub mod bench;
 pub mod config;
 pub mod dataset;
 pub mod embed;
@@ -46,6 +47,9 @@ pub enum Error {
     /// An output file could not be written.
     #[error(transparent)]
     Output(#[from] output::OutputError),
+    /// The benchmark cannot run as asked.
+    #[error("bench: {0}")]
+    Bench(String),
     /// Other file-system failures.
     #[error("{path}: {source}")]
     Io {

@@ -25,6 +25,11 @@ enum Command {
     /// Score every sample and write the top share by MIWV.
     #[command(after_help = "Example:\n  miwv select examples/alpaca-mini.json -o out --ratio 0.1")]
     Select(SelectArgs),
+    /// Measure scoring speed against llama.cpp's own prompt-processing ceiling.
+    #[command(
+        after_help = "Example:\n  python3 benches/fetch-data.py\n  miwv bench ~/.cache/miwv/data/sharegpt-first-turn.jsonl --sizes 50,100,200"
+    )]
+    Bench(BenchArgs),
 }
 
 #[derive(Args)]
@@ -60,11 +65,21 @@ struct SelectArgs {
     /// End each response with the model's EOS token (scored with the response).
     #[arg(long)]
     append_eos: bool,
+    #[command(flatten)]
+    context: ContextArgs,
+    /// Decode every one-shot sequence whole instead of continuing the neighbour's cached
+    /// zero-shot pass (about 1.5x the tokens; for comparison).
+    #[arg(long)]
+    no_kv_reuse: bool,
+}
+
+#[derive(Args)]
+struct ContextArgs {
     /// Longest sequence in tokens (example + target); each parallel sequence gets this much KV.
     #[arg(short = 'c', long, default_value_t = 2048)]
     ctx_size: usize,
     /// KV slots: sequences decoded together and cached prefixes kept (half of them at most).
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 4)]
     parallel: usize,
     /// Most tokens per decode call (at least --ctx-size).
     #[arg(short = 'b', long, default_value_t = 2048)]
@@ -75,20 +90,57 @@ struct SelectArgs {
     /// CPU threads [default: all cores].
     #[arg(short = 't', long)]
     threads: Option<usize>,
-    /// Decode every one-shot sequence whole instead of continuing the neighbour's cached
-    /// zero-shot pass (about 1.5x the tokens; for comparison).
-    #[arg(long)]
-    no_kv_reuse: bool,
     /// Layers to offload to the GPU (builds with the cuda, metal or vulkan feature).
     #[arg(long = "n-gpu-layers", visible_alias = "ngl", default_value_t = 0)]
     n_gpu_layers: u32,
 }
 
+impl ContextArgs {
+    fn sizes(&self) -> ContextSizes {
+        ContextSizes {
+            ctx_per_sequence: self.ctx_size,
+            parallel: self.parallel,
+            batch: self.batch_size,
+            ubatch: self.ubatch_size,
+            threads: self
+                .threads
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from)),
+        }
+    }
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// Alpaca-style dataset; the first N records are used (see benches/fetch-data.py).
+    data: PathBuf,
+    /// GGUF scoring model.
+    #[arg(
+        short = 'm',
+        long,
+        default_value = "ggml-models/SmolLM2-135M-Instruct.Q4_1.gguf"
+    )]
+    model: PathBuf,
+    /// GGUF embedding model for retrieval.
+    #[arg(long, default_value = "ggml-models/nomic-embed-text-v1.5.f16.gguf")]
+    embed_model: PathBuf,
+    /// Dataset sizes, comma-separated; the largest also runs without KV reuse.
+    #[arg(long, value_delimiter = ',', default_values_t = [50, 100, 200])]
+    sizes: Vec<usize>,
+    /// Prompt template.
+    #[arg(long, value_enum, default_value_t = Template::Alpaca)]
+    template: Template,
+    /// Full-batch decodes timed for each engine ceiling.
+    #[arg(long, default_value_t = 8)]
+    repeats: usize,
+    /// Also write the report as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    #[command(flatten)]
+    context: ContextArgs,
+}
+
 impl SelectArgs {
     fn into_config(self) -> SelectConfig {
-        let threads = self
-            .threads
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
         SelectConfig {
             data: self.data,
             out_dir: self.out,
@@ -101,14 +153,8 @@ impl SelectArgs {
             template: self.template,
             budget: self.count.map_or(Budget::Ratio(self.ratio), Budget::Count),
             append_eos: self.append_eos,
-            sizes: ContextSizes {
-                ctx_per_sequence: self.ctx_size,
-                parallel: self.parallel,
-                batch: self.batch_size,
-                ubatch: self.ubatch_size,
-                threads,
-            },
-            gpu_layers: self.n_gpu_layers,
+            sizes: self.context.sizes(),
+            gpu_layers: self.context.n_gpu_layers,
             kv_reuse: !self.no_kv_reuse,
         }
     }
@@ -128,6 +174,24 @@ fn init_logging(verbose: u8) {
         .init();
 }
 
+fn bench(args: BenchArgs) -> Result<(), miwv::Error> {
+    let config = miwv::bench::BenchConfig {
+        data: args.data,
+        model: args.model,
+        embed_model: args.embed_model,
+        sizes: args.sizes,
+        context: args.context.sizes(),
+        template: args.template,
+        ceiling_repeats: args.repeats,
+    };
+    let report = miwv::bench::run(&config)?;
+    print!("{}", report.render());
+    if let Some(path) = args.json {
+        miwv::output::write_json(&path, &report)?;
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose);
@@ -141,6 +205,7 @@ fn main() -> ExitCode {
             println!("selected: {}", summary.selected.display());
             println!("run:      {}", summary.run.display());
         }),
+        Command::Bench(args) => bench(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -71,8 +71,10 @@ pub struct Stats {
     pub scored_rows: usize,
     /// Cache copies from a parent slot.
     pub prefix_copies: usize,
-    /// Seconds inside `llama_decode` and the loss extraction that follows it.
-    pub seconds: f64,
+    /// Seconds in cache copies and `llama_decode`.
+    pub decode_seconds: f64,
+    /// Seconds turning logit rows into log-probabilities.
+    pub loss_seconds: f64,
 }
 
 /// Per-sample scores and usage, and run statistics.
@@ -167,10 +169,13 @@ pub fn score_samples(
     let mut zero_loss = vec![f32::NAN; samples.len()];
     let mut one_loss = vec![f32::NAN; samples.len()];
     let mut stats = Stats::default();
-    let mut busy = Duration::ZERO;
+    let (mut decoding, mut extracting) = (Duration::ZERO, Duration::ZERO);
     for (t, step) in steps.iter().enumerate() {
-        let items: Vec<Item> = step
-            .entries
+        // llama.cpp puts sequences in one ubatch only when their ids follow each other in the
+        // batch (ascending, consecutive); the plan's entries are decoded in slot order.
+        let mut entries = step.entries.clone();
+        entries.sort_by_key(|e| e.slot);
+        let items: Vec<Item> = entries
             .iter()
             .map(|e| {
                 let (seq, first_pos) = match e.work {
@@ -191,10 +196,13 @@ pub fn score_samples(
             })
             .collect();
         let clock = Instant::now();
-        let log_probs = scorer.decode(&items)?;
-        busy += clock.elapsed();
+        let rows = scorer.decode_only(&items)?;
+        let decoded = Instant::now();
+        let log_probs = scorer.log_probs(&items, &rows);
+        decoding += decoded - clock;
+        extracting += decoded.elapsed();
         scorer.free(&step.free_after);
-        for ((e, item), lps) in step.entries.iter().zip(&items).zip(&log_probs) {
+        for ((e, item), lps) in entries.iter().zip(&items).zip(&log_probs) {
             let (i, loss) = match e.work {
                 Work::ZeroShot(i) => (i, &mut zero_loss[i]),
                 Work::OneShotWhole(i) | Work::OneShotSuffix(i) => (i, &mut one_loss[i]),
@@ -209,7 +217,8 @@ pub fn score_samples(
         stats.decodes += 1;
         progress(t + 1, steps.len(), stats.tokens_decoded);
     }
-    stats.seconds = busy.as_secs_f64();
+    stats.decode_seconds = decoding.as_secs_f64();
+    stats.loss_seconds = extracting.as_secs_f64();
 
     let scores = (0..samples.len())
         .map(|i| match failed[i] {

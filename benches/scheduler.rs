@@ -1,0 +1,47 @@
+//! `cargo bench`: the scheduler against llama.cpp's own ceiling on the default model.
+//!
+//! Uses the bundled examples unless `MIWV_BENCH_DATA` names another Alpaca-style file (e.g. the
+//! ShareGPT pairs from `benches/fetch-data.py`); `MIWV_BENCH_SIZES` overrides the sizes
+//! (comma-separated). `scripts/bench.sh` runs the full benchmark behind docs/PERFORMANCE.md.
+
+use std::path::PathBuf;
+
+use miwv::bench::{run, BenchConfig};
+use miwv::engine::ContextSizes;
+use miwv::prompt::Template;
+
+fn main() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let data = std::env::var_os("MIWV_BENCH_DATA")
+        .map_or_else(|| root.join("examples/alpaca-mini.json"), PathBuf::from);
+    let sizes = std::env::var("MIWV_BENCH_SIZES")
+        .ok()
+        .map(|s| {
+            s.split(',')
+                .map(|n| n.trim().parse().expect("sizes are numbers"))
+                .collect()
+        })
+        .unwrap_or_else(|| vec![50, 100, 200]);
+    let config = BenchConfig {
+        data,
+        model: root.join("ggml-models/SmolLM2-135M-Instruct.Q4_1.gguf"),
+        embed_model: root.join("ggml-models/nomic-embed-text-v1.5.f16.gguf"),
+        sizes,
+        context: ContextSizes {
+            ctx_per_sequence: 2048,
+            parallel: 4,
+            batch: 2048,
+            ubatch: 512,
+            threads: std::thread::available_parallelism().map_or(1, usize::from),
+        },
+        template: Template::Alpaca,
+        ceiling_repeats: 8,
+    };
+    match run(&config) {
+        Ok(report) => print!("{}", report.render()),
+        Err(e) => {
+            eprintln!("bench: {e}");
+            std::process::exit(1);
+        }
+    }
+}

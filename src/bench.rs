@@ -1,0 +1,330 @@
+//! `miwv bench`: the scheduler measured against llama.cpp's own ceiling, in one run.
+//!
+//! A shared machine is noisy, so the report is ratios of timings taken minutes apart in the
+//! same process: our scored tokens/s over llama.cpp's prompt-processing rate for the same
+//! model and threads, and samples/s with and without neighbour-prefix reuse.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::dataset::{read_dataset, Sample};
+use crate::embed::{default_prefix, embed_samples};
+use crate::engine::{ContextSizes, Embedder, Item, Model, Scorer};
+use crate::neighbours::nearest_others;
+use crate::prompt::{Layout, Template, Token};
+use crate::scheduler::{score_samples, ScoringOptions, Stats};
+use crate::Error;
+
+/// What to benchmark.
+#[derive(Debug, Clone)]
+pub struct BenchConfig {
+    /// Alpaca-style dataset; the first N records are used.
+    pub data: PathBuf,
+    /// Scoring model.
+    pub model: PathBuf,
+    /// Embedding model for retrieval.
+    pub embed_model: PathBuf,
+    /// Dataset sizes to score, in increasing order; the largest also runs without reuse.
+    pub sizes: Vec<usize>,
+    /// Context sizes and threads.
+    pub context: ContextSizes,
+    /// Template.
+    pub template: Template,
+    /// Full-batch decodes timed for each ceiling.
+    pub ceiling_repeats: usize,
+}
+
+/// llama.cpp's prompt processing alone.
+#[derive(Debug, Clone, Serialize)]
+pub struct Ceiling {
+    /// Tokens per `llama_decode`.
+    pub batch_tokens: usize,
+    /// Logit rows requested per decode.
+    pub logit_rows: usize,
+    /// Tokens per second.
+    pub tokens_per_s: f64,
+}
+
+/// One scoring run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Run {
+    /// Samples scored.
+    pub samples: usize,
+    /// Neighbour-prefix reuse on.
+    pub kv_reuse: bool,
+    /// Wall seconds for scoring (building sequences, planning, decoding, losses).
+    pub seconds: f64,
+    /// Tokens put through the model per second of wall time.
+    pub tokens_per_s: f64,
+    /// Samples per second.
+    pub samples_per_s: f64,
+    /// Tokens decoded per sample.
+    pub tokens_per_sample: f64,
+    /// Share of decoded tokens whose logits were read.
+    pub logit_share: f64,
+    /// Peak resident memory during the run, MiB (Linux).
+    pub peak_rss_mib: Option<f64>,
+    /// Engine statistics.
+    pub stats: Stats,
+}
+
+/// The whole report.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// The scoring model's file name.
+    pub model: String,
+    /// Threads and sizes.
+    pub context: ContextSizes,
+    /// (1a) logits at the last position only.
+    pub ceiling_last_logit: Ceiling,
+    /// (1b) logits at the workload's share of positions.
+    pub ceiling_workload_logits: Ceiling,
+    /// Scoring runs with reuse, one per size.
+    pub with_reuse: Vec<Run>,
+    /// The largest size without reuse.
+    pub without_reuse: Run,
+}
+
+impl Report {
+    /// Our tokens/s over ceiling (1b): the scheduler's whole overhead.
+    pub fn ratio_to_workload_ceiling(&self) -> f64 {
+        self.largest().tokens_per_s / self.ceiling_workload_logits.tokens_per_s
+    }
+
+    /// Our tokens/s over ceiling (1a).
+    pub fn ratio_to_last_logit_ceiling(&self) -> f64 {
+        self.largest().tokens_per_s / self.ceiling_last_logit.tokens_per_s
+    }
+
+    /// Samples/s with reuse over samples/s without.
+    pub fn reuse_speedup(&self) -> f64 {
+        self.largest().samples_per_s / self.without_reuse.samples_per_s
+    }
+
+    fn largest(&self) -> &Run {
+        self.with_reuse.last().expect("at least one size")
+    }
+
+    /// The report as a table for the terminal.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let c = &self.context;
+        out += &format!(
+            "model {}; {} threads, ctx {} x {} slots, batch {}, ubatch {}\n\n",
+            self.model, c.threads, c.ctx_per_sequence, c.parallel, c.batch, c.ubatch
+        );
+        for (name, ceiling) in [
+            (
+                "(1a) llama.cpp, logits at the last position",
+                &self.ceiling_last_logit,
+            ),
+            (
+                "(1b) llama.cpp, logits at the workload's share",
+                &self.ceiling_workload_logits,
+            ),
+        ] {
+            out += &format!(
+                "{name}: {:.0} tokens/s ({} tokens, {} logit rows per decode)\n",
+                ceiling.tokens_per_s, ceiling.batch_tokens, ceiling.logit_rows
+            );
+        }
+        let big = self.largest();
+        out += &format!(
+            "(2) miwv scoring, {} samples: {:.0} tokens/s = {:.3} x (1b), {:.3} x (1a)\n",
+            big.samples,
+            big.tokens_per_s,
+            self.ratio_to_workload_ceiling(),
+            self.ratio_to_last_logit_ceiling()
+        );
+        out += &format!(
+            "    of which loss extraction {:.1}% of the time, outside decode/extraction {:.1}%\n",
+            100.0 * big.stats.loss_seconds / big.seconds,
+            100.0 * (big.seconds - big.stats.decode_seconds - big.stats.loss_seconds) / big.seconds
+        );
+        out += &format!(
+            "(3) samples/s with KV reuse {:.3}, without {:.3}: {:.2}x\n",
+            big.samples_per_s,
+            self.without_reuse.samples_per_s,
+            self.reuse_speedup()
+        );
+        let mib = |r: &Run| {
+            r.peak_rss_mib
+                .map_or("n/a".into(), |m| format!("{m:.0} MiB"))
+        };
+        out += &format!(
+            "(4) tokens decoded per sample: {:.1} with reuse, {:.1} without ({:.2}x); peak RSS {} / {}\n",
+            big.tokens_per_sample,
+            self.without_reuse.tokens_per_sample,
+            self.without_reuse.tokens_per_sample / big.tokens_per_sample,
+            mib(big),
+            mib(&self.without_reuse)
+        );
+        out +=
+            "(5) growth with N (reuse on):\n      N   seconds  tokens/s  ms/token  tokens/sample\n";
+        for r in &self.with_reuse {
+            out += &format!(
+                "  {:>5}  {:>8.1}  {:>8.0}  {:>8.3}  {:>13.1}\n",
+                r.samples,
+                r.seconds,
+                r.tokens_per_s,
+                1000.0 / r.tokens_per_s,
+                r.tokens_per_sample
+            );
+        }
+        out
+    }
+}
+
+/// Runs the benchmark.
+///
+/// # Errors
+/// Input, model and engine errors.
+pub fn run(config: &BenchConfig) -> Result<Report, Error> {
+    crate::config::check_sizes(&config.context)?;
+    let largest = *config
+        .sizes
+        .iter()
+        .max()
+        .ok_or_else(|| Error::Bench("no sizes".into()))?;
+    let mut samples = read_dataset(&config.data)?;
+    if samples.len() < largest {
+        return Err(Error::Bench(format!(
+            "{}: {} records, fewer than the largest size {largest}",
+            config.data.display(),
+            samples.len()
+        )));
+    }
+    samples.truncate(largest);
+
+    let vectors = {
+        let embed_model = Model::load(&config.embed_model, 0)?;
+        let prefix = default_prefix(embed_model.info().architecture.as_deref());
+        let mut embedder = Embedder::new(&embed_model, config.context.threads)?;
+        embed_samples(&mut embedder, &samples, prefix)?
+    };
+    let model = Model::load(&config.model, 0)?;
+
+    let options = |kv_reuse| ScoringOptions {
+        sizes: config.context,
+        kv_reuse,
+        template: config.template,
+        append_eos: false,
+    };
+    let score = |n: usize, kv_reuse: bool| -> Result<Run, Error> {
+        let (vectors, dim) = (&vectors.0[..n * vectors.1], vectors.1);
+        let neighbours = nearest_others(vectors, dim)?;
+        reset_peak_rss();
+        let clock = Instant::now();
+        let outcome = score_samples(
+            &model,
+            &samples[..n],
+            &neighbours,
+            &options(kv_reuse),
+            |_, _, _| {},
+        )?;
+        let seconds = clock.elapsed().as_secs_f64();
+        let s = outcome.stats;
+        Ok(Run {
+            samples: n,
+            kv_reuse,
+            seconds,
+            tokens_per_s: s.tokens_decoded as f64 / seconds,
+            samples_per_s: n as f64 / seconds,
+            tokens_per_sample: s.tokens_decoded as f64 / n as f64,
+            logit_share: s.scored_rows as f64 / s.tokens_decoded as f64,
+            peak_rss_mib: peak_rss_mib(),
+            stats: s,
+        })
+    };
+    let mut with_reuse = Vec::new();
+    for &n in &config.sizes {
+        with_reuse.push(score(n, true)?);
+        tracing::info!("scored {n} samples with reuse");
+    }
+    let without_reuse = score(largest, false)?;
+    let share = with_reuse.last().map_or(0.0, |r| r.logit_share);
+
+    let tokens = ceiling_tokens(&model, &samples, config.template, 512);
+    let ceiling = |rows: usize| {
+        ceiling(
+            &model,
+            config.context,
+            &tokens,
+            rows,
+            config.ceiling_repeats,
+        )
+    };
+    let ceiling_last_logit = ceiling(1)?;
+    let ceiling_workload_logits = ceiling(((tokens.len() as f64 * share).round() as usize).max(1))?;
+
+    Ok(Report {
+        model: config
+            .model
+            .file_name()
+            .map_or_else(String::new, |f| f.to_string_lossy().into_owned()),
+        context: config.context,
+        ceiling_last_logit,
+        ceiling_workload_logits,
+        with_reuse,
+        without_reuse,
+    })
+}
+
+/// `len` real tokens: the dataset's blocks, concatenated.
+fn ceiling_tokens(model: &Model, samples: &[Sample], template: Template, len: usize) -> Vec<Token> {
+    let layout = Layout::new(model, template, false);
+    let mut tokens = Vec::with_capacity(len + 512);
+    for sample in samples {
+        tokens.extend(layout.block(sample).tokens);
+        if tokens.len() >= len {
+            break;
+        }
+    }
+    tokens.truncate(len);
+    tokens
+}
+
+/// Tokens/s of full one-sequence decodes with `rows` logit rows each (the last ones).
+fn ceiling(
+    model: &Model,
+    sizes: ContextSizes,
+    tokens: &[Token],
+    rows: usize,
+    repeats: usize,
+) -> Result<Ceiling, Error> {
+    let mut scorer = Scorer::new(model, sizes)?;
+    let rows = rows.min(tokens.len() - 1);
+    let item = Item {
+        tokens,
+        first_pos: 0,
+        slot: 0,
+        copy_from: None,
+        scored: tokens.len() - rows..tokens.len(),
+    };
+    scorer.decode_only(std::slice::from_ref(&item))?; // warm-up
+    scorer.free(&[0]);
+    let clock = Instant::now();
+    for _ in 0..repeats {
+        scorer.decode_only(std::slice::from_ref(&item))?;
+        scorer.free(&[0]);
+    }
+    Ok(Ceiling {
+        batch_tokens: tokens.len(),
+        logit_rows: rows,
+        tokens_per_s: (tokens.len() * repeats) as f64 / clock.elapsed().as_secs_f64(),
+    })
+}
+
+fn reset_peak_rss() {
+    // Linux: writing 5 resets the peak resident set size (VmHWM).
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
