@@ -24,8 +24,8 @@ fn main() {
         .unwrap_or_else(|| vec![50, 100, 200]);
     let config = BenchConfig {
         data,
-        model: root.join("ggml-models/SmolLM2-135M-Instruct.Q4_1.gguf"),
-        embed_model: root.join("ggml-models/nomic-embed-text-v1.5.f16.gguf"),
+        model: root.join(miwv::DEFAULT_MODEL),
+        embed_model: root.join(miwv::DEFAULT_EMBED_MODEL),
         sizes,
         context: ContextSizes {
             ctx_per_sequence: 2048,

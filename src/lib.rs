@@ -26,6 +26,11 @@ pub mod select;
 
 use std::path::PathBuf;
 
+/// The default scoring model, as fetched by `ggml-models/fetch.py`.
+pub const DEFAULT_MODEL: &str = "ggml-models/SmolLM2-135M-Instruct.Q4_1.gguf";
+/// The default retrieval embedder, as fetched by `ggml-models/fetch.py`.
+pub const DEFAULT_EMBED_MODEL: &str = "ggml-models/nomic-embed-text-v1.5.f16.gguf";
+
 /// Any failure of a run, by the step that failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

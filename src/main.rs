@@ -40,14 +40,10 @@ struct SelectArgs {
     #[arg(short, long, default_value = "miwv-out")]
     out: PathBuf,
     /// GGUF scoring model.
-    #[arg(
-        short = 'm',
-        long,
-        default_value = "ggml-models/SmolLM2-135M-Instruct.Q4_1.gguf"
-    )]
+    #[arg(short = 'm', long, default_value = miwv::DEFAULT_MODEL)]
     model: PathBuf,
     /// GGUF embedding model for retrieval, or `self` to mean-pool the scoring model.
-    #[arg(long, default_value = "ggml-models/nomic-embed-text-v1.5.f16.gguf")]
+    #[arg(long, default_value = miwv::DEFAULT_EMBED_MODEL)]
     embed_model: String,
     /// Text put before each retrieval text [default: the embedder's convention, e.g.
     /// "search_document: " for nomic-embed].
@@ -114,14 +110,10 @@ struct BenchArgs {
     /// Alpaca-style dataset; the first N records are used (see benches/fetch-data.py).
     data: PathBuf,
     /// GGUF scoring model.
-    #[arg(
-        short = 'm',
-        long,
-        default_value = "ggml-models/SmolLM2-135M-Instruct.Q4_1.gguf"
-    )]
+    #[arg(short = 'm', long, default_value = miwv::DEFAULT_MODEL)]
     model: PathBuf,
     /// GGUF embedding model for retrieval.
-    #[arg(long, default_value = "ggml-models/nomic-embed-text-v1.5.f16.gguf")]
+    #[arg(long, default_value = miwv::DEFAULT_EMBED_MODEL)]
     embed_model: PathBuf,
     /// Dataset sizes, comma-separated; the largest also runs without KV reuse.
     #[arg(long, value_delimiter = ',', default_values_t = [50, 100, 200])]

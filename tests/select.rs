@@ -2,6 +2,7 @@
 
 mod common;
 
+use std::path::Path;
 use std::process::Command;
 
 use miwv::dataset::read_dataset;
@@ -16,7 +17,21 @@ fn miwv() -> Command {
     cmd
 }
 
-fn read_jsonl(path: &std::path::Path) -> Vec<Value> {
+/// Runs `miwv select DATA -o OUT EXTRA...`, checks it succeeded, returns `scores.jsonl`.
+fn select(data: &Path, out: &Path, extra: &[&str]) -> Vec<Value> {
+    let status = miwv()
+        .arg("select")
+        .arg(data)
+        .arg("-o")
+        .arg(out)
+        .args(extra)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    read_jsonl(&out.join("scores.jsonl"))
+}
+
+fn read_jsonl(path: &Path) -> Vec<Value> {
     std::fs::read_to_string(path)
         .unwrap()
         .lines()
@@ -67,20 +82,7 @@ fn select_writes_scores_selection_and_run_record() {
     std::fs::write(&data, lines.join("\n") + "\n").unwrap();
     let out = dir.path().join("out");
 
-    let status = miwv()
-        .args([
-            "select",
-            data.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-            "--ratio",
-            "0.1",
-        ])
-        .status()
-        .unwrap();
-    assert!(status.success());
-
-    let scores = read_jsonl(&out.join("scores.jsonl"));
+    let scores = select(&data, &out, &["--ratio", "0.1"]);
     assert_eq!(scores.len(), 41);
     for (i, row) in scores.iter().enumerate() {
         assert_eq!(row["index"], i);
@@ -148,21 +150,7 @@ fn unscorable_samples_are_nan_with_a_reason_and_never_selected() {
     )
     .unwrap();
     let out = dir.path().join("out");
-    let status = miwv()
-        .args([
-            "select",
-            data.to_str().unwrap(),
-            "-o",
-            out.to_str().unwrap(),
-            "--count",
-            "3",
-            "--embed-model",
-            "self",
-        ])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let scores = read_jsonl(&out.join("scores.jsonl"));
+    let scores = select(&data, &out, &["--count", "3", "--embed-model", "self"]);
     assert!(scores[0]["miwv"].is_null());
     assert_eq!(scores[0]["reason"], "empty_response");
     assert_eq!(scores[0]["selected"], false);
