@@ -186,18 +186,15 @@ pub fn schedule(shapes: &[Shape], limits: Limits) -> Vec<Step> {
     for (i, shape) in shapes.iter().enumerate() {
         if shape.zero_len.is_some() && children[i].is_empty() {
             let work = Work::ZeroShot(i);
-            independent.insert((len_of(work), std::cmp::Reverse(2 * i), work_key(work)));
+            independent.insert((len_of(work), std::cmp::Reverse(work_key(work))));
         }
         if let OneShot::Whole { .. } = shape.one_shot {
             let work = Work::OneShotWhole(i);
-            independent.insert((len_of(work), std::cmp::Reverse(2 * i + 1), work_key(work)));
+            independent.insert((len_of(work), std::cmp::Reverse(work_key(work))));
         }
     }
-    for (_, _, key) in &independent {
-        assert!(
-            len_of(work_of(*key)) <= limits.tokens,
-            "a sequence exceeds the step's tokens"
-        );
+    for &(len, _) in &independent {
+        assert!(len <= limits.tokens, "a sequence exceeds the step's tokens");
     }
 
     struct Held {
@@ -269,7 +266,7 @@ pub fn schedule(shapes: &[Shape], limits: Limits) -> Vec<Step> {
         // 3. Independent sequences, the largest that fits first.
         while let Some(&slot) = free_slots.first() {
             let Some(&item) = independent
-                .range(..(tokens + 1, std::cmp::Reverse(usize::MAX), 0))
+                .range(..(tokens + 1, std::cmp::Reverse(usize::MAX)))
                 .next_back()
             else {
                 break;
@@ -279,7 +276,7 @@ pub fn schedule(shapes: &[Shape], limits: Limits) -> Vec<Step> {
             temporary.push(slot);
             tokens -= item.0;
             step.entries.push(Entry {
-                work: work_of(item.2),
+                work: work_of(item.1 .0),
                 slot,
                 copy_from: None,
             });

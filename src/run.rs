@@ -73,7 +73,6 @@ pub fn select(config: &SelectConfig) -> Result<RunSummary, Error> {
         template: config.template,
         append_eos: config.append_eos,
     };
-    let report_every = Instant::now();
     let mut last_report = 0.0;
     let outcome = score_samples(
         &model,
@@ -81,7 +80,7 @@ pub fn select(config: &SelectConfig) -> Result<RunSummary, Error> {
         &neighbours,
         &options,
         |done, total, tokens| {
-            let secs = report_every.elapsed().as_secs_f64();
+            let secs = clock.elapsed().as_secs_f64();
             if secs - last_report >= 10.0 || done == total {
                 last_report = secs;
                 tracing::info!(

@@ -108,7 +108,6 @@ pub fn score_samples(
     let mut failed: Vec<Option<Unscorable>> = vec![None; samples.len()];
     let mut zero: Vec<Option<ScoredSequence>> = Vec::with_capacity(samples.len());
     let mut one: Vec<Option<ScoredSequence>> = Vec::with_capacity(samples.len());
-    let mut dropped = vec![0; samples.len()];
     for (i, block) in blocks.iter().enumerate() {
         usage[i].response_tokens = block.response_len();
         let z = layout.zero_shot(block, max_len);
@@ -124,7 +123,6 @@ pub fn score_samples(
             Ok((seq, cut)) => {
                 usage[i].prompt_tokens_one_shot = seq.target.start;
                 usage[i].example_tokens_dropped = cut;
-                dropped[i] = cut;
                 one.push(Some(seq));
             }
             Err(reason) => {
@@ -143,7 +141,9 @@ pub fn score_samples(
             zero_len: zero[i].as_ref().map(|s| s.tokens.len()),
             one_shot: match (&one[i], neighbours[i]) {
                 (None, _) => OneShot::Skip,
-                (Some(seq), Some(n)) if reuse && dropped[i] == 0 && zero[n.index].is_some() => {
+                (Some(seq), Some(n))
+                    if reuse && usage[i].example_tokens_dropped == 0 && zero[n.index].is_some() =>
+                {
                     OneShot::Reuse {
                         parent: n.index,
                         suffix_len: seq.tokens.len()
@@ -181,9 +181,13 @@ pub fn score_samples(
                 let (seq, first_pos) = match e.work {
                     Work::ZeroShot(i) => (zero[i].as_ref(), 0),
                     Work::OneShotWhole(i) => (one[i].as_ref(), 0),
-                    Work::OneShotSuffix(i) => {
-                        (one[i].as_ref(), shapes[i].zero_len_of_parent(&shapes))
-                    }
+                    Work::OneShotSuffix(i) => match shapes[i].one_shot {
+                        OneShot::Reuse { parent, .. } => (
+                            one[i].as_ref(),
+                            shapes[parent].zero_len.expect("a reused parent is decoded"),
+                        ),
+                        _ => unreachable!("a suffix continues its parent"),
+                    },
                 };
                 let seq = seq.expect("planned work has a sequence");
                 Item {
@@ -231,14 +235,4 @@ pub fn score_samples(
         usage,
         stats,
     })
-}
-
-impl Shape {
-    /// The length of the parent's zero-shot sequence, for a sample that reuses it.
-    fn zero_len_of_parent(&self, shapes: &[Shape]) -> usize {
-        match self.one_shot {
-            OneShot::Reuse { parent, .. } => shapes[parent].zero_len.unwrap_or(0),
-            _ => 0,
-        }
-    }
 }
