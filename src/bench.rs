@@ -14,7 +14,7 @@ use crate::embed::{default_prefix, embed_samples};
 use crate::engine::{ContextSizes, Embedder, Item, Model, Scorer};
 use crate::neighbours::nearest_others;
 use crate::prompt::{Layout, Template, Token};
-use crate::scheduler::{score_samples, ScoringOptions, Stats};
+use crate::scheduler::{score_samples, NoJournal, ScoringOptions, Stats};
 use crate::Error;
 
 /// What to benchmark.
@@ -188,7 +188,7 @@ pub fn run(config: &BenchConfig) -> Result<Report, Error> {
         .iter()
         .max()
         .ok_or_else(|| Error::Bench("no sizes".into()))?;
-    let mut samples = read_dataset(&config.data)?;
+    let mut samples = read_dataset(&config.data)?.samples;
     if samples.len() < largest {
         return Err(Error::Bench(format!(
             "{}: {} records, fewer than the largest size {largest}",
@@ -211,6 +211,7 @@ pub fn run(config: &BenchConfig) -> Result<Report, Error> {
         kv_reuse,
         template: config.template,
         append_eos: false,
+        checkpoint_tokens: crate::config::DEFAULT_CHECKPOINT_TOKENS,
     };
     let score = |n: usize, kv_reuse: bool| -> Result<Run, Error> {
         let (vectors, dim) = (&vectors.0[..n * vectors.1], vectors.1);
@@ -222,6 +223,7 @@ pub fn run(config: &BenchConfig) -> Result<Report, Error> {
             &samples[..n],
             &neighbours,
             &options(kv_reuse),
+            &mut NoJournal,
             |_, _, _| {},
         )?;
         let seconds = clock.elapsed().as_secs_f64();

@@ -3,10 +3,20 @@
 //! Every record keeps its original JSON object so the selected subset can be written back
 //! unchanged. Errors name the file, the line and record, and the field, because a user with a
 //! 50K-row file needs to find the bad row, not guess.
+//!
+//! A file that was cut off (an interrupted download or write; ShareGPT's 90K array ends in the
+//! middle of a record) is read up to its last complete record and reported as a [`Truncation`]
+//! instead of refused, because everything before the cut is still good data. Only the end of the
+//! input is forgiven: a syntax error anywhere else stays an error.
+//!
+//! The module depends only on serde, serde_json and thiserror, so the fuzz crate in `fuzz/` can
+//! compile it on its own without building llama.cpp and FAISS.
 
+use std::collections::hash_map::{Entry, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use serde::Serialize;
 use serde_json::{Map, Value};
 
 /// One instruction-tuning sample.
@@ -24,8 +34,39 @@ pub struct Sample {
     pub record: Map<String, Value>,
 }
 
+/// A dataset as read: its complete records, and where the file stops if it was cut off.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Dataset {
+    /// The complete records, in file order, with unique ids.
+    pub samples: Vec<Sample>,
+    /// Set when the file ends before the dataset does; the samples are those before the cut.
+    pub truncated: Option<Truncation>,
+}
+
+/// Where a cut-off file stops, so the caller can warn that the tail was dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Truncation {
+    /// Where the incomplete record starts; when the file ends between records (after a `,` or
+    /// a record, before the closing `]`), the line of that last `,` or record and the index the
+    /// next record would have had.
+    pub at: Location,
+    /// How many complete records were read before the cut (all of them are in the samples).
+    pub complete_records: usize,
+}
+
+impl fmt::Display for Truncation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let plural = if self.complete_records == 1 { "" } else { "s" };
+        write!(
+            f,
+            "the file ends early, at {} (cut off?); keeping the {} complete record{plural} before it",
+            self.at, self.complete_records
+        )
+    }
+}
+
 /// Where a record sits in its file, for error messages.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Location {
     /// 1-based line where the record starts.
     pub line: usize,
@@ -58,14 +99,15 @@ pub enum DatasetError {
         /// 1-based line of the first invalid byte.
         line: usize,
     },
-    /// The bytes are not valid JSON where a record was expected.
+    /// The bytes are not valid JSON where a record was expected, or the file ends before its
+    /// first record is complete.
     #[error("{path}: {at}: invalid JSON: {message}")]
     Json {
         /// The dataset file.
         path: PathBuf,
         /// Where the bad record starts.
         at: Location,
-        /// What the JSON parser reported.
+        /// What the JSON parser reported, with the position in the whole file.
         message: String,
     },
     /// A record is valid JSON but a field is missing or has the wrong type.
@@ -80,126 +122,266 @@ pub enum DatasetError {
         /// What is wrong with it.
         problem: String,
     },
+    /// Two records have the same id (explicit, or the index used for records without one).
+    #[error(
+        "{path}: {second}: id {id:?} already used by {first}; ids must be unique because \
+         scores.jsonl and the resume log refer to samples by id"
+    )]
+    DuplicateId {
+        /// The dataset file.
+        path: PathBuf,
+        /// The repeated id.
+        id: String,
+        /// The record that used it first.
+        first: Location,
+        /// The record that repeats it.
+        second: Location,
+    },
 }
 
-/// Reads a dataset: a JSON array of records, or JSON Lines (one record per line).
+/// Reads a dataset file: a JSON array of records, or JSON Lines (one record per line).
 ///
-/// The format is decided by the first non-blank character: `[` means an array.
+/// See [`parse_dataset`] for the format and what counts as cut off.
 ///
 /// # Errors
-/// [`DatasetError`] naming the file, line, record and field of the first bad record.
-pub fn read_dataset(path: &Path) -> Result<Vec<Sample>, DatasetError> {
+/// [`DatasetError::Io`] when the file cannot be read, otherwise as [`parse_dataset`].
+pub fn read_dataset(path: &Path) -> Result<Dataset, DatasetError> {
     let bytes = std::fs::read(path).map_err(|source| DatasetError::Io {
         path: path.to_path_buf(),
         source,
     })?;
-    let text = String::from_utf8(bytes).map_err(|e| {
-        let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
-        DatasetError::Encoding {
-            path: path.to_path_buf(),
-            line: valid.iter().filter(|&&b| b == b'\n').count() + 1,
+    parse_dataset(&bytes, path)
+}
+
+/// Parses a dataset: a JSON array of records, or JSON Lines (one record per line).
+///
+/// The format is decided by the first non-blank character: `[` means an array. A leading UTF-8
+/// byte-order mark is skipped. An empty or blank file, or `[]`, has no samples. A file that ends
+/// before the array's closing `]`, or whose last line is cut, keeps its complete records and
+/// says so in [`Dataset::truncated`]. `path` is only used in error messages.
+///
+/// # Errors
+/// [`DatasetError`] naming the file, line, record and field of the first bad record; a file
+/// cut off before its first record is complete is an error too, since nothing is usable.
+pub fn parse_dataset(bytes: &[u8], path: &Path) -> Result<Dataset, DatasetError> {
+    let (text, cut_character) = match std::str::from_utf8(bytes) {
+        Ok(text) => (text, None),
+        Err(e) => {
+            let valid = &bytes[..e.valid_up_to()];
+            let encoding = DatasetError::Encoding {
+                path: path.to_path_buf(),
+                line: valid.iter().filter(|&&b| b == b'\n').count() + 1,
+            };
+            // The file ends inside a multi-byte character: a download cut inside a string.
+            // Read what comes before; if that is not cut off too, the bytes really are bad.
+            let Ok(text) = std::str::from_utf8(valid) else {
+                return Err(encoding);
+            };
+            if e.error_len().is_some() {
+                return Err(encoding);
+            }
+            (text, Some(encoding))
         }
-    })?;
-    let records = split_records(&text).map_err(|(at, message)| DatasetError::Json {
+    };
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let split = split_records(text).map_err(|(at, message)| DatasetError::Json {
         path: path.to_path_buf(),
         at,
         message,
     })?;
-    records
-        .into_iter()
-        .map(|(at, value)| {
-            sample_from(value, at).map_err(|(field, problem)| DatasetError::Field {
-                path: path.to_path_buf(),
-                at,
-                field,
-                problem,
-            })
-        })
-        .collect()
+    if let (Some(encoding), None) = (cut_character, split.cut) {
+        return Err(encoding);
+    }
+    let mut first_use: HashMap<String, Location> = HashMap::with_capacity(split.records.len());
+    let mut samples = Vec::with_capacity(split.records.len());
+    for (at, value) in split.records {
+        let sample = sample_from(value, at).map_err(|(field, problem)| DatasetError::Field {
+            path: path.to_path_buf(),
+            at,
+            field,
+            problem,
+        })?;
+        match first_use.entry(sample.id.clone()) {
+            Entry::Occupied(first) => {
+                return Err(DatasetError::DuplicateId {
+                    path: path.to_path_buf(),
+                    id: sample.id,
+                    first: *first.get(),
+                    second: at,
+                })
+            }
+            Entry::Vacant(slot) => {
+                slot.insert(at);
+            }
+        }
+        samples.push(sample);
+    }
+    let truncated = split.cut.map(|at| Truncation {
+        at,
+        complete_records: samples.len(),
+    });
+    Ok(Dataset { samples, truncated })
 }
 
 type RecordError = (Location, String);
 
-/// Splits the text into JSON values with their locations, reading one value at a time so an
-/// error points at the record that broke.
-fn split_records(text: &str) -> Result<Vec<(Location, Value)>, RecordError> {
-    let lines = LineIndex::new(text);
-    let start = skip_whitespace(text, 0);
-    let mut records = Vec::new();
-    if text[start..].starts_with('[') {
-        let mut pos = skip_whitespace(text, start + 1);
-        if text[pos..].starts_with(']') {
-            return Ok(records);
-        }
-        loop {
-            let at = Location {
-                line: lines.line_of(pos),
-                record: records.len(),
-            };
-            if pos >= text.len() {
-                return Err((at, "the array ends before its closing `]`".into()));
-            }
-            let (value, end) = parse_value(text, pos).map_err(|e| (at, e))?;
-            records.push((at, value));
-            pos = skip_whitespace(text, end);
-            match text[pos..].chars().next() {
-                Some(',') => pos = skip_whitespace(text, pos + 1),
-                Some(']') => break,
-                Some(c) => {
-                    let at = Location {
-                        line: lines.line_of(pos),
-                        record: records.len(),
-                    };
-                    return Err((
-                        at,
-                        format!("expected `,` or `]` after a record, found `{c}`"),
-                    ));
-                }
-                None => {
-                    let at = Location {
-                        line: lines.line_of(pos),
-                        record: records.len(),
-                    };
-                    return Err((at, "the array ends before its closing `]`".into()));
-                }
-            }
-        }
-        let rest = skip_whitespace(text, pos + 1);
-        if rest < text.len() {
-            let at = Location {
-                line: lines.line_of(rest),
-                record: records.len(),
-            };
-            return Err((at, "unexpected text after the closing `]`".into()));
-        }
-    } else {
-        for (number, line) in text.lines().enumerate() {
-            if line.trim().is_empty() {
-                continue;
-            }
-            let at = Location {
-                line: number + 1,
-                record: records.len(),
-            };
-            let value: Value = serde_json::from_str(line).map_err(|e| (at, e.to_string()))?;
-            records.push((at, value));
-        }
-    }
-    Ok(records)
+/// The JSON values of a file with their locations, and where it was cut off, if it was.
+struct Split {
+    records: Vec<(Location, Value)>,
+    cut: Option<Location>,
 }
 
-/// Parses one JSON value starting at `pos`; returns it and the byte offset just past it.
-fn parse_value(text: &str, pos: usize) -> Result<(Value, usize), String> {
-    let mut stream = serde_json::Deserializer::from_str(&text[pos..]).into_iter::<Value>();
-    match stream.next() {
-        Some(Ok(value)) => Ok((value, pos + stream.byte_offset())),
-        Some(Err(e)) => Err(e.to_string()),
-        None => Err("expected a record".into()),
+/// Splits the text into JSON values with their locations, reading one value at a time so an
+/// error points at the record that broke.
+fn split_records(text: &str) -> Result<Split, RecordError> {
+    let lines = LineIndex::new(text);
+    let start = skip_whitespace(text, 0);
+    let split = if text[start..].starts_with('[') {
+        split_array(text, start, &lines)?
+    } else {
+        split_lines(text, &lines)?
+    };
+    match split.cut {
+        Some(at) if split.records.is_empty() => Err((
+            at,
+            "the file ends before its first record is complete, so there is nothing to read \
+             (cut off?)"
+                .into(),
+        )),
+        _ => Ok(split),
     }
+}
+
+/// A JSON array starting at `open` (its `[`). Ending before the closing `]` is a cut, wherever
+/// it happens: inside a record, after a `,` or right after a record.
+fn split_array(text: &str, open: usize, lines: &LineIndex) -> Result<Split, RecordError> {
+    let mut records = Vec::new();
+    let location = |pos: usize, records: &Vec<_>| Location {
+        line: lines.line_of(pos),
+        record: records.len(),
+    };
+    // The last byte read that belongs to the array: where a cut between records is reported.
+    let mut last = open;
+    let mut pos = skip_whitespace(text, open + 1);
+    if text[pos..].starts_with(']') {
+        return check_end(text, pos, records, lines);
+    }
+    loop {
+        if pos >= text.len() {
+            let cut = Some(location(last, &records));
+            return Ok(Split { records, cut });
+        }
+        let at = location(pos, &records);
+        let mut stream = serde_json::Deserializer::from_str(&text[pos..]).into_iter::<Value>();
+        match stream.next() {
+            Some(Ok(value)) => records.push((at, value)),
+            Some(Err(e)) if e.is_eof() => {
+                return Ok(Split {
+                    records,
+                    cut: Some(at),
+                })
+            }
+            Some(Err(e)) => return Err((at, json_message(&e, pos, lines))),
+            None => return Err((at, "expected a record".into())),
+        }
+        last = pos + stream.byte_offset() - 1;
+        pos = skip_whitespace(text, last + 1);
+        match text[pos..].chars().next() {
+            Some(',') => {
+                last = pos;
+                pos = skip_whitespace(text, pos + 1);
+            }
+            Some(']') => return check_end(text, pos, records, lines),
+            Some(c) => {
+                return Err((
+                    location(pos, &records),
+                    format!("expected `,` or `]` after a record, found {c:?}"),
+                ))
+            }
+            None => {
+                let cut = Some(location(last, &records));
+                return Ok(Split { records, cut });
+            }
+        }
+    }
+}
+
+/// After the closing `]` at `close` only whitespace may follow.
+fn check_end(
+    text: &str,
+    close: usize,
+    records: Vec<(Location, Value)>,
+    lines: &LineIndex,
+) -> Result<Split, RecordError> {
+    let rest = skip_whitespace(text, close + 1);
+    if rest < text.len() {
+        let at = Location {
+            line: lines.line_of(rest),
+            record: records.len(),
+        };
+        return Err((at, "unexpected text after the closing `]`".into()));
+    }
+    Ok(Split { records, cut: None })
+}
+
+/// JSON Lines: one record per non-blank line. Only the last line can be cut off, and only if it
+/// runs to the end of the file: a line that stops at a newline was not cut by the end of input.
+fn split_lines(text: &str, lines: &LineIndex) -> Result<Split, RecordError> {
+    let mut records = Vec::new();
+    let mut start = 0;
+    for (index, raw) in text.split('\n').enumerate() {
+        let line_start = start;
+        start += raw.len() + 1;
+        let line = raw.strip_suffix('\r').unwrap_or(raw);
+        if line.bytes().all(is_json_whitespace) {
+            continue;
+        }
+        let at = Location {
+            line: index + 1,
+            record: records.len(),
+        };
+        match serde_json::from_str::<Value>(line) {
+            Ok(value) => records.push((at, value)),
+            Err(e) if e.is_eof() && start > text.len() => {
+                return Ok(Split {
+                    records,
+                    cut: Some(at),
+                })
+            }
+            Err(e) => return Err((at, json_message(&e, line_start, lines))),
+        }
+    }
+    Ok(Split { records, cut: None })
+}
+
+/// serde_json's message with its position made absolute: it counts from where the parse
+/// started (the record, or the line), which would point a user at the wrong place.
+fn json_message(e: &serde_json::Error, start: usize, lines: &LineIndex) -> String {
+    let message = e.to_string();
+    if e.line() == 0 {
+        return message;
+    }
+    let suffix = format!(" at line {} column {}", e.line(), e.column());
+    let what = message.strip_suffix(&suffix).unwrap_or(&message);
+    let line = lines.line_of(start) + e.line() - 1;
+    let column = if e.line() == 1 {
+        lines.column_of(start) + e.column()
+    } else {
+        e.column()
+    };
+    format!("{what} at line {line} column {column}")
+}
+
+/// JSON's own whitespace; Unicode spaces elsewhere are syntax errors, as serde_json says.
+fn is_json_whitespace(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | b'\r')
 }
 
 fn skip_whitespace(text: &str, pos: usize) -> usize {
-    pos + text[pos..].len() - text[pos..].trim_start().len()
+    pos + text.as_bytes()[pos..]
+        .iter()
+        .take_while(|&&b| is_json_whitespace(b))
+        .count()
 }
 
 /// Byte offset -> 1-based line number.
@@ -212,6 +394,14 @@ impl LineIndex {
 
     fn line_of(&self, pos: usize) -> usize {
         self.0.partition_point(|&newline| newline < pos) + 1
+    }
+
+    /// 0-based byte column.
+    fn column_of(&self, pos: usize) -> usize {
+        match self.line_of(pos) {
+            1 => pos,
+            line => pos - self.0[line - 2] - 1,
+        }
     }
 }
 
@@ -272,7 +462,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(name);
         std::fs::write(&path, text).unwrap();
-        read_dataset(&path)
+        read_dataset(&path).map(|dataset| dataset.samples)
     }
 
     #[test]
@@ -328,11 +518,14 @@ mod tests {
 
         let truncated =
             "[\n {\"instruction\": \"a\", \"output\": \"b\"},\n {\"instruction\": \"c\", \"outp";
-        let err = read(truncated, "t.json").unwrap_err().to_string();
-        assert!(
-            err.contains("t.json: line 3, record 1: invalid JSON"),
-            "{err}"
-        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.json");
+        std::fs::write(&path, truncated).unwrap();
+        let dataset = read_dataset(&path).unwrap();
+        assert_eq!(dataset.samples.len(), 1);
+        let cut = dataset.truncated.unwrap();
+        assert_eq!(cut.at, Location { line: 3, record: 1 });
+        assert_eq!(cut.complete_records, 1);
 
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("latin1.jsonl");
@@ -346,5 +539,25 @@ mod tests {
             err.contains("latin1.jsonl: line 2: not valid UTF-8"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn json_positions_count_from_the_start_of_the_file() {
+        // The second record starts at line 3, column 3; serde_json alone would say line 1.
+        let text = "[\n  {\"instruction\": \"a\", \"output\": \"b\"},\n  {\"instruction\": x}\n]";
+        let err = parse_dataset(text.as_bytes(), Path::new("p.json"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(
+                "p.json: line 3, record 1: invalid JSON: expected value at line 3 column 19"
+            ),
+            "{err}"
+        );
+        let text = "{\"instruction\": \"a\", \"output\": \"b\"}\n{\"instruction\":\n";
+        let err = parse_dataset(text.as_bytes(), Path::new("p.jsonl"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("p.jsonl: line 2, record 1: invalid JSON: EOF while parsing a value at line 2 column 15"), "{err}");
     }
 }

@@ -28,6 +28,25 @@ use serde::Serialize;
 use crate::prompt::{ScoredSequence, Token, Tokenize};
 use crate::score::log_prob;
 
+/// Checks that `path` is a readable GGUF file, before any work that depends on it.
+///
+/// # Errors
+/// [`EngineError::Model`] naming the file.
+pub fn check_model_file(path: &Path) -> Result<(), EngineError> {
+    let fail = |problem: String| EngineError::Model {
+        path: path.to_path_buf(),
+        problem,
+    };
+    let mut magic = [0u8; 4];
+    std::fs::File::open(path)
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
+        .map_err(|e| fail(format!("cannot read the model file: {e}")))?;
+    if &magic != b"GGUF" {
+        return Err(fail("not a GGUF file".into()));
+    }
+    Ok(())
+}
+
 /// Failures of the engine, each naming what failed.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -120,13 +139,7 @@ impl Model {
             path: path.to_path_buf(),
             problem,
         };
-        let mut magic = [0u8; 4];
-        std::fs::File::open(path)
-            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
-            .map_err(|e| fail(format!("cannot read the model file: {e}")))?;
-        if &magic != b"GGUF" {
-            return Err(fail("not a GGUF file".into()));
-        }
+        check_model_file(path)?;
         let params = LlamaModelParams::default().with_n_gpu_layers(gpu_layers);
         let model = LlamaModel::load_from_file(backend()?, path, &params).map_err(|_| {
             fail("llama.cpp could not load this model (truncated file or unsupported architecture; run with -v for llama.cpp's log)".into())
@@ -140,6 +153,36 @@ impl Model {
     /// The file the model came from.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Refuses models llama.cpp would run but whose losses mean nothing here: embedding-only
+    /// encoders (bidirectional attention, no language-model head) and contexts longer than
+    /// the model was trained on (positions past it are extrapolated, not measured).
+    ///
+    /// # Errors
+    /// [`EngineError::Model`] saying why.
+    pub fn check_can_score(&self, ctx_per_sequence: usize) -> Result<(), EngineError> {
+        let fail = |problem: String| EngineError::Model {
+            path: self.path.clone(),
+            problem,
+        };
+        let arch = self
+            .model
+            .meta_val_str("general.architecture")
+            .unwrap_or_default();
+        let meta = |key: &str| self.model.meta_val_str(&format!("{arch}.{key}")).ok();
+        if meta("attention.causal").as_deref() == Some("false") || meta("pooling_type").is_some() {
+            return Err(fail(format!(
+                "`{arch}` is an embedding model and cannot score responses; give a generative model with -m (it can still be the --embed-model)"
+            )));
+        }
+        let trained = self.model.n_ctx_train() as usize;
+        if trained > 0 && ctx_per_sequence > trained {
+            return Err(fail(format!(
+                "--ctx-size {ctx_per_sequence} exceeds the {trained} tokens this model was trained on"
+            )));
+        }
+        Ok(())
     }
 
     /// Metadata for the run record.
@@ -292,6 +335,7 @@ impl<'m> Scorer<'m> {
     pub fn new(model: &'m Model, sizes: ContextSizes) -> Result<Self, EngineError> {
         // Separate KV streams per sequence: a unified cache mixed with several sequences per
         // ubatch was measured to move losses by up to 0.18 nats on CPU.
+        model.check_can_score(sizes.ctx_per_sequence)?;
         let params = context_params(&sizes).with_kv_unified(false);
         let ctx = model.new_context(
             params,
@@ -422,6 +466,11 @@ impl<'m> Scorer<'m> {
             .decode(&mut self.batch)
             .map_err(|e| EngineError::Decode(format!("{e} ({})", self.path.display())))?;
         Ok(rows)
+    }
+
+    /// Empties every slot's cache, as in a new context.
+    pub fn clear(&mut self) {
+        self.ctx.clear_kv_cache();
     }
 
     /// Clears the caches of `slots` so they can take new sequences.

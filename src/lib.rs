@@ -6,7 +6,7 @@
 //!
 //! The modules follow the pipeline: [`dataset`] -> [`prompt`] -> [`embed`] -> [`neighbours`]
 //! -> [`plan`] / [`scheduler`] / [`engine`] -> [`score`] -> [`select`] -> [`output`]; [`run`] wires them
-//! together and [`config`] checks the settings first.
+//! together, [`config`] checks the settings first and [`resume`] keeps what a stopped run did.
 
 #![deny(missing_docs)]
 
@@ -19,6 +19,7 @@ pub mod neighbours;
 pub mod output;
 pub mod plan;
 pub mod prompt;
+pub mod resume;
 pub mod run;
 pub mod scheduler;
 pub mod score;
@@ -52,6 +53,17 @@ pub enum Error {
     /// An output file could not be written.
     #[error(transparent)]
     Output(#[from] output::OutputError),
+    /// The user stopped the run; what was saved is kept for resuming.
+    #[error("interrupted: {saved_steps} of {total_steps} decode steps are saved; run the same command again to resume")]
+    Interrupted {
+        /// Steps whose losses are saved.
+        saved_steps: usize,
+        /// Steps planned.
+        total_steps: usize,
+    },
+    /// The saved state of an earlier run cannot be used.
+    #[error("cannot resume: {0}")]
+    Resume(String),
     /// The benchmark cannot run as asked.
     #[error("bench: {0}")]
     Bench(String),

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::{Args, Parser, Subcommand};
 use miwv::config::{EmbedModel, SelectConfig};
@@ -67,6 +68,10 @@ struct SelectArgs {
     /// zero-shot pass (about 1.5x the tokens; for comparison).
     #[arg(long)]
     no_kv_reuse: bool,
+    /// Tokens decoded between durable checkpoints of the scores (an interrupted run loses at
+    /// most this much work; changing it changes the batch layout, so a resume keeps it).
+    #[arg(long, default_value_t = miwv::config::DEFAULT_CHECKPOINT_TOKENS)]
+    checkpoint_tokens: usize,
 }
 
 #[derive(Args)]
@@ -148,6 +153,7 @@ impl SelectArgs {
             sizes: self.context.sizes(),
             gpu_layers: self.context.n_gpu_layers,
             kv_reuse: !self.no_kv_reuse,
+            checkpoint_tokens: self.checkpoint_tokens,
         }
     }
 }
@@ -184,23 +190,47 @@ fn bench(args: BenchArgs) -> Result<(), miwv::Error> {
     Ok(())
 }
 
+/// Set by the first Ctrl-C: scoring stops at the next decode, with its checkpoints kept.
+static STOP: AtomicBool = AtomicBool::new(false);
+
+fn stop_on_ctrl_c() {
+    let installed = ctrlc::set_handler(|| {
+        if STOP.swap(true, Ordering::SeqCst) {
+            eprintln!("miwv: stopped at once; rerun the same command to resume");
+            std::process::exit(130);
+        }
+        eprintln!("miwv: stopping after the current decode (Ctrl-C again to quit at once)");
+    });
+    if let Err(e) = installed {
+        tracing::warn!("Ctrl-C will kill the run without a clean stop: {e}");
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose);
     let result = match cli.command {
-        Command::Select(args) => miwv::run::select(&args.into_config()).map(|summary| {
-            println!(
-                "scored {} of {} samples; selected {}",
-                summary.scored, summary.samples, summary.selected_count
-            );
-            println!("scores:   {}", summary.scores.display());
-            println!("selected: {}", summary.selected.display());
-            println!("run:      {}", summary.run.display());
-        }),
+        Command::Select(args) => {
+            stop_on_ctrl_c();
+            let config = args.into_config();
+            miwv::run::select_until(&config, &STOP).map(|summary| {
+                println!(
+                    "scored {} of {} samples; selected {}",
+                    summary.scored, summary.samples, summary.selected_count
+                );
+                println!("scores:   {}", summary.scores.display());
+                println!("selected: {}", summary.selected.display());
+                println!("run:      {}", summary.run.display());
+            })
+        }
         Command::Bench(args) => bench(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e @ miwv::Error::Interrupted { .. }) => {
+            eprintln!("miwv: {e}");
+            ExitCode::from(130)
+        }
         Err(e) => {
             eprintln!("miwv: error: {e}");
             ExitCode::FAILURE

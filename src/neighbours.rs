@@ -6,10 +6,10 @@
 
 use faiss::index::IndexImpl;
 use faiss::{Index, MetricType};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// A retrieved example.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Neighbour {
     /// Index of the neighbour in the dataset.
     pub index: usize,

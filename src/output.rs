@@ -59,12 +59,27 @@ pub fn write_atomically(
         source,
     };
     let tmp = path.with_extension("tmp");
-    let file = File::create(&tmp).map_err(fail)?;
-    let mut out = BufWriter::new(file);
-    write(&mut out).map_err(fail)?;
-    let file = out.into_inner().map_err(|e| fail(e.into_error()))?;
-    file.sync_all().map_err(fail)?;
-    std::fs::rename(&tmp, path).map_err(fail)
+    let written = File::create(&tmp).and_then(|file| {
+        let mut out = BufWriter::new(file);
+        write(&mut out)?;
+        let file = out.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        sync_parent(path)
+    });
+    if written.is_err() {
+        // A full disk should not keep the partial file's space.
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written.map_err(fail)
+}
+
+/// Makes a rename or a new file in `path`'s directory durable.
+pub fn sync_parent(path: &Path) -> std::io::Result<()> {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => File::open(dir)?.sync_all(),
+        _ => Ok(()),
+    }
 }
 
 /// Writes one JSON value per line.

@@ -124,6 +124,10 @@ pub struct Step {
     pub entries: Vec<Entry>,
     /// Slots whose cache is no longer needed after this step.
     pub free_after: Vec<usize>,
+    /// No cache is needed after this step: the losses so far are saved here, and a resumed
+    /// run starts from the next step with an empty cache, exactly as the uninterrupted run
+    /// continues.
+    pub checkpoint: bool,
 }
 
 /// The limits every step respects.
@@ -135,6 +139,9 @@ pub struct Limits {
     pub slots: usize,
     /// Most slots held by parents waiting for their children; fewer than `slots`.
     pub held: usize,
+    /// Tokens decoded between checkpoints. Once this many are decoded, no new parent starts
+    /// until the held ones are done, so the cache empties and the run can stop there.
+    pub checkpoint_tokens: usize,
 }
 
 /// Plans every decode of a run up front, so the batch layout (and with it llama.cpp's exact
@@ -144,7 +151,8 @@ pub struct Limits {
 /// soonest), then starts new parents, then fills the remaining tokens and slots with
 /// independent sequences, largest first. A parent's slot is held from its zero-shot decode
 /// until its last child has copied it, whatever its number of children, so a hub neighbour
-/// costs one slot, not one per child.
+/// costs one slot, not one per child. Every `limits.checkpoint_tokens` tokens the held
+/// parents drain to a checkpoint step; the last step is always one.
 ///
 /// # Panics
 /// When a sequence is longer than `limits.tokens`, or `limits.held >= limits.slots` while any
@@ -205,7 +213,9 @@ pub fn schedule(shapes: &[Shape], limits: Limits) -> Vec<Step> {
     let mut held: std::collections::VecDeque<Held> = Default::default();
     let mut free_slots: std::collections::BTreeSet<usize> = (0..limits.slots).collect();
     let mut steps = Vec::new();
+    let mut since_checkpoint = 0;
     while !(parents.is_empty() && independent.is_empty() && held.is_empty()) {
+        let draining = since_checkpoint >= limits.checkpoint_tokens.max(1);
         let mut step = Step::default();
         let mut tokens = limits.tokens;
         let mut temporary = Vec::new();
@@ -238,7 +248,7 @@ pub fn schedule(shapes: &[Shape], limits: Limits) -> Vec<Step> {
             !done
         });
         // 2. New parents, each holding its slot until its children are done.
-        while held.len() + step.free_after.len() < limits.held {
+        while !draining && held.len() + step.free_after.len() < limits.held {
             let Some(&parent) = parents.front() else {
                 break;
             };
@@ -285,9 +295,39 @@ pub fn schedule(shapes: &[Shape], limits: Limits) -> Vec<Step> {
         step.free_after.extend(&temporary);
         free_slots.extend(step.free_after.iter().copied());
         step.free_after.sort_unstable();
+        since_checkpoint += limits.tokens - tokens;
+        let finished = parents.is_empty() && independent.is_empty() && held.is_empty();
+        if held.is_empty() && (since_checkpoint >= limits.checkpoint_tokens.max(1) || finished) {
+            step.checkpoint = true;
+            since_checkpoint = 0;
+        }
         steps.push(step);
     }
     steps
+}
+
+/// A fingerprint of a plan, so saved losses are only ever reused by the plan that made them.
+pub fn digest(steps: &[Step]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    for step in steps {
+        for e in &step.entries {
+            let copy = e.copy_from.map_or(u64::MAX, |s| s as u64);
+            for n in [work_key(e.work) as u64, e.slot as u64, copy] {
+                hasher.update(n.to_le_bytes());
+            }
+        }
+        hasher.update([u8::from(step.checkpoint)]);
+        for &slot in &step.free_after {
+            hasher.update((slot as u64).to_le_bytes());
+        }
+        hasher.update(u64::MAX.to_le_bytes());
+    }
+    hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Works as sortable keys (kind in the low bits).
@@ -363,8 +403,15 @@ mod schedule_tests {
             for s in &step.free_after {
                 holding.remove(s);
             }
+            if step.checkpoint {
+                assert!(holding.is_empty(), "nothing is held across checkpoint {t}");
+            }
         }
         assert!(holding.is_empty(), "every slot is freed at the end");
+        assert!(
+            steps.last().is_none_or(|s| s.checkpoint),
+            "the last step is a checkpoint"
+        );
         // Every piece of work exactly once.
         let mut expected = Vec::new();
         for (i, s) in shapes.iter().enumerate() {
@@ -428,20 +475,64 @@ mod schedule_tests {
                 tokens: 100,
                 slots: 2,
                 held: 1,
+                checkpoint_tokens: usize::MAX,
             },
             Limits {
                 tokens: 100,
                 slots: 4,
                 held: 2,
+                checkpoint_tokens: usize::MAX,
             },
             Limits {
                 tokens: 1000,
                 slots: 8,
                 held: 4,
+                checkpoint_tokens: usize::MAX,
+            },
+            Limits {
+                tokens: 100,
+                slots: 4,
+                held: 2,
+                checkpoint_tokens: 1,
             },
         ] {
             let steps = check(&shapes, limits);
             assert_eq!(schedule(&shapes, limits), steps, "deterministic");
+            assert_eq!(digest(&schedule(&shapes, limits)), digest(&steps));
+        }
+    }
+
+    #[test]
+    fn checkpoints_come_at_the_asked_interval_and_change_the_digest() {
+        // A chain of neighbours: every sample is the parent of the next.
+        let shapes: Vec<Shape> = (0..60)
+            .map(|i| Shape {
+                zero_len: Some(10 + i % 5),
+                one_shot: OneShot::Reuse {
+                    parent: (i + 1) % 60,
+                    suffix_len: 12 + i % 3,
+                },
+            })
+            .collect();
+        let limits = |checkpoint_tokens| Limits {
+            tokens: 64,
+            slots: 4,
+            held: 2,
+            checkpoint_tokens,
+        };
+        let rare = check(&shapes, limits(usize::MAX));
+        let often = check(&shapes, limits(100));
+        let count = |steps: &[Step]| steps.iter().filter(|s| s.checkpoint).count();
+        assert!(count(&often) >= 10, "{} checkpoints", count(&often));
+        assert!(count(&often) > count(&rare));
+        assert_ne!(digest(&often), digest(&rare));
+        let mut since = 0;
+        for step in &often {
+            since += 1;
+            if step.checkpoint {
+                assert!(since <= 100_usize.div_ceil(64) + 4, "drains promptly");
+                since = 0;
+            }
         }
     }
 
@@ -459,6 +550,7 @@ mod schedule_tests {
                 tokens: 64,
                 slots: 4,
                 held: 0,
+                checkpoint_tokens: usize::MAX,
             },
         );
         assert!(steps

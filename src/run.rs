@@ -6,18 +6,20 @@
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::config::{EmbedModel, SelectConfig};
-use crate::dataset::{read_dataset, Sample};
+use crate::dataset::{read_dataset, Sample, Truncation};
 use crate::embed::{default_prefix, embed_samples};
-use crate::engine::{ContextSizes, Embedder, Model, ModelInfo};
-use crate::neighbours::{nearest_others, Neighbour};
+use crate::engine::{check_model_file, ContextSizes, Embedder, Model, ModelInfo};
+use crate::neighbours::nearest_others;
 use crate::output::{write_json, write_jsonl, ScoreRow};
 use crate::prompt::Template;
+use crate::resume::{Retrieval, RunState};
 use crate::scheduler::{score_samples, ScoringOptions, Stats};
 use crate::select::{top_by_score, Budget};
 use crate::Error;
@@ -39,19 +41,33 @@ pub struct RunSummary {
     pub selected_count: usize,
 }
 
-/// Runs the whole selection and writes the three output files.
+/// Runs the whole selection and writes the three output files, resuming whatever an earlier
+/// run with the same settings saved in `OUT/checkpoint/`.
 ///
 /// # Errors
 /// Any step's error: bad settings, bad input (naming file, line and field), model or engine
 /// failures, unwritable output.
 pub fn select(config: &SelectConfig) -> Result<RunSummary, Error> {
+    select_until(config, &AtomicBool::new(false))
+}
+
+/// [`select`], stopping at the next decode once `stop` is set (losses up to the last
+/// checkpoint stay saved).
+///
+/// # Errors
+/// As [`select`]; [`Error::Interrupted`] when stopped.
+pub fn select_until(config: &SelectConfig, stop: &AtomicBool) -> Result<RunSummary, Error> {
     config.validate()?;
     let started = Instant::now();
     std::fs::create_dir_all(&config.out_dir).map_err(|source| Error::Io {
         path: config.out_dir.clone(),
         source,
     })?;
-    let samples = read_dataset(&config.data)?;
+    let dataset = read_dataset(&config.data)?;
+    if let Some(cut) = &dataset.truncated {
+        tracing::warn!("{}: {cut}", config.data.display());
+    }
+    let samples = dataset.samples;
     if samples.is_empty() {
         return Err(Error::EmptyDataset(config.data.clone()));
     }
@@ -59,11 +75,44 @@ pub fn select(config: &SelectConfig) -> Result<RunSummary, Error> {
 
     let mut timings = Timings::default();
     let clock = Instant::now();
+    check_model_file(&config.model)?;
+    if let EmbedModel::File(path) = &config.embed_model {
+        check_model_file(path)?;
+    }
+    let data = FileRecord::of(&config.data, None)?;
+    let mut scoring_model = FileRecord::of(&config.model, None)?;
+    let embed_file = match &config.embed_model {
+        EmbedModel::Scoring => None,
+        EmbedModel::File(path) => Some(FileRecord::of(path, None)?),
+    };
+    let state = RunState::open(
+        &config.out_dir,
+        &settings(config, &data, &scoring_model, embed_file.as_ref()),
+    )?;
     let model = Model::load(&config.model, config.gpu_layers)?;
+    model.check_can_score(config.sizes.ctx_per_sequence)?;
+    scoring_model.gguf = Some(model.info());
     timings.load_s = clock.elapsed().as_secs_f64();
 
     let clock = Instant::now();
-    let (embedder_record, neighbours) = retrieve(config, &model, &samples)?;
+    let retrieval = match state.load_retrieval()? {
+        Some(saved) if saved.neighbours.len() == samples.len() => {
+            tracing::info!("reusing the saved neighbours in {}", state.dir().display());
+            saved
+        }
+        Some(_) => {
+            return Err(Error::Resume(format!(
+                "{}: saved neighbours do not match the dataset",
+                state.dir().display()
+            )))
+        }
+        None => {
+            let (retrieval, embeddings) = retrieve(config, &model, &samples, embed_file)?;
+            state.save_retrieval(&retrieval, &embeddings)?;
+            retrieval
+        }
+    };
+    let neighbours = &retrieval.neighbours;
     timings.retrieval_s = clock.elapsed().as_secs_f64();
 
     let clock = Instant::now();
@@ -72,13 +121,15 @@ pub fn select(config: &SelectConfig) -> Result<RunSummary, Error> {
         kv_reuse: config.kv_reuse,
         template: config.template,
         append_eos: config.append_eos,
+        checkpoint_tokens: config.checkpoint_tokens,
     };
     let mut last_report = 0.0;
     let outcome = score_samples(
         &model,
         &samples,
-        &neighbours,
+        neighbours,
         &options,
+        &mut state.loss_log(stop),
         |done, total, tokens| {
             let secs = clock.elapsed().as_secs_f64();
             if secs - last_report >= 10.0 || done == total {
@@ -140,9 +191,10 @@ pub fn select(config: &SelectConfig) -> Result<RunSummary, Error> {
     timings.total_s = started.elapsed().as_secs_f64();
     let record = RunRecord {
         tool: concat!("miwv ", env!("CARGO_PKG_VERSION")),
-        data: FileRecord::of(&config.data, None)?,
-        scoring_model: FileRecord::of(&config.model, Some(model.info()))?,
-        embedder: embedder_record,
+        data,
+        data_truncated: dataset.truncated,
+        scoring_model,
+        embedder: retrieval.embedder,
         template: config.template,
         separator: config.template.separator(),
         append_eos: config.append_eos,
@@ -162,6 +214,7 @@ pub fn select(config: &SelectConfig) -> Result<RunSummary, Error> {
         unscorable: samples.len() - ranked.len(),
         selected: chosen.len(),
         kv_reuse: config.kv_reuse,
+        checkpoint_tokens: config.checkpoint_tokens,
         scoring: outcome.stats,
         timings,
     };
@@ -169,18 +222,46 @@ pub fn select(config: &SelectConfig) -> Result<RunSummary, Error> {
     Ok(summary)
 }
 
+/// Everything that changes a score, and nothing that does not (threads, the budget), so a
+/// run may be resumed with another `--threads` or `--ratio` but never mixes other scores in.
+fn settings(
+    config: &SelectConfig,
+    data: &FileRecord,
+    model: &FileRecord,
+    embed_model: Option<&FileRecord>,
+) -> serde_json::Value {
+    let s = &config.sizes;
+    serde_json::json!({
+        "tool": env!("CARGO_PKG_VERSION"),
+        "data_sha256": data.sha256,
+        "model_sha256": model.sha256,
+        "embed_model_sha256": embed_model.map_or("self", |m| m.sha256.as_str()),
+        "embed_prefix": config.embed_prefix,
+        "template": config.template,
+        "append_eos": config.append_eos,
+        "ctx_size": s.ctx_per_sequence,
+        "parallel": s.parallel,
+        "batch_size": s.batch,
+        "ubatch_size": s.ubatch,
+        "kv_reuse": config.kv_reuse,
+        "n_gpu_layers": config.gpu_layers,
+        "checkpoint_tokens": config.checkpoint_tokens,
+    })
+}
+
 /// Embeds the samples and finds each one's neighbour.
 fn retrieve(
     config: &SelectConfig,
     model: &Model,
     samples: &[Sample],
-) -> Result<(EmbedderRecord, Vec<Option<Neighbour>>), Error> {
+    embed_file: Option<FileRecord>,
+) -> Result<(Retrieval, Vec<f32>), Error> {
     let separate;
-    let (embed_model, file) = match &config.embed_model {
-        EmbedModel::Scoring => (model, None),
+    let embed_model = match &config.embed_model {
+        EmbedModel::Scoring => model,
         EmbedModel::File(path) => {
             separate = Model::load(path, config.gpu_layers)?;
-            (&separate, Some(path.as_path()))
+            &separate
         }
     };
     let info = embed_model.info();
@@ -193,18 +274,23 @@ fn retrieve(
     tracing::info!(dim, "embedded samples");
     let neighbours = nearest_others(&vectors, dim)?;
     let record = EmbedderRecord {
-        model: match file {
-            Some(path) => Some(FileRecord::of(path, Some(info))?),
-            None => None,
-        },
-        uses_scoring_model: file.is_none(),
+        uses_scoring_model: embed_file.is_none(),
+        model: embed_file.map(|file| FileRecord {
+            gguf: Some(info),
+            ..file
+        }),
         prefix,
         pooling: "mean",
         normalised: true,
         index: "faiss Flat, inner product",
         max_tokens: embedder.max_tokens(),
     };
-    Ok((record, neighbours))
+    let retrieval = Retrieval {
+        dim,
+        neighbours,
+        embedder: serde_json::to_value(record).expect("the record serialises"),
+    };
+    Ok((retrieval, vectors))
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -277,8 +363,9 @@ struct EmbedderRecord {
 struct RunRecord {
     tool: &'static str,
     data: FileRecord,
+    data_truncated: Option<Truncation>,
     scoring_model: FileRecord,
-    embedder: EmbedderRecord,
+    embedder: serde_json::Value,
     template: Template,
     separator: &'static str,
     append_eos: bool,
@@ -289,6 +376,7 @@ struct RunRecord {
     unscorable: usize,
     selected: usize,
     kv_reuse: bool,
+    checkpoint_tokens: usize,
     scoring: Stats,
     timings: Timings,
 }

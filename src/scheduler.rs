@@ -5,18 +5,20 @@
 //! its cache is copied to a fresh slot and only `SEP block_i` is decoded there. That cuts the
 //! tokens decoded per sample from about 3L to about 2L. [`crate::plan::schedule`] decides the
 //! layout of every decode up front; this module builds the sequences, runs the plan and
-//! folds the log-probabilities into losses.
+//! folds the log-probabilities into losses. At the plan's checkpoints the losses so far go to
+//! a [`Journal`], and a run that finds losses there resumes after them.
 
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
 use crate::dataset::Sample;
-use crate::engine::{ContextSizes, EngineError, Item, Model, Scorer};
+use crate::engine::{ContextSizes, Item, Model, Scorer};
 use crate::neighbours::Neighbour;
-use crate::plan::{schedule, Limits, OneShot, Shape, Work};
+use crate::plan::{digest, schedule, Limits, OneShot, Shape, Step, Work};
 use crate::prompt::{Layout, ScoredSequence, Template, Unscorable};
 use crate::score::{mean_loss, Scores};
+use crate::Error;
 
 /// How scoring is run.
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -29,6 +31,8 @@ pub struct ScoringOptions {
     pub template: Template,
     /// End responses with EOS.
     pub append_eos: bool,
+    /// Tokens decoded between checkpoints (see [`Limits::checkpoint_tokens`]).
+    pub checkpoint_tokens: usize,
 }
 
 impl ScoringOptions {
@@ -60,9 +64,76 @@ pub struct Usage {
     pub reused_prefix: bool,
 }
 
+/// Which pass of a sample a loss belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Pass {
+    /// The sample's own prompt only.
+    ZeroShot,
+    /// The neighbour shown first as an example.
+    OneShot,
+}
+
+/// One computed mean response loss.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Loss {
+    /// The sample's index.
+    pub sample: usize,
+    /// Which pass.
+    pub pass: Pass,
+    /// Mean negative log-likelihood of the response, in nats.
+    pub value: f32,
+}
+
+/// Losses saved by an earlier, interrupted run of the same plan.
+#[derive(Debug, Clone, Default)]
+pub struct Saved {
+    /// Steps of the plan they cover; always just after a checkpoint step.
+    pub steps_done: usize,
+    /// The losses those steps computed.
+    pub losses: Vec<Loss>,
+}
+
+/// Where scoring keeps its progress, so that a stopped run can go on where it stopped.
+pub trait Journal {
+    /// Called once the plan is known (`digest` identifies it); returns what earlier runs of
+    /// the same plan saved.
+    ///
+    /// # Errors
+    /// When saved losses exist for a different plan or cannot be read.
+    fn start(&mut self, digest: &str, steps: usize) -> Result<Saved, Error>;
+    /// Keeps the losses computed since the last checkpoint; `steps_done` counts the steps
+    /// finished so far.
+    ///
+    /// # Errors
+    /// When they cannot be stored durably.
+    fn save(&mut self, steps_done: usize, losses: &[Loss]) -> Result<(), Error>;
+    /// Whether the user asked the run to stop.
+    fn stop_requested(&self) -> bool;
+}
+
+/// A journal that keeps nothing: scoring runs to the end in one go.
+pub struct NoJournal;
+
+impl Journal for NoJournal {
+    fn start(&mut self, _: &str, _: usize) -> Result<Saved, Error> {
+        Ok(Saved::default())
+    }
+    fn save(&mut self, _: usize, _: &[Loss]) -> Result<(), Error> {
+        Ok(())
+    }
+    fn stop_requested(&self) -> bool {
+        false
+    }
+}
+
 /// What a scoring run did, for `run.json` and the benchmark.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct Stats {
+    /// Planned decode steps.
+    pub planned_steps: usize,
+    /// Steps whose losses came from an earlier, interrupted run.
+    pub resumed_steps: usize,
     /// `llama_decode` calls.
     pub decodes: usize,
     /// Tokens put through the model.
@@ -88,18 +159,20 @@ pub struct Outcome {
     pub stats: Stats,
 }
 
-/// Scores every sample zero-shot and one-shot. `progress` is called after every decode with
-/// (steps done, steps planned, tokens decoded so far).
+/// Scores every sample zero-shot and one-shot, resuming after what `journal` saved.
+/// `progress` is called after every decode with (steps done, steps planned, tokens decoded
+/// by this run).
 ///
 /// # Errors
-/// Engine failures.
+/// Engine and journal failures; [`Error::Interrupted`] when the journal asks to stop.
 pub fn score_samples(
     model: &Model,
     samples: &[Sample],
     neighbours: &[Option<Neighbour>],
     options: &ScoringOptions,
+    journal: &mut dyn Journal,
     mut progress: impl FnMut(usize, usize, usize),
-) -> Result<Outcome, EngineError> {
+) -> Result<Outcome, Error> {
     let max_len = options.sizes.ctx_per_sequence;
     let layout = Layout::new(model, options.template, options.append_eos);
     let blocks: Vec<_> = samples.iter().map(|s| layout.block(s)).collect();
@@ -162,15 +235,62 @@ pub fn score_samples(
             tokens: options.sizes.batch,
             slots: options.sizes.parallel,
             held: options.held_slots(),
+            checkpoint_tokens: options.checkpoint_tokens,
         },
     );
+    // What each sample's passes cost follows from the plan, whichever run decodes them.
+    for e in steps.iter().flat_map(|s| &s.entries) {
+        let (i, len) = match e.work {
+            Work::ZeroShot(i) => (i, zero[i].as_ref().map_or(0, |s| s.tokens.len())),
+            Work::OneShotWhole(i) => (i, one[i].as_ref().map_or(0, |s| s.tokens.len())),
+            Work::OneShotSuffix(i) => {
+                usage[i].reused_prefix = true;
+                (i, len_of_suffix(&shapes[i]))
+            }
+        };
+        usage[i].tokens_decoded += len;
+    }
 
-    let mut scorer = Scorer::new(model, options.sizes)?;
     let mut zero_loss = vec![f32::NAN; samples.len()];
     let mut one_loss = vec![f32::NAN; samples.len()];
-    let mut stats = Stats::default();
+    let saved = journal.start(&digest(&steps), steps.len())?;
+    if saved.steps_done > steps.len()
+        || (saved.steps_done > 0 && !steps[saved.steps_done - 1].checkpoint)
+    {
+        return Err(Error::Resume(format!(
+            "saved losses end at step {} of {}, which is not a checkpoint of this plan",
+            saved.steps_done,
+            steps.len()
+        )));
+    }
+    for loss in &saved.losses {
+        let slot = match loss.pass {
+            Pass::ZeroShot => zero_loss.get_mut(loss.sample),
+            Pass::OneShot => one_loss.get_mut(loss.sample),
+        };
+        *slot.ok_or_else(|| {
+            Error::Resume(format!(
+                "saved loss for sample {} out of range",
+                loss.sample
+            ))
+        })? = loss.value;
+    }
+
+    let mut scorer = Scorer::new(model, options.sizes)?;
+    let mut stats = Stats {
+        planned_steps: steps.len(),
+        resumed_steps: saved.steps_done,
+        ..Stats::default()
+    };
     let (mut decoding, mut extracting) = (Duration::ZERO, Duration::ZERO);
-    for (t, step) in steps.iter().enumerate() {
+    let mut unsaved = Vec::new();
+    for (t, step) in steps.iter().enumerate().skip(saved.steps_done) {
+        if journal.stop_requested() {
+            return Err(Error::Interrupted {
+                saved_steps: t - unsaved_steps(&steps[..t]),
+                total_steps: steps.len(),
+            });
+        }
         // llama.cpp puts sequences in one ubatch only when their ids follow each other in the
         // batch (ascending, consecutive); the plan's entries are decoded in slot order.
         let mut entries = step.entries.clone();
@@ -207,18 +327,29 @@ pub fn score_samples(
         extracting += decoded.elapsed();
         scorer.free(&step.free_after);
         for ((e, item), lps) in entries.iter().zip(&items).zip(&log_probs) {
-            let (i, loss) = match e.work {
-                Work::ZeroShot(i) => (i, &mut zero_loss[i]),
-                Work::OneShotWhole(i) | Work::OneShotSuffix(i) => (i, &mut one_loss[i]),
+            let (sample, pass, loss) = match e.work {
+                Work::ZeroShot(i) => (i, Pass::ZeroShot, &mut zero_loss[i]),
+                Work::OneShotWhole(i) | Work::OneShotSuffix(i) => {
+                    (i, Pass::OneShot, &mut one_loss[i])
+                }
             };
             *loss = mean_loss(lps);
-            usage[i].tokens_decoded += item.tokens.len();
-            usage[i].reused_prefix |= matches!(e.work, Work::OneShotSuffix(_));
+            unsaved.push(Loss {
+                sample,
+                pass,
+                value: *loss,
+            });
             stats.tokens_decoded += item.tokens.len();
             stats.scored_rows += lps.len();
             stats.prefix_copies += usize::from(e.copy_from.is_some());
         }
         stats.decodes += 1;
+        if step.checkpoint {
+            // An empty cache here is what a resumed run starts from.
+            scorer.clear();
+            journal.save(t + 1, &unsaved)?;
+            unsaved.clear();
+        }
         progress(t + 1, steps.len(), stats.tokens_decoded);
     }
     stats.decode_seconds = decoding.as_secs_f64();
@@ -235,4 +366,16 @@ pub fn score_samples(
         usage,
         stats,
     })
+}
+
+/// Steps after the last checkpoint in `steps`.
+fn unsaved_steps(steps: &[Step]) -> usize {
+    steps.iter().rev().take_while(|s| !s.checkpoint).count()
+}
+
+fn len_of_suffix(shape: &Shape) -> usize {
+    match shape.one_shot {
+        OneShot::Reuse { suffix_len, .. } => suffix_len,
+        _ => unreachable!("a suffix continues its parent"),
+    }
 }

@@ -20,7 +20,7 @@ fn sizes(parallel: usize) -> ContextSizes {
 #[test]
 fn segment_concatenation_decodes_back_to_the_exact_text() {
     let model = Model::load(&common::scoring_model(), 0).unwrap();
-    let samples = read_dataset(&common::examples()).unwrap();
+    let samples = read_dataset(&common::examples()).unwrap().samples;
     for template in [Template::Alpaca, Template::Raw] {
         let layout = Layout::new(&model, template, false);
         for sample in &samples {
@@ -56,7 +56,7 @@ fn segment_concatenation_decodes_back_to_the_exact_text() {
 #[test]
 fn a_loss_inside_a_multi_sequence_batch_equals_the_single_sequence_loss() {
     let model = Model::load(&common::scoring_model(), 0).unwrap();
-    let samples = read_dataset(&common::examples()).unwrap();
+    let samples = read_dataset(&common::examples()).unwrap().samples;
     let layout = Layout::new(&model, Template::Alpaca, false);
     let sequences: Vec<ScoredSequence> = samples
         .iter()
@@ -98,7 +98,7 @@ fn a_loss_inside_a_multi_sequence_batch_equals_the_single_sequence_loss() {
 #[test]
 fn an_exact_duplicate_as_example_gives_a_clearly_negative_miwv() {
     let model = Model::load(&common::scoring_model(), 0).unwrap();
-    let samples = read_dataset(&common::examples()).unwrap();
+    let samples = read_dataset(&common::examples()).unwrap().samples;
     let layout = Layout::new(&model, Template::Alpaca, false);
     let mut scorer = Scorer::new(&model, sizes(2)).unwrap();
     let mut checked = 0;

@@ -8,7 +8,7 @@ use miwv::embed::{default_prefix, embed_samples};
 use miwv::engine::{ContextSizes, Embedder, Model};
 use miwv::neighbours::nearest_others;
 use miwv::prompt::Template;
-use miwv::scheduler::{score_samples, ScoringOptions};
+use miwv::scheduler::{score_samples, NoJournal, ScoringOptions};
 use miwv::select::{top_by_score, Budget};
 
 /// Largest per-sample |MIWV difference| accepted between layouts, in nats.
@@ -41,7 +41,7 @@ fn spearman(a: &[f32], b: &[f32]) -> f64 {
 
 #[test]
 fn reuse_batch_size_and_threads_do_not_change_the_selection() {
-    let samples = read_dataset(&common::examples()).unwrap();
+    let samples = read_dataset(&common::examples()).unwrap().samples;
     let neighbours = {
         let model = Model::load(&common::embedding_model(), 0).unwrap();
         let prefix = default_prefix(model.info().architecture.as_deref());
@@ -62,8 +62,17 @@ fn reuse_batch_size_and_threads_do_not_change_the_selection() {
             kv_reuse,
             template: Template::Raw,
             append_eos: false,
+            checkpoint_tokens: miwv::config::DEFAULT_CHECKPOINT_TOKENS,
         };
-        let outcome = score_samples(&model, &samples, &neighbours, &options, |_, _, _| {}).unwrap();
+        let outcome = score_samples(
+            &model,
+            &samples,
+            &neighbours,
+            &options,
+            &mut NoJournal,
+            |_, _, _| {},
+        )
+        .unwrap();
         let miwv: Vec<f32> = outcome.scores.iter().map(|s| s.miwv).collect();
         assert!(miwv.iter().all(|m| m.is_finite()));
         (miwv, outcome.stats)

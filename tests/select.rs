@@ -3,19 +3,13 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 
+use common::{miwv, read_jsonl};
 use miwv::dataset::read_dataset;
 use miwv::embed::{default_prefix, embed_samples};
 use miwv::engine::{Embedder, Model};
 use miwv::neighbours::nearest_others;
 use serde_json::Value;
-
-fn miwv() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_miwv"));
-    cmd.current_dir(common::root());
-    cmd
-}
 
 /// Runs `miwv select DATA -o OUT EXTRA...`, checks it succeeded, returns `scores.jsonl`.
 fn select(data: &Path, out: &Path, extra: &[&str]) -> Vec<Value> {
@@ -31,17 +25,9 @@ fn select(data: &Path, out: &Path, extra: &[&str]) -> Vec<Value> {
     read_jsonl(&out.join("scores.jsonl"))
 }
 
-fn read_jsonl(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
 #[test]
 fn the_neighbour_of_a_near_paraphrase_is_its_paraphrase() {
-    let samples = read_dataset(&common::examples()).unwrap();
+    let samples = read_dataset(&common::examples()).unwrap().samples;
     let model = Model::load(&common::embedding_model(), 0).unwrap();
     let prefix = default_prefix(model.info().architecture.as_deref());
     let mut embedder = Embedder::new(&model, common::threads()).unwrap();

@@ -2,7 +2,10 @@
 
 #![allow(dead_code)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
 
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -42,4 +45,26 @@ pub const PARAPHRASES: [(usize, usize); 6] = [
 
 pub fn threads() -> usize {
     std::thread::available_parallelism().map_or(1, usize::from)
+}
+
+/// The `miwv` binary, run from the repository root so the default model paths resolve.
+pub fn miwv() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_miwv"));
+    cmd.current_dir(root());
+    cmd
+}
+
+pub fn read_jsonl(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Writes the first `n` example records to `path` as a JSON array.
+pub fn write_examples(path: &Path, n: usize) {
+    let all: Vec<Value> =
+        serde_json::from_str(&std::fs::read_to_string(examples()).unwrap()).unwrap();
+    std::fs::write(path, serde_json::to_string_pretty(&all[..n]).unwrap()).unwrap();
 }

@@ -1,0 +1,293 @@
+//! What makes a run resumable: the settings it started with, the retrieval it computed and a
+//! durable log of its losses, all kept in `OUT/checkpoint/`.
+//!
+//! Scoring a large dataset on a laptop takes hours, so a run must survive being killed at any
+//! moment. Every file here is either written whole (temporary file, sync, rename) or appended
+//! to and synced line by line; a kill leaves at worst a torn last line, which the next run cuts
+//! off. Only a run with the same settings may reuse what is here.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::neighbours::Neighbour;
+use crate::output::{sync_parent, write_atomically, write_json};
+use crate::scheduler::{Journal, Loss, Pass, Saved};
+use crate::Error;
+
+/// The checkpoint directory of one output directory.
+#[derive(Debug, Clone)]
+pub struct RunState {
+    dir: PathBuf,
+    settings: Value,
+}
+
+/// The retrieval step's result, saved so a resumed run does not embed again.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Retrieval {
+    /// Embedding width.
+    pub dim: usize,
+    /// Each sample's example.
+    pub neighbours: Vec<Option<Neighbour>>,
+    /// How the embeddings were made, as recorded in `run.json`.
+    pub embedder: Value,
+}
+
+impl RunState {
+    /// Opens the checkpoint directory in `out_dir`, creating it.
+    ///
+    /// `settings` must hold everything that changes a score (model and data hashes, template,
+    /// batch layout); a directory holding work done with other settings is refused, naming
+    /// what differs. The settings are recorded with the first work saved, so a run that fails
+    /// before doing any (a wrong model path, say) binds nothing.
+    ///
+    /// # Errors
+    /// [`Error::Io`] when the directory cannot be written; [`Error::Resume`] when it holds a
+    /// run with other settings.
+    pub fn open(out_dir: &Path, settings: &Value) -> Result<Self, Error> {
+        let dir = out_dir.join("checkpoint");
+        std::fs::create_dir_all(&dir).map_err(|source| Error::Io {
+            path: dir.clone(),
+            source,
+        })?;
+        let state = Self {
+            dir,
+            settings: settings.clone(),
+        };
+        let path = state.dir.join("settings.json");
+        match std::fs::read(&path) {
+            Ok(bytes) => {
+                let saved: Value = serde_json::from_slice(&bytes)
+                    .map_err(|e| Error::Resume(format!("{}: unreadable ({e})", path.display())))?;
+                let changed = differing_keys(&saved, settings);
+                if !changed.is_empty() {
+                    return Err(Error::Resume(format!(
+                        "{} holds a run made with other settings ({}); its losses cannot be mixed with this run's. Use another --out, or delete {} to start over",
+                        out_dir.display(),
+                        changed.join(", "),
+                        state.dir.display()
+                    )));
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => return Err(Error::Io { path, source }),
+        }
+        Ok(state)
+    }
+
+    /// The checkpoint directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The saved retrieval, if an earlier run finished that step.
+    ///
+    /// # Errors
+    /// When the file exists but cannot be read.
+    pub fn load_retrieval(&self) -> Result<Option<Retrieval>, Error> {
+        let path = self.dir.join("retrieval.json");
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| Error::Resume(format!("{}: unreadable ({e})", path.display()))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(Error::Io { path, source }),
+        }
+    }
+
+    /// Saves the embeddings (`embeddings.f32`, little-endian rows of `dim`) and then the
+    /// retrieval, whose presence marks the step as done.
+    ///
+    /// # Errors
+    /// [`Error::Output`] when a file cannot be written.
+    pub fn save_retrieval(&self, retrieval: &Retrieval, embeddings: &[f32]) -> Result<(), Error> {
+        write_json(&self.dir.join("settings.json"), &self.settings)?;
+        write_atomically(&self.dir.join("embeddings.f32"), |out| {
+            embeddings
+                .iter()
+                .try_for_each(|v| out.write_all(&v.to_le_bytes()))
+        })?;
+        write_json(&self.dir.join("retrieval.json"), retrieval)?;
+        Ok(())
+    }
+
+    /// The scoring journal: `losses.jsonl`, stopping when `stop` is set.
+    pub fn loss_log<'a>(&self, stop: &'a AtomicBool) -> LossLog<'a> {
+        LossLog {
+            path: self.dir.join("losses.jsonl"),
+            file: None,
+            stop,
+        }
+    }
+}
+
+/// Settings keys whose values differ (or exist on one side only).
+fn differing_keys(saved: &Value, now: &Value) -> Vec<String> {
+    let (Some(saved), Some(now)) = (saved.as_object(), now.as_object()) else {
+        return vec!["the whole settings record".into()];
+    };
+    let mut keys: Vec<String> = saved
+        .keys()
+        .chain(now.keys())
+        .filter(|k| saved.get(*k) != now.get(*k))
+        .cloned()
+        .collect();
+    keys.sort();
+    keys.dedup();
+    keys
+}
+
+/// `losses.jsonl`: a header naming the plan, then one line per checkpoint with the losses of
+/// the steps since the one before.
+pub struct LossLog<'a> {
+    path: PathBuf,
+    file: Option<File>,
+    stop: &'a AtomicBool,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Header {
+    plan: String,
+    steps: usize,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Commit {
+    steps_done: usize,
+    losses: Vec<SavedLoss>,
+}
+
+/// A loss as stored: JSON has no NaN, so a non-finite loss is `null`.
+#[derive(Serialize, Deserialize)]
+struct SavedLoss {
+    sample: usize,
+    pass: Pass,
+    value: Option<f32>,
+}
+
+impl LossLog<'_> {
+    fn io(&self, source: std::io::Error) -> Error {
+        Error::Io {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    fn corrupt(&self, line: usize, what: impl std::fmt::Display) -> Error {
+        Error::Resume(format!(
+            "{}: line {line}: {what}; delete the file to score again",
+            self.path.display()
+        ))
+    }
+
+    /// Reads the saved lines, cutting off a torn last line; `None` when there is no header.
+    fn read(&self, digest: &str) -> Result<Option<Saved>, Error> {
+        let bytes = match std::fs::read(&self.path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(self.io(e)),
+        };
+        let complete = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        if complete < bytes.len() {
+            tracing::warn!(
+                "{}: cutting off a torn last line ({} bytes) left by an interrupted run",
+                self.path.display(),
+                bytes.len() - complete
+            );
+            let file = OpenOptions::new()
+                .write(true)
+                .open(&self.path)
+                .map_err(|e| self.io(e))?;
+            file.set_len(complete as u64).map_err(|e| self.io(e))?;
+            file.sync_all().map_err(|e| self.io(e))?;
+        }
+        let mut lines = bytes[..complete]
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty());
+        let Some(first) = lines.next() else {
+            return Ok(None);
+        };
+        let header: Header = serde_json::from_slice(first).map_err(|e| self.corrupt(1, e))?;
+        if header.plan != digest {
+            return Err(Error::Resume(format!(
+                "{} was written for a different plan of decodes (another build of miwv?); delete it to score again",
+                self.path.display()
+            )));
+        }
+        let mut saved = Saved::default();
+        for (n, line) in lines.enumerate() {
+            let commit: Commit =
+                serde_json::from_slice(line).map_err(|e| self.corrupt(n + 2, e))?;
+            if commit.steps_done <= saved.steps_done || commit.steps_done > header.steps {
+                return Err(self.corrupt(n + 2, "checkpoints out of order"));
+            }
+            saved.steps_done = commit.steps_done;
+            saved.losses.extend(commit.losses.into_iter().map(|l| Loss {
+                sample: l.sample,
+                pass: l.pass,
+                value: l.value.unwrap_or(f32::NAN),
+            }));
+        }
+        Ok(Some(saved))
+    }
+
+    /// Appends one line and makes it durable.
+    fn append(&mut self, value: &impl Serialize) -> Result<(), Error> {
+        let mut line = serde_json::to_vec(value).expect("log lines serialise");
+        line.push(b'\n');
+        let file = match &mut self.file {
+            Some(file) => file,
+            None => {
+                let file = OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&self.path)
+                    .and_then(|file| sync_parent(&self.path).map(|()| file))
+                    .map_err(|e| self.io(e))?;
+                self.file.insert(file)
+            }
+        };
+        let result = file.write_all(&line).and_then(|()| file.sync_data());
+        result.map_err(|e| self.io(e))
+    }
+}
+
+impl Journal for LossLog<'_> {
+    fn start(&mut self, digest: &str, steps: usize) -> Result<Saved, Error> {
+        if let Some(saved) = self.read(digest)? {
+            if saved.steps_done > 0 {
+                tracing::info!(
+                    "resuming: {} of {steps} decode steps already done ({})",
+                    saved.steps_done,
+                    self.path.display()
+                );
+            }
+            return Ok(saved);
+        }
+        self.append(&Header {
+            plan: digest.to_string(),
+            steps,
+        })?;
+        Ok(Saved::default())
+    }
+
+    fn save(&mut self, steps_done: usize, losses: &[Loss]) -> Result<(), Error> {
+        let losses = losses
+            .iter()
+            .map(|l| SavedLoss {
+                sample: l.sample,
+                pass: l.pass,
+                value: l.value.is_finite().then_some(l.value),
+            })
+            .collect();
+        self.append(&Commit { steps_done, losses })
+    }
+
+    fn stop_requested(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+}
