@@ -46,9 +46,9 @@ pub struct Dataset {
 /// Where a cut-off file stops, so the caller can warn that the tail was dropped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Truncation {
-    /// Where the incomplete record starts; when the file ends between records (after a `,` or
-    /// a record, before the closing `]`), the line of that last `,` or record and the index the
-    /// next record would have had.
+    /// Where the incomplete record starts. When the file ends between records (after a `,` or
+    /// a record, before the closing `]`), the line where the array's text stops (that `,`, or
+    /// the end of that record) and the index the next record would have had.
     pub at: Location,
     /// How many complete records were read before the cut (all of them are in the samples).
     pub complete_records: usize,
@@ -173,14 +173,11 @@ pub fn parse_dataset(bytes: &[u8], path: &Path) -> Result<Dataset, DatasetError>
                 line: valid.iter().filter(|&&b| b == b'\n').count() + 1,
             };
             // The file ends inside a multi-byte character: a download cut inside a string.
-            // Read what comes before; if that is not cut off too, the bytes really are bad.
-            let Ok(text) = std::str::from_utf8(valid) else {
-                return Err(encoding);
-            };
-            if e.error_len().is_some() {
-                return Err(encoding);
+            // Read what comes before; unless that is cut off too, the bytes really are bad.
+            match (e.error_len(), std::str::from_utf8(valid)) {
+                (None, Ok(text)) => (text, Some(encoding)),
+                _ => return Err(encoding),
             }
-            (text, Some(encoding))
         }
     };
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
@@ -256,9 +253,9 @@ fn split_records(text: &str) -> Result<Split, RecordError> {
 /// it happens: inside a record, after a `,` or right after a record.
 fn split_array(text: &str, open: usize, lines: &LineIndex) -> Result<Split, RecordError> {
     let mut records = Vec::new();
-    let location = |pos: usize, records: &Vec<_>| Location {
+    let location = |pos: usize, record: usize| Location {
         line: lines.line_of(pos),
-        record: records.len(),
+        record,
     };
     // The last byte read that belongs to the array: where a cut between records is reported.
     let mut last = open;
@@ -268,10 +265,10 @@ fn split_array(text: &str, open: usize, lines: &LineIndex) -> Result<Split, Reco
     }
     loop {
         if pos >= text.len() {
-            let cut = Some(location(last, &records));
+            let cut = Some(location(last, records.len()));
             return Ok(Split { records, cut });
         }
-        let at = location(pos, &records);
+        let at = location(pos, records.len());
         let mut stream = serde_json::Deserializer::from_str(&text[pos..]).into_iter::<Value>();
         match stream.next() {
             Some(Ok(value)) => records.push((at, value)),
@@ -294,12 +291,12 @@ fn split_array(text: &str, open: usize, lines: &LineIndex) -> Result<Split, Reco
             Some(']') => return check_end(text, pos, records, lines),
             Some(c) => {
                 return Err((
-                    location(pos, &records),
+                    location(pos, records.len()),
                     format!("expected `,` or `]` after a record, found {c:?}"),
                 ))
             }
             None => {
-                let cut = Some(location(last, &records));
+                let cut = Some(location(last, records.len()));
                 return Ok(Split { records, cut });
             }
         }

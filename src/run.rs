@@ -182,6 +182,16 @@ pub fn select_until(config: &SelectConfig, stop: &AtomicBool) -> Result<RunSumma
         scored: ranked.len(),
         selected_count: chosen.len(),
     };
+    // run.json is written last: when it is there, the other two files belong to it.
+    match std::fs::remove_file(&summary.run) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(Error::Io {
+                path: summary.run.clone(),
+                source: e,
+            })
+        }
+        _ => {}
+    }
     write_jsonl(&summary.scores, rows)?;
     write_jsonl(
         &summary.selected,
