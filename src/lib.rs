@@ -7,12 +7,16 @@
 //! The modules follow the pipeline: [`dataset`] -> [`prompt`] -> [`embed`] -> [`neighbours`]
 //! -> [`plan`] / [`scheduler`] / [`engine`] -> [`score`] -> [`select`] -> [`output`]; [`run`] wires them
 //! together, [`config`] checks the settings first and [`resume`] keeps what a stopped run did.
+//! [`compare`] measures how far two runs' scores agree; [`doctor`] checks the GGUF vocabulary
+//! against the model's reference tokenizer.
 
 #![deny(missing_docs)]
 
 pub mod bench;
+pub mod compare;
 pub mod config;
 pub mod dataset;
+pub mod doctor;
 pub mod embed;
 pub mod engine;
 pub mod neighbours;
@@ -64,6 +68,20 @@ pub enum Error {
     /// The saved state of an earlier run cannot be used.
     #[error("cannot resume: {0}")]
     Resume(String),
+    /// Two score files cannot be compared.
+    #[error(transparent)]
+    Compare(#[from] compare::CompareError),
+    /// The reference tokenizer could not be loaded.
+    #[error(transparent)]
+    Tokenizer(#[from] doctor::TokenizerError),
+    /// The GGUF vocabulary and the reference tokenizer disagree.
+    #[error("the GGUF vocabulary and the reference tokenizer disagree on {segments} segments in {samples} samples: scores from this GGUF would be computed on other tokens than the model was trained on")]
+    TokenizersDiffer {
+        /// Segments tokenized differently.
+        segments: usize,
+        /// Samples affected.
+        samples: usize,
+    },
     /// The benchmark cannot run as asked.
     #[error("bench: {0}")]
     Bench(String),

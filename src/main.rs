@@ -31,6 +31,51 @@ enum Command {
         after_help = "Example:\n  python3 benches/fetch-data.py\n  miwv bench ~/.cache/miwv/data/sharegpt-first-turn.jsonl --sizes 50,100,200"
     )]
     Bench(BenchArgs),
+    /// Compare two runs' scores: MIWV rank correlations, loss differences, selection overlap.
+    #[command(
+        after_help = "Example (what quantisation does to the selection):\n  miwv select data.json -m model.Q4_1.gguf -o q4\n  miwv select data.json -m model.F32.gguf -o f32\n  miwv compare q4 f32 --json drift.json"
+    )]
+    Compare(CompareArgs),
+    /// Check that the GGUF vocabulary tokenizes the data like the model's tokenizer.json.
+    #[command(
+        after_help = "Exits with 1 when any segment differs.\nExample:\n  miwv doctor examples/alpaca-mini.json --tokenizer tokenizer.json -m model.gguf"
+    )]
+    Doctor(DoctorArgs),
+}
+
+#[derive(Args)]
+struct DoctorArgs {
+    /// Dataset whose prompts and responses are tokenized.
+    data: PathBuf,
+    /// The model's Hugging Face tokenizer.json.
+    #[arg(long)]
+    tokenizer: PathBuf,
+    /// GGUF model whose vocabulary is checked.
+    #[arg(short = 'm', long, default_value = miwv::DEFAULT_MODEL)]
+    model: PathBuf,
+    /// Prompt template (its text is tokenized too).
+    #[arg(long, value_enum, default_value_t = Template::Alpaca)]
+    template: Template,
+    /// Disagreements printed in full.
+    #[arg(long, default_value_t = 10)]
+    limit: usize,
+    /// Also write every disagreement as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct CompareArgs {
+    /// First scores.jsonl (or an output directory holding one).
+    a: PathBuf,
+    /// Second scores.jsonl (or an output directory holding one); samples are matched by id.
+    b: PathBuf,
+    /// Selection ratios whose top-k sets are compared.
+    #[arg(long, value_delimiter = ',', default_values_t = [0.01, 0.05, 0.10, 0.15])]
+    ratios: Vec<f64>,
+    /// Also write the comparison as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -206,6 +251,40 @@ fn stop_on_ctrl_c() {
     }
 }
 
+fn compare(args: CompareArgs) -> Result<(), miwv::Error> {
+    use miwv::compare::{compare, ScoreFile};
+    let comparison = compare(
+        &ScoreFile::read(&args.a)?,
+        &ScoreFile::read(&args.b)?,
+        &args.ratios,
+    )?;
+    print!("{}", comparison.render());
+    if let Some(path) = args.json {
+        miwv::output::write_json(&path, &comparison)?;
+    }
+    Ok(())
+}
+
+fn doctor(args: DoctorArgs) -> Result<(), miwv::Error> {
+    use miwv::doctor::{check_tokenizer, ReferenceTokenizer};
+    let samples = miwv::dataset::read_dataset(&args.data)?.samples;
+    let reference = ReferenceTokenizer::load(&args.tokenizer)?;
+    let model = miwv::engine::Model::load(&args.model, 0)?;
+    let report = check_tokenizer(&model, &reference, &samples, args.template);
+    print!("{}", report.render(&reference, args.limit));
+    if let Some(path) = args.json {
+        miwv::output::write_json(&path, &report)?;
+    }
+    if report.disagreements.is_empty() {
+        Ok(())
+    } else {
+        Err(miwv::Error::TokenizersDiffer {
+            segments: report.disagreements.len(),
+            samples: report.samples_differing,
+        })
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose);
@@ -224,6 +303,8 @@ fn main() -> ExitCode {
             })
         }
         Command::Bench(args) => bench(args),
+        Command::Compare(args) => compare(args),
+        Command::Doctor(args) => doctor(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
