@@ -1,5 +1,10 @@
 //! `miwv doctor --tokenizer` on the default model: its reference tokenizer agrees on every
 //! example; a tokenizer.json with a broken pre-tokenizer is caught, sample by sample.
+//!
+//! The fixture is the vocabulary and merges that Hugging Face transformers exports from the
+//! default GGUF (`tools/reference/make-f32-gguf.sh` writes the same file), with the
+//! pre-tokenizer of SmolLM2's published tokenizer.json: digits split one by one, then
+//! byte-level BPE. Tokenizing it is Hugging Face's code, independent of llama.cpp's.
 
 mod common;
 
