@@ -397,6 +397,45 @@ fn a_full_disk_is_a_clear_error_and_loses_nothing() {
     assert_eq!(run_json(&work)["scoring"]["decodes"], 0, "nothing rescored");
 }
 
+#[test]
+fn a_log_that_cannot_grow_is_a_clear_error_and_loses_nothing() {
+    let reference = reference();
+    let log_bytes = std::fs::metadata(reference.out.join("checkpoint/losses.jsonl"))
+        .unwrap()
+        .len();
+    assert!(
+        log_bytes > 1024,
+        "the log must outgrow the 1 KiB limit below"
+    );
+    let out = reference.dir.path().join("log-limit");
+    copy_dir(&reference.out.join("checkpoint"), &out.join("checkpoint"));
+    std::fs::remove_file(out.join("checkpoint/losses.jsonl")).unwrap();
+    // Files may grow to 1 KiB only (RLIMIT_FSIZE), as on a disk that fills mid-run; with
+    // SIGXFSZ ignored the write fails with EFBIG instead of killing the process.
+    let output = Command::new("bash")
+        .args(["-c", "trap '' XFSZ; ulimit -f 1; exec \"$0\" \"$@\""])
+        .arg(env!("CARGO_BIN_EXE_miwv"))
+        .args(select_args(&reference.data, &out, RATIO))
+        .current_dir(common::root())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("losses.jsonl") && stderr.contains("File too large"),
+        "{stderr}"
+    );
+    let saved = std::fs::read_to_string(out.join("checkpoint/losses.jsonl")).unwrap();
+    assert!(
+        saved.lines().count() >= 2,
+        "checkpoints before the limit are kept"
+    );
+
+    run_to_end(&reference.data, &out, RATIO);
+    assert_same_outputs(&out, &reference.out);
+    assert!(run_json(&out)["scoring"]["resumed_steps"].as_u64().unwrap() > 0);
+}
+
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for entry in std::fs::read_dir(from).unwrap() {
