@@ -174,17 +174,7 @@ pub fn schedule(shapes: &[Shape], limits: Limits) -> Vec<Step> {
         "reuse needs a slot besides the held ones"
     );
 
-    let len_of = |work: Work| match work {
-        Work::ZeroShot(i) => shapes[i].zero_len.expect("decoded zero-shot"),
-        Work::OneShotWhole(i) => match shapes[i].one_shot {
-            OneShot::Whole { len } => len,
-            _ => unreachable!(),
-        },
-        Work::OneShotSuffix(i) => match shapes[i].one_shot {
-            OneShot::Reuse { suffix_len, .. } => suffix_len,
-            _ => unreachable!(),
-        },
-    };
+    let len_of = |work: Work| tokens_of(shapes, work);
 
     // Parents in dataset order; independent sequences largest first (ties by work order).
     let mut parents: std::collections::VecDeque<usize> = (0..shapes.len())
@@ -328,6 +318,24 @@ pub fn digest(steps: &[Step]) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
+}
+
+/// Tokens decoded for `work`: the whole sequence, or only the suffix after a reused prefix.
+///
+/// # Panics
+/// When `work` does not match its sample's shape (a plan always matches).
+pub fn tokens_of(shapes: &[Shape], work: Work) -> usize {
+    match work {
+        Work::ZeroShot(i) => shapes[i].zero_len.expect("decoded zero-shot"),
+        Work::OneShotWhole(i) => match shapes[i].one_shot {
+            OneShot::Whole { len } => len,
+            _ => unreachable!("a whole one-shot has its length"),
+        },
+        Work::OneShotSuffix(i) => match shapes[i].one_shot {
+            OneShot::Reuse { suffix_len, .. } => suffix_len,
+            _ => unreachable!("a suffix continues its parent"),
+        },
+    }
 }
 
 /// Works as sortable keys (kind in the low bits).

@@ -58,23 +58,16 @@ impl RunState {
             dir,
             settings: settings.clone(),
         };
-        let path = state.dir.join("settings.json");
-        match std::fs::read(&path) {
-            Ok(bytes) => {
-                let saved: Value = serde_json::from_slice(&bytes)
-                    .map_err(|e| Error::Resume(format!("{}: unreadable ({e})", path.display())))?;
-                let changed = differing_keys(&saved, settings);
-                if !changed.is_empty() {
-                    return Err(Error::Resume(format!(
-                        "{} holds a run made with other settings ({}); its losses cannot be mixed with this run's. Use another --out, or delete {} to start over",
-                        out_dir.display(),
-                        changed.join(", "),
-                        state.dir.display()
-                    )));
-                }
+        if let Some(saved) = read_json::<Value>(&state.dir.join("settings.json"))? {
+            let changed = differing_keys(&saved, settings);
+            if !changed.is_empty() {
+                return Err(Error::Resume(format!(
+                    "{} holds a run made with other settings ({}); its losses cannot be mixed with this run's. Use another --out, or delete {} to start over",
+                    out_dir.display(),
+                    changed.join(", "),
+                    state.dir.display()
+                )));
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(source) => return Err(Error::Io { path, source }),
         }
         Ok(state)
     }
@@ -89,14 +82,7 @@ impl RunState {
     /// # Errors
     /// When the file exists but cannot be read.
     pub fn load_retrieval(&self) -> Result<Option<Retrieval>, Error> {
-        let path = self.dir.join("retrieval.json");
-        match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| Error::Resume(format!("{}: unreadable ({e})", path.display()))),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(source) => Err(Error::Io { path, source }),
-        }
+        read_json(&self.dir.join("retrieval.json"))
     }
 
     /// Saves the embeddings (`embeddings.f32`, little-endian rows of `dim`) and then the
@@ -123,6 +109,28 @@ impl RunState {
             stop,
         }
     }
+}
+
+/// The bytes of `path`, or `None` when an earlier run has not written it.
+fn read_if_present(path: &Path) -> Result<Option<Vec<u8>>, Error> {
+    match std::fs::read(path) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(Error::Io {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// A JSON file written whole by an earlier run, or `None` when there is none.
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>, Error> {
+    read_if_present(path)?
+        .map(|bytes| {
+            serde_json::from_slice(&bytes)
+                .map_err(|e| Error::Resume(format!("{}: unreadable ({e})", path.display())))
+        })
+        .transpose()
 }
 
 /// Settings keys whose values differ (or exist on one side only).
@@ -186,10 +194,8 @@ impl LossLog<'_> {
 
     /// Reads the saved lines, cutting off a torn last line; `None` when there is no header.
     fn read(&self, digest: &str) -> Result<Option<Saved>, Error> {
-        let bytes = match std::fs::read(&self.path) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(self.io(e)),
+        let Some(bytes) = read_if_present(&self.path)? else {
+            return Ok(None);
         };
         let complete = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
         if complete < bytes.len() {

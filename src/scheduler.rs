@@ -15,7 +15,7 @@ use serde::Serialize;
 use crate::dataset::Sample;
 use crate::engine::{ContextSizes, Item, Model, Scorer};
 use crate::neighbours::Neighbour;
-use crate::plan::{digest, schedule, Limits, OneShot, Shape, Step, Work};
+use crate::plan::{digest, schedule, tokens_of, Limits, OneShot, Shape, Step, Work};
 use crate::prompt::{Layout, ScoredSequence, Template, Unscorable};
 use crate::score::{mean_loss, Scores};
 use crate::Error;
@@ -240,15 +240,14 @@ pub fn score_samples(
     );
     // What each sample's passes cost follows from the plan, whichever run decodes them.
     for e in steps.iter().flat_map(|s| &s.entries) {
-        let (i, len) = match e.work {
-            Work::ZeroShot(i) => (i, zero[i].as_ref().map_or(0, |s| s.tokens.len())),
-            Work::OneShotWhole(i) => (i, one[i].as_ref().map_or(0, |s| s.tokens.len())),
+        let i = match e.work {
+            Work::ZeroShot(i) | Work::OneShotWhole(i) => i,
             Work::OneShotSuffix(i) => {
                 usage[i].reused_prefix = true;
-                (i, len_of_suffix(&shapes[i]))
+                i
             }
         };
-        usage[i].tokens_decoded += len;
+        usage[i].tokens_decoded += tokens_of(&shapes, e.work);
     }
 
     let mut zero_loss = vec![f32::NAN; samples.len()];
@@ -371,11 +370,4 @@ pub fn score_samples(
 /// Steps after the last checkpoint in `steps`.
 fn unsaved_steps(steps: &[Step]) -> usize {
     steps.iter().rev().take_while(|s| !s.checkpoint).count()
-}
-
-fn len_of_suffix(shape: &Shape) -> usize {
-    match shape.one_shot {
-        OneShot::Reuse { suffix_len, .. } => suffix_len,
-        _ => unreachable!("a suffix continues its parent"),
-    }
 }
