@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use miwv::bench::{run, BenchConfig};
 use miwv::engine::ContextSizes;
-use miwv::prompt::Template;
+use miwv::prompt::TemplateChoice;
 
 fn main() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
@@ -34,7 +34,7 @@ fn main() {
             ubatch: 512,
             threads: std::thread::available_parallelism().map_or(1, usize::from),
         },
-        template: Template::Alpaca,
+        template: TemplateChoice::Alpaca,
         ceiling_repeats: 8,
     };
     match run(&config) {

@@ -59,8 +59,20 @@ fn check_result(bytes: &[u8], result: &Result<Dataset, DatasetError>) {
             for sample in &dataset.samples {
                 assert!(ids.insert(&sample.id), "duplicate id {:?}", sample.id);
                 let field = |name| sample.record.get(name).and_then(Value::as_str);
-                assert_eq!(field("instruction"), Some(sample.instruction.as_str()));
-                assert_eq!(field("output"), Some(sample.output.as_str()));
+                if let Some(instruction) = field("instruction") {
+                    assert_eq!(sample.turns.len(), 1, "an Alpaca record is one turn");
+                    assert_eq!(instruction, sample.turns[0].instruction);
+                    assert_eq!(field("output"), Some(sample.turns[0].output.as_str()));
+                } else {
+                    let messages = ["conversations", "messages"]
+                        .iter()
+                        .find_map(|name| sample.record.get(*name).and_then(Value::as_array));
+                    let messages = messages.expect("a sample without instruction is a chat");
+                    assert!(
+                        sample.turns.len() * 2 <= messages.len(),
+                        "turns from messages"
+                    );
+                }
             }
             if let Some(cut) = &dataset.truncated {
                 assert!(

@@ -13,7 +13,7 @@ use crate::dataset::{read_dataset, Sample};
 use crate::embed::{default_prefix, embed_samples};
 use crate::engine::{ContextSizes, Embedder, Item, Model, Scorer};
 use crate::neighbours::nearest_others;
-use crate::prompt::{Layout, Template, Token};
+use crate::prompt::{Layout, Template, TemplateChoice, Token};
 use crate::scheduler::{score_samples, NoJournal, ScoringOptions, Stats};
 use crate::Error;
 
@@ -31,7 +31,7 @@ pub struct BenchConfig {
     /// Context sizes and threads.
     pub context: ContextSizes,
     /// Template.
-    pub template: Template,
+    pub template: TemplateChoice,
     /// Full-batch decodes timed for each ceiling.
     pub ceiling_repeats: usize,
 }
@@ -202,15 +202,17 @@ pub fn run(config: &BenchConfig) -> Result<Report, Error> {
         let embed_model = Model::load(&config.embed_model, 0)?;
         let prefix = default_prefix(embed_model.info().architecture.as_deref());
         let mut embedder = Embedder::new(&embed_model, config.context.threads)?;
-        embed_samples(&mut embedder, &samples, prefix)?
+        embed_samples(&mut embedder, &samples, prefix, |_| {})?
     };
     let model = Model::load(&config.model, 0)?;
+    let template = model.template(config.template)?;
 
     let options = |kv_reuse| ScoringOptions {
         sizes: config.context,
         kv_reuse,
-        template: config.template,
+        template: template.clone(),
         append_eos: false,
+        response_only: false,
         checkpoint_tokens: crate::config::DEFAULT_CHECKPOINT_TOKENS,
     };
     let score = |n: usize, kv_reuse: bool| -> Result<Run, Error> {
@@ -224,7 +226,7 @@ pub fn run(config: &BenchConfig) -> Result<Report, Error> {
             &neighbours,
             &options(kv_reuse),
             &mut NoJournal,
-            |_, _, _| {},
+            |_| {},
         )?;
         let seconds = clock.elapsed().as_secs_f64();
         let s = outcome.stats;
@@ -248,7 +250,7 @@ pub fn run(config: &BenchConfig) -> Result<Report, Error> {
     let without_reuse = score(largest, false)?;
     let share = with_reuse.last().map_or(0.0, |r| r.logit_share);
 
-    let tokens = ceiling_tokens(&model, &samples, config.template, 512);
+    let tokens = ceiling_tokens(&model, &samples, &template, 512);
     let ceiling = |rows: usize| {
         ceiling(
             &model,
@@ -275,7 +277,12 @@ pub fn run(config: &BenchConfig) -> Result<Report, Error> {
 }
 
 /// `len` real tokens: the dataset's blocks, concatenated.
-fn ceiling_tokens(model: &Model, samples: &[Sample], template: Template, len: usize) -> Vec<Token> {
+fn ceiling_tokens(
+    model: &Model,
+    samples: &[Sample],
+    template: &Template,
+    len: usize,
+) -> Vec<Token> {
     let layout = Layout::new(model, template, false);
     let mut tokens = Vec::with_capacity(len + 512);
     for sample in samples {

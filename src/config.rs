@@ -5,8 +5,9 @@
 
 use std::path::PathBuf;
 
+use crate::dataset::ReadOptions;
 use crate::engine::ContextSizes;
-use crate::prompt::Template;
+use crate::prompt::TemplateChoice;
 use crate::select::Budget;
 
 /// Tokens decoded between checkpoints by default: about two minutes of a 135M model on two
@@ -25,8 +26,10 @@ pub enum EmbedModel {
 /// Everything `miwv select` needs.
 #[derive(Debug, Clone)]
 pub struct SelectConfig {
-    /// The dataset (JSON array or JSONL).
+    /// The dataset (JSON array, JSON Lines, gzip-compressed JSON Lines or Parquet).
     pub data: PathBuf,
+    /// Field names and conversation handling.
+    pub read: ReadOptions,
     /// Where `scores.jsonl`, `selected.jsonl` and `run.json` go.
     pub out_dir: PathBuf,
     /// The GGUF scoring model.
@@ -36,11 +39,13 @@ pub struct SelectConfig {
     /// Text put before every retrieval text; `None` picks the embedder's own convention.
     pub embed_prefix: Option<String>,
     /// How samples are rendered.
-    pub template: Template,
+    pub template: TemplateChoice,
     /// How many samples to keep.
     pub budget: Budget,
     /// End every response with EOS (scored as part of the response).
     pub append_eos: bool,
+    /// Also compute L(y) and report IFD and the Superfiltering ratio.
+    pub also_ifd: bool,
     /// Scoring context sizes.
     pub sizes: ContextSizes,
     /// Layers offloaded to a GPU backend.

@@ -1,4 +1,8 @@
-//! Reading instruction data: Alpaca-style JSON arrays and JSONL.
+//! Reading instruction data: Alpaca records and chat conversations, from JSON arrays and JSONL.
+//!
+//! A record is either Alpaca-style (`instruction`, `input?`, `output`) or a conversation
+//! (ShareGPT's `conversations: [{from, value}]` or `messages: [{role, content}]`); both become
+//! a [`Sample`] of one or more [`Turn`]s, so everything after this module is format-agnostic.
 //!
 //! Every record keeps its original JSON object so the selected subset can be written back
 //! unchanged. Errors name the file, the line and record, and the field, because a user with a
@@ -19,19 +23,84 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-/// One instruction-tuning sample.
+/// One instruction-tuning sample: an Alpaca record (one turn) or a conversation.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Sample {
-    /// The record's `id` field, or its 0-based index as a string when it has none.
+    /// The record's id field, or its 0-based index as a string when it has none.
     pub id: String,
-    /// What the model is asked to do.
+    /// A conversation's system message (empty when there is none).
+    pub system: String,
+    /// The exchanges whose responses are scored, in order; empty when the record has none.
+    pub turns: Vec<Turn>,
+    /// The record exactly as read, for writing the selection back.
+    pub record: Map<String, Value>,
+}
+
+/// One exchange: what the model is asked, and the response it is trained to produce.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Turn {
+    /// What the model is asked to do (a conversation's user message).
     pub instruction: String,
-    /// Optional context for the instruction (empty when absent).
+    /// Optional context for the instruction (empty when absent; always empty in conversations).
     pub input: String,
     /// The response the model is trained to produce.
     pub output: String,
-    /// The record exactly as read, for writing the selection back.
-    pub record: Map<String, Value>,
+}
+
+impl Turn {
+    /// The instruction, then the input when there is one.
+    pub fn prompt_text(&self) -> String {
+        if self.input.is_empty() {
+            self.instruction.clone()
+        } else {
+            format!("{}\n{}", self.instruction, self.input)
+        }
+    }
+}
+
+impl Sample {
+    /// What represents the sample for retrieval: every turn's prompt, never a response.
+    pub fn retrieval_text(&self) -> String {
+        let prompts: Vec<String> = self.turns.iter().map(Turn::prompt_text).collect();
+        prompts.join("\n\n")
+    }
+}
+
+/// Which record fields hold what.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Fields {
+    /// The sample id.
+    pub id: String,
+    /// Alpaca's instruction.
+    pub instruction: String,
+    /// Alpaca's optional input.
+    pub input: String,
+    /// Alpaca's response.
+    pub output: String,
+    /// The list of messages of a conversation; `None` accepts `conversations` (ShareGPT's
+    /// `{from, value}`) and `messages` (`{role, content}`).
+    pub conversation: Option<String>,
+}
+
+impl Default for Fields {
+    fn default() -> Self {
+        Self {
+            id: "id".into(),
+            instruction: "instruction".into(),
+            input: "input".into(),
+            output: "output".into(),
+            conversation: None,
+        }
+    }
+}
+
+/// How records become samples.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ReadOptions {
+    /// Field names.
+    pub fields: Fields,
+    /// Keep only a conversation's first exchange.
+    pub first_turn_only: bool,
 }
 
 /// A dataset as read: its complete records, and where the file stops if it was cut off.
@@ -68,7 +137,7 @@ impl fmt::Display for Truncation {
 /// Where a record sits in its file, for error messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Location {
-    /// 1-based line where the record starts.
+    /// 1-based line where the record starts; 0 in files without lines (Parquet).
     pub line: usize,
     /// 0-based record index.
     pub record: usize,
@@ -76,7 +145,10 @@ pub struct Location {
 
 impl fmt::Display for Location {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "line {}, record {}", self.line, self.record)
+        match self.line {
+            0 => write!(f, "row {}", self.record),
+            line => write!(f, "line {line}, record {}", self.record),
+        }
     }
 }
 
@@ -139,7 +211,8 @@ pub enum DatasetError {
     },
 }
 
-/// Reads a dataset file: a JSON array of records, or JSON Lines (one record per line).
+/// Reads a dataset file: a JSON array of records, or JSON Lines (one record per line), with
+/// the default field names.
 ///
 /// See [`parse_dataset`] for the format and what counts as cut off.
 ///
@@ -153,6 +226,14 @@ pub fn read_dataset(path: &Path) -> Result<Dataset, DatasetError> {
     parse_dataset(&bytes, path)
 }
 
+/// [`parse_dataset_with`] the default field names.
+///
+/// # Errors
+/// As [`parse_dataset_with`].
+pub fn parse_dataset(bytes: &[u8], path: &Path) -> Result<Dataset, DatasetError> {
+    parse_dataset_with(bytes, path, &ReadOptions::default())
+}
+
 /// Parses a dataset: a JSON array of records, or JSON Lines (one record per line).
 ///
 /// The format is decided by the first non-blank character: `[` means an array. A leading UTF-8
@@ -163,7 +244,11 @@ pub fn read_dataset(path: &Path) -> Result<Dataset, DatasetError> {
 /// # Errors
 /// [`DatasetError`] naming the file, line, record and field of the first bad record; a file
 /// cut off before its first record is complete is an error too, since nothing is usable.
-pub fn parse_dataset(bytes: &[u8], path: &Path) -> Result<Dataset, DatasetError> {
+pub fn parse_dataset_with(
+    bytes: &[u8],
+    path: &Path,
+    options: &ReadOptions,
+) -> Result<Dataset, DatasetError> {
     let (text, cut_character) = match std::str::from_utf8(bytes) {
         Ok(text) => (text, None),
         Err(e) => {
@@ -189,15 +274,34 @@ pub fn parse_dataset(bytes: &[u8], path: &Path) -> Result<Dataset, DatasetError>
     if let (Some(encoding), None) = (cut_character, split.cut) {
         return Err(encoding);
     }
-    let mut first_use: HashMap<String, Location> = HashMap::with_capacity(split.records.len());
-    let mut samples = Vec::with_capacity(split.records.len());
-    for (at, value) in split.records {
-        let sample = sample_from(value, at).map_err(|(field, problem)| DatasetError::Field {
-            path: path.to_path_buf(),
-            at,
-            field,
-            problem,
-        })?;
+    let samples = samples_from_records(split.records, path, options)?;
+    let truncated = split.cut.map(|at| Truncation {
+        at,
+        complete_records: samples.len(),
+    });
+    Ok(Dataset { samples, truncated })
+}
+
+/// Turns records read by any reader (JSON here, Parquet elsewhere) into samples, checking
+/// fields and that ids are unique.
+///
+/// # Errors
+/// [`DatasetError::Field`] or [`DatasetError::DuplicateId`] for the first bad record.
+pub fn samples_from_records(
+    records: Vec<(Location, Value)>,
+    path: &Path,
+    options: &ReadOptions,
+) -> Result<Vec<Sample>, DatasetError> {
+    let mut first_use: HashMap<String, Location> = HashMap::with_capacity(records.len());
+    let mut samples = Vec::with_capacity(records.len());
+    for (at, value) in records {
+        let sample =
+            sample_from(value, at, options).map_err(|(field, problem)| DatasetError::Field {
+                path: path.to_path_buf(),
+                at,
+                field,
+                problem,
+            })?;
         match first_use.entry(sample.id.clone()) {
             Entry::Occupied(first) => {
                 return Err(DatasetError::DuplicateId {
@@ -213,11 +317,7 @@ pub fn parse_dataset(bytes: &[u8], path: &Path) -> Result<Dataset, DatasetError>
         }
         samples.push(sample);
     }
-    let truncated = split.cut.map(|at| Truncation {
-        at,
-        complete_records: samples.len(),
-    });
-    Ok(Dataset { samples, truncated })
+    Ok(samples)
 }
 
 type RecordError = (Location, String);
@@ -402,42 +502,172 @@ impl LineIndex {
     }
 }
 
-fn sample_from(value: Value, at: Location) -> Result<Sample, (String, String)> {
+type FieldError = (String, String);
+
+fn sample_from(value: Value, at: Location, options: &ReadOptions) -> Result<Sample, FieldError> {
     let Value::Object(record) = value else {
         return Err(("(record)".into(), "expected a JSON object".into()));
     };
-    let text_field = |name: &str, required: bool| -> Result<String, (String, String)> {
-        match record.get(name) {
-            Some(Value::String(s)) => Ok(s.clone()),
-            Some(Value::Null) | None if !required => Ok(String::new()),
-            None => Err((name.into(), "missing".into())),
-            Some(other) => Err((
-                name.into(),
-                format!("expected a string, found {}", kind(other)),
-            )),
-        }
-    };
-    let instruction = text_field("instruction", true)?;
-    let input = text_field("input", false)?;
-    let output = text_field("output", true)?;
-    let id = match record.get("id") {
+    let fields = &options.fields;
+    let id = match record.get(&fields.id) {
         None | Some(Value::Null) => at.record.to_string(),
         Some(Value::String(s)) => s.clone(),
         Some(Value::Number(n)) => n.to_string(),
         Some(other) => {
             return Err((
-                "id".into(),
+                fields.id.clone(),
                 format!("expected a string or number, found {}", kind(other)),
             ))
         }
     };
+    let conversation = match &fields.conversation {
+        Some(name) => Some(name.as_str()),
+        None if record.contains_key(&fields.instruction) => None,
+        None => ["conversations", "messages"]
+            .into_iter()
+            .find(|name| record.contains_key(*name)),
+    };
+    let (system, mut turns) = match conversation {
+        Some(name) => conversation_turns(&record, name)?,
+        None => (String::new(), vec![alpaca_turn(&record, fields)?]),
+    };
+    if options.first_turn_only {
+        turns.truncate(1);
+    }
     Ok(Sample {
         id,
-        instruction,
-        input,
-        output,
+        system,
+        turns,
         record,
     })
+}
+
+fn text_field(
+    record: &Map<String, Value>,
+    name: &str,
+    required: bool,
+) -> Result<String, FieldError> {
+    match record.get(name) {
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(Value::Null) | None if !required => Ok(String::new()),
+        None => Err((name.into(), "missing".into())),
+        Some(other) => Err((
+            name.into(),
+            format!("expected a string, found {}", kind(other)),
+        )),
+    }
+}
+
+fn alpaca_turn(record: &Map<String, Value>, fields: &Fields) -> Result<Turn, FieldError> {
+    if !record.contains_key(&fields.instruction) && fields.conversation.is_none() {
+        return Err((
+            fields.instruction.clone(),
+            "missing (and no `conversations` or `messages` list either)".into(),
+        ));
+    }
+    Ok(Turn {
+        instruction: text_field(record, &fields.instruction, true)?,
+        input: text_field(record, &fields.input, false)?,
+        output: text_field(record, &fields.output, true)?,
+    })
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Role {
+    System,
+    User,
+    Assistant,
+}
+
+/// A conversation's exchanges, as chat fine-tuning reads them (FastChat's rules): an optional
+/// system message first, then user and assistant alternating. Assistant messages before the
+/// first user message have no prompt and a last user message has no response; both are
+/// skipped, since training never sees them as targets either.
+fn conversation_turns(
+    record: &Map<String, Value>,
+    name: &str,
+) -> Result<(String, Vec<Turn>), FieldError> {
+    let messages = match record.get(name) {
+        Some(Value::Array(messages)) => messages,
+        None => return Err((name.into(), "missing".into())),
+        Some(other) => {
+            return Err((
+                name.into(),
+                format!("expected a list of messages, found {}", kind(other)),
+            ))
+        }
+    };
+    let mut system = String::new();
+    let mut turns: Vec<Turn> = Vec::new();
+    let mut last = None;
+    for (n, message) in messages.iter().enumerate() {
+        let at = |key: &str| format!("{name}[{n}]{key}");
+        let Value::Object(message) = message else {
+            return Err((
+                at(""),
+                format!("expected a message object, found {}", kind(message)),
+            ));
+        };
+        let (role_key, text_key) = if message.contains_key("from") {
+            ("from", "value")
+        } else {
+            ("role", "content")
+        };
+        let role = match message.get(role_key) {
+            Some(Value::String(role)) => match role.as_str() {
+                "system" => Role::System,
+                "human" | "user" => Role::User,
+                "gpt" | "assistant" | "model" | "chatgpt" | "bing" | "bard" => Role::Assistant,
+                other => {
+                    return Err((
+                        at(&format!(".{role_key}")),
+                        format!(
+                            "unknown role {other:?} (expected system, user/human or \
+                             assistant/gpt)"
+                        ),
+                    ))
+                }
+            },
+            None => return Err((at(".from"), "missing (or `role`)".into())),
+            Some(other) => {
+                return Err((
+                    at(&format!(".{role_key}")),
+                    format!("expected a string, found {}", kind(other)),
+                ))
+            }
+        };
+        let text = text_field(message, text_key, true)
+            .map_err(|(_, problem)| (at(&format!(".{text_key}")), problem))?;
+        match (last, role) {
+            (None, Role::System) => system = text,
+            (_, Role::System) => {
+                return Err((
+                    at(&format!(".{role_key}")),
+                    "a system message is only allowed first".into(),
+                ))
+            }
+            (None | Some(Role::System), Role::Assistant) => continue,
+            (Some(Role::User), Role::User) | (Some(Role::Assistant), Role::Assistant) => {
+                return Err((
+                    at(&format!(".{role_key}")),
+                    "two messages of the same role in a row; user and assistant must alternate"
+                        .into(),
+                ))
+            }
+            (_, Role::User) => turns.push(Turn {
+                instruction: text,
+                ..Turn::default()
+            }),
+            (Some(Role::User), Role::Assistant) => {
+                turns.last_mut().expect("a user message came first").output = text
+            }
+        }
+        last = Some(role);
+    }
+    if last == Some(Role::User) {
+        turns.pop();
+    }
+    Ok((system, turns))
 }
 
 fn kind(value: &Value) -> &'static str {
@@ -474,7 +704,7 @@ mod tests {
         assert_eq!(a, b);
         assert_eq!(a[0].id, "a");
         assert_eq!(a[1].id, "1");
-        assert_eq!(a[1].input, "");
+        assert_eq!(a[1].turns[0].input, "");
         let keys: Vec<_> = a[0].record.keys().cloned().collect();
         assert_eq!(
             keys,

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::dataset::Sample;
-use crate::prompt::{Template, Token, Tokenize};
+use crate::prompt::{Piece, Template, Token, Tokenize};
 
 /// A Hugging Face `tokenizer.json`, used without special tokens like the scorer's segments.
 pub struct ReferenceTokenizer {
@@ -96,7 +96,7 @@ pub fn check_tokenizer(
     gguf: &impl Tokenize,
     reference: &ReferenceTokenizer,
     samples: &[Sample],
-    template: Template,
+    template: &Template,
 ) -> TokenizerReport {
     let mut report = TokenizerReport {
         samples: samples.len(),
@@ -125,9 +125,16 @@ pub fn check_tokenizer(
     };
     compare("", "separator", template.separator());
     for sample in samples {
-        let prompt = compare(&sample.id, "prompt", &template.prompt(sample));
-        let response = compare(&sample.id, "response", &sample.output);
-        report.samples_differing += usize::from(prompt || response);
+        let mut differs = false;
+        for piece in template.pieces(sample) {
+            differs |= match piece {
+                Piece::Text(text) => compare(&sample.id, "prompt", &text),
+                Piece::Response(text) => compare(&sample.id, "response", &text),
+                // Markup is the template's, checked once per format, not per sample.
+                Piece::Markup(_) | Piece::EndOfResponse(_) => false,
+            };
+        }
+        report.samples_differing += usize::from(differs);
     }
     report
 }

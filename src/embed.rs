@@ -1,19 +1,11 @@
-//! Embedding each sample's instruction (+ input, never the response) for retrieval.
+//! Embedding each sample's prompts (instruction + input, or a conversation's user messages;
+//! never a response) for retrieval.
 //!
 //! Vectors are mean-pooled by llama.cpp and L2-normalised here, so inner product is cosine.
 
 use crate::dataset::Sample;
 use crate::engine::{Embedder, EngineError};
 use crate::plan::{pack, Capacity};
-
-/// The text that represents a sample for retrieval: instruction, then input when present.
-pub fn retrieval_text(sample: &Sample) -> String {
-    if sample.input.is_empty() {
-        sample.instruction.clone()
-    } else {
-        format!("{}\n{}", sample.instruction, sample.input)
-    }
-}
 
 /// The task prefix an embedding architecture expects, when it expects one.
 ///
@@ -40,6 +32,7 @@ pub fn l2_normalise(v: &mut [f32]) {
 }
 
 /// Embeds every sample; returns the normalised vectors row by row and their width.
+/// `progress` gets the number of samples embedded so far after each batch.
 ///
 /// # Errors
 /// Engine failures, including a model that produces no embeddings.
@@ -47,10 +40,11 @@ pub fn embed_samples(
     embedder: &mut Embedder,
     samples: &[Sample],
     prefix: &str,
+    mut progress: impl FnMut(usize),
 ) -> Result<(Vec<f32>, usize), EngineError> {
     let tokens: Vec<_> = samples
         .iter()
-        .map(|s| embedder.tokenize(&format!("{prefix}{}", retrieval_text(s))))
+        .map(|s| embedder.tokenize(&format!("{prefix}{}", s.retrieval_text())))
         .collect();
     let lengths: Vec<usize> = tokens.iter().map(Vec::len).collect();
     let capacity = Capacity {
@@ -58,12 +52,15 @@ pub fn embed_samples(
         sequences: embedder.max_sequences(),
     };
     let mut rows: Vec<Vec<f32>> = vec![Vec::new(); samples.len()];
+    let mut done = 0;
     for batch in pack(&lengths, capacity) {
+        done += batch.len();
         let texts: Vec<Vec<_>> = batch.iter().map(|&i| tokens[i].clone()).collect();
         for (&i, mut vector) in batch.iter().zip(embedder.embed(&texts)?) {
             l2_normalise(&mut vector);
             rows[i] = vector;
         }
+        progress(done);
     }
     let dim = rows.first().map_or(0, Vec::len);
     Ok((rows.concat(), dim))

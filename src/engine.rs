@@ -20,12 +20,14 @@ use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::params::LlamaModelParams;
-use llama_cpp_2::model::LlamaModel;
+use llama_cpp_2::model::{LlamaChatMessage, LlamaModel};
 use llama_cpp_2::token::LlamaToken;
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::prompt::{ScoredSequence, Token, Tokenize};
+use crate::prompt::{
+    ChatMarkup, Message, ScoredSequence, Template, TemplateChoice, Token, Tokenize,
+};
 use crate::score::log_prob;
 
 /// Checks that `path` is a readable GGUF file, before any work that depends on it.
@@ -84,6 +86,14 @@ pub enum EngineError {
     /// `llama_decode` failed.
     #[error("llama.cpp decode failed: {0}")]
     Decode(String),
+    /// The chat template cannot be used.
+    #[error("{path}: chat template: {problem}")]
+    Template {
+        /// The model file.
+        path: PathBuf,
+        /// What is wrong.
+        problem: String,
+    },
     /// The model produced no embedding.
     #[error("{path}: the model produced no embedding; is it an embedding model?")]
     NoEmbedding {
@@ -218,6 +228,53 @@ impl Model {
             })
     }
 
+    /// The template `choice` means for this model: `auto` and `model` read the GGUF's
+    /// `tokenizer.chat_template` through llama.cpp's template engine.
+    ///
+    /// # Errors
+    /// [`EngineError::Template`] when `model` is asked for and the GGUF has no template, or
+    /// llama.cpp cannot render or split it.
+    pub fn template(&self, choice: TemplateChoice) -> Result<Template, EngineError> {
+        let fail = |problem: String| EngineError::Template {
+            path: self.path.clone(),
+            problem,
+        };
+        let own = || -> Result<Option<ChatMarkup>, EngineError> {
+            let Ok(template) = self.model.chat_template(None) else {
+                return Ok(None);
+            };
+            let render = |messages: &[Message], add_assistant: bool| {
+                let messages: Vec<LlamaChatMessage> = messages
+                    .iter()
+                    .map(|(role, content)| {
+                        LlamaChatMessage::new(role.to_string(), content.to_string())
+                    })
+                    .collect::<Result<_, _>>()
+                    .ok()?;
+                self.model
+                    .apply_chat_template(&template, &messages, add_assistant)
+                    .ok()
+            };
+            ChatMarkup::discover("model", render)
+                .map(Some)
+                .map_err(|e| {
+                    fail(format!(
+                        "{e}; choose another --template (chatml, alpaca, raw, oda)"
+                    ))
+                })
+        };
+        Ok(match choice {
+            TemplateChoice::Auto => own()?.map_or(Template::Alpaca, Template::Chat),
+            TemplateChoice::Model => Template::Chat(own()?.ok_or_else(|| {
+                fail("the GGUF has no chat template (tokenizer.chat_template); choose another --template".into())
+            })?),
+            TemplateChoice::Chatml => Template::Chat(ChatMarkup::chatml()),
+            TemplateChoice::Alpaca => Template::Alpaca,
+            TemplateChoice::Raw => Template::Raw,
+            TemplateChoice::Oda => Template::Oda,
+        })
+    }
+
     /// Tokenises with the model's own special-token rules (BOS/CLS/SEP as the model wants),
     /// as an embedding model expects its input.
     pub fn tokenize_with_specials(&self, text: &str) -> Vec<Token> {
@@ -235,6 +292,13 @@ impl Tokenize for Model {
             return Vec::new();
         }
         to_ids(self.model.vocab().tokenize(text.as_bytes(), false, false))
+    }
+
+    fn tokenize_markup(&self, text: &str) -> Vec<Token> {
+        if text.is_empty() {
+            return Vec::new();
+        }
+        to_ids(self.model.vocab().tokenize(text.as_bytes(), false, true))
     }
 
     fn bos(&self) -> Option<Token> {
@@ -374,7 +438,7 @@ impl<'m> Scorer<'m> {
                 first_pos: 0,
                 slot,
                 copy_from: None,
-                scored: s.target.clone(),
+                scored: s.target(),
             })
             .collect();
         let result = self.decode(&items);

@@ -22,6 +22,7 @@ pub mod engine;
 pub mod neighbours;
 pub mod output;
 pub mod plan;
+pub mod progress;
 pub mod prompt;
 pub mod resume;
 pub mod run;

@@ -1,18 +1,28 @@
 //! The `miwv` command line: parses flags, builds a checked configuration, calls the library.
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::{Args, Parser, Subcommand};
 use miwv::config::{EmbedModel, SelectConfig};
+use miwv::dataset::{Fields, ReadOptions};
 use miwv::engine::ContextSizes;
-use miwv::prompt::Template;
+use miwv::prompt::TemplateChoice;
 use miwv::select::Budget;
 
 /// Pick the instruction-tuning samples a model learns most from (MIWV).
 #[derive(Parser)]
-#[command(version, about, long_about = None)]
+#[command(
+    version,
+    about,
+    long_about = None,
+    after_help = "Exit codes: 0 done, 1 error (the message names the file, line and field), \
+                  2 bad command line, 130 stopped by Ctrl-C (rerun the same command to resume).\n\
+                  Short flags follow llama.cpp: -m model, -c context, -b batch, -t threads, \
+                  -ngl GPU layers."
+)]
 struct Cli {
     /// Log more (-v: debug, -vv: trace, llama.cpp's log included). RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
@@ -41,6 +51,14 @@ enum Command {
         after_help = "Exits with 1 when any segment differs.\nExample:\n  miwv doctor examples/alpaca-mini.json --tokenizer tokenizer.json -m model.gguf"
     )]
     Doctor(DoctorArgs),
+    /// Print a shell completion script.
+    #[command(
+        after_help = "Example:\n  miwv completions bash > ~/.local/share/bash-completion/completions/miwv\n  miwv completions zsh > ~/.zfunc/_miwv"
+    )]
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Args)]
@@ -54,8 +72,10 @@ struct DoctorArgs {
     #[arg(short = 'm', long, default_value = miwv::DEFAULT_MODEL)]
     model: PathBuf,
     /// Prompt template (its text is tokenized too).
-    #[arg(long, value_enum, default_value_t = Template::Alpaca)]
-    template: Template,
+    #[arg(long, value_enum, default_value_t = TemplateChoice::Auto)]
+    template: TemplateChoice,
+    #[command(flatten)]
+    fields: FieldArgs,
     /// Disagreements printed in full.
     #[arg(long, default_value_t = 10)]
     limit: usize,
@@ -80,7 +100,9 @@ struct CompareArgs {
 
 #[derive(Args)]
 struct SelectArgs {
-    /// Dataset: a JSON array or JSON Lines of {instruction, input?, output, id?}.
+    /// Dataset: JSON array, JSON Lines (.jsonl, .jsonl.gz) or Parquet, of Alpaca records
+    /// {instruction, input?, output, id?} or conversations ({conversations: [{from, value}]}
+    /// or {messages: [{role, content}]}).
     data: PathBuf,
     /// Output directory for scores.jsonl, selected.jsonl and run.json.
     #[arg(short, long, default_value = "miwv-out")]
@@ -95,9 +117,15 @@ struct SelectArgs {
     /// "search_document: " for nomic-embed].
     #[arg(long)]
     embed_prefix: Option<String>,
-    /// Prompt template.
-    #[arg(long, value_enum, default_value_t = Template::Alpaca)]
-    template: Template,
+    /// Prompt template; `auto` is the model's own chat template when its GGUF has one,
+    /// otherwise alpaca.
+    #[arg(long, value_enum, default_value_t = TemplateChoice::Auto)]
+    template: TemplateChoice,
+    #[command(flatten)]
+    fields: FieldArgs,
+    /// Extra scores from one more pass: `ifd` adds L(y), IFD and the Superfiltering ratio.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    also: Vec<Also>,
     /// Share of samples to keep, in (0, 1].
     #[arg(short, long, default_value_t = 0.05, conflicts_with = "count")]
     ratio: f64,
@@ -119,6 +147,51 @@ struct SelectArgs {
     checkpoint_tokens: usize,
 }
 
+/// Extra scores.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Also {
+    /// L(y) from the responses alone; IFD = L(y|x)/L(y) and PPL(y|x)/PPL(y).
+    Ifd,
+}
+
+#[derive(Args)]
+struct FieldArgs {
+    /// Field holding the instruction.
+    #[arg(long, default_value = "instruction")]
+    instruction_field: String,
+    /// Field holding the optional input.
+    #[arg(long, default_value = "input")]
+    input_field: String,
+    /// Field holding the response.
+    #[arg(long, default_value = "output")]
+    output_field: String,
+    /// Field holding the sample id [default: id; the record's index when absent].
+    #[arg(long, default_value = "id")]
+    id_field: String,
+    /// Field holding a conversation's messages [default: `conversations` or `messages`,
+    /// whichever a record has].
+    #[arg(long)]
+    messages_field: Option<String>,
+    /// Score only each conversation's first exchange.
+    #[arg(long)]
+    first_turn: bool,
+}
+
+impl FieldArgs {
+    fn options(self) -> ReadOptions {
+        ReadOptions {
+            fields: Fields {
+                id: self.id_field,
+                instruction: self.instruction_field,
+                input: self.input_field,
+                output: self.output_field,
+                conversation: self.messages_field,
+            },
+            first_turn_only: self.first_turn,
+        }
+    }
+}
+
 #[derive(Args)]
 struct ContextArgs {
     /// Longest sequence in tokens (example + target); each parallel sequence gets this much KV.
@@ -136,7 +209,8 @@ struct ContextArgs {
     /// CPU threads [default: all cores].
     #[arg(short = 't', long)]
     threads: Option<usize>,
-    /// Layers to offload to the GPU (builds with the cuda, metal or vulkan feature).
+    /// Layers to offload to the GPU, llama.cpp's -ngl (builds with the cuda, metal or vulkan
+    /// feature; 999 offloads all).
     #[arg(long = "n-gpu-layers", visible_alias = "ngl", default_value_t = 0)]
     n_gpu_layers: u32,
 }
@@ -169,8 +243,8 @@ struct BenchArgs {
     #[arg(long, value_delimiter = ',', default_values_t = [50, 100, 200])]
     sizes: Vec<usize>,
     /// Prompt template.
-    #[arg(long, value_enum, default_value_t = Template::Alpaca)]
-    template: Template,
+    #[arg(long, value_enum, default_value_t = TemplateChoice::Auto)]
+    template: TemplateChoice,
     /// Full-batch decodes timed for each engine ceiling.
     #[arg(long, default_value_t = 8)]
     repeats: usize,
@@ -185,6 +259,7 @@ impl SelectArgs {
     fn into_config(self) -> SelectConfig {
         SelectConfig {
             data: self.data,
+            read: self.fields.options(),
             out_dir: self.out,
             model: self.model,
             embed_model: match self.embed_model.as_str() {
@@ -195,6 +270,7 @@ impl SelectArgs {
             template: self.template,
             budget: self.count.map_or(Budget::Ratio(self.ratio), Budget::Count),
             append_eos: self.append_eos,
+            also_ifd: self.also.contains(&Also::Ifd),
             sizes: self.context.sizes(),
             gpu_layers: self.context.n_gpu_layers,
             kv_reuse: !self.no_kv_reuse,
@@ -213,7 +289,7 @@ fn init_logging(verbose: u8) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(miwv::progress::LogWriter)
         .init();
 }
 
@@ -267,10 +343,16 @@ fn compare(args: CompareArgs) -> Result<(), miwv::Error> {
 
 fn doctor(args: DoctorArgs) -> Result<(), miwv::Error> {
     use miwv::doctor::{check_tokenizer, ReferenceTokenizer};
-    let samples = miwv::dataset::read_dataset(&args.data)?.samples;
+    let bytes = std::fs::read(&args.data).map_err(|source| miwv::Error::Io {
+        path: args.data.clone(),
+        source,
+    })?;
+    let samples =
+        miwv::dataset::parse_dataset_with(&bytes, &args.data, &args.fields.options())?.samples;
     let reference = ReferenceTokenizer::load(&args.tokenizer)?;
     let model = miwv::engine::Model::load(&args.model, 0)?;
-    let report = check_tokenizer(&model, &reference, &samples, args.template);
+    let template = model.template(args.template)?;
+    let report = check_tokenizer(&model, &reference, &samples, &template);
     print!("{}", report.render(&reference, args.limit));
     if let Some(path) = args.json {
         miwv::output::write_json(&path, &report)?;
@@ -285,8 +367,19 @@ fn doctor(args: DoctorArgs) -> Result<(), miwv::Error> {
     }
 }
 
+/// llama.cpp's multi-letter short flags (`-ngl 99`), which clap does not parse, as the long
+/// flags they stand for.
+fn llama_cpp_flags(args: impl Iterator<Item = OsString>) -> Vec<OsString> {
+    args.map(|arg| match arg.to_str() {
+        Some("-ngl") => "--n-gpu-layers".into(),
+        Some(s) if s.starts_with("-ngl=") => format!("--n-gpu-layers={}", &s[5..]).into(),
+        _ => arg,
+    })
+    .collect()
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(llama_cpp_flags(std::env::args_os()));
     init_logging(cli.verbose);
     let result = match cli.command {
         Command::Select(args) => {
@@ -305,6 +398,11 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench(args),
         Command::Compare(args) => compare(args),
         Command::Doctor(args) => doctor(args),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "miwv", &mut std::io::stdout());
+            Ok(())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -44,6 +44,34 @@ pub struct ScoreRow {
     pub selected: bool,
     /// 1-based rank by MIWV among scored samples.
     pub rank: Option<usize>,
+    /// Exchanges whose responses are scored (1 for Alpaca records).
+    pub turns: usize,
+    /// IFD and Superfiltering, with `--also ifd`.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub ifd: Option<Ifd>,
+}
+
+/// Cherry LLM's IFD and Superfiltering's ratio, from the zero-shot loss and the responses'
+/// loss alone (METHOD.md). Null where either loss is undefined.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Ifd {
+    /// L(y): mean loss of the responses with no prompt.
+    pub loss_response_only: f32,
+    /// IFD = L(y|x) / L(y); above 1 the prompt does not help, and Cherry LLM drops the sample.
+    pub ifd: f32,
+    /// PPL(y|x) / PPL(y) = exp(L(y|x) - L(y)).
+    pub superfiltering: f32,
+}
+
+impl Ifd {
+    /// From L(y|x) and L(y).
+    pub fn new(loss_zero_shot: f32, loss_response_only: f32) -> Self {
+        Self {
+            loss_response_only,
+            ifd: loss_zero_shot / loss_response_only,
+            superfiltering: (loss_zero_shot - loss_response_only).exp(),
+        }
+    }
 }
 
 /// Writes `path` atomically: a temporary file in the same directory, synced, then renamed.

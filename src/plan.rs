@@ -93,6 +93,8 @@ pub struct Shape {
     pub zero_len: Option<usize>,
     /// The one-shot pass.
     pub one_shot: OneShot,
+    /// Tokens of the response-only sequence (IFD's L(y)); `None` when it is not decoded.
+    pub alone_len: Option<usize>,
 }
 
 /// A unit of decoding work.
@@ -104,6 +106,8 @@ pub enum Work {
     OneShotWhole(usize),
     /// Sample i's one-shot suffix, after its neighbour's copied prefix.
     OneShotSuffix(usize),
+    /// Sample i's responses alone.
+    ResponseOnly(usize),
 }
 
 /// One sequence in a decode step.
@@ -188,6 +192,10 @@ pub fn schedule(shapes: &[Shape], limits: Limits) -> Vec<Step> {
         }
         if let OneShot::Whole { .. } = shape.one_shot {
             let work = Work::OneShotWhole(i);
+            independent.insert((len_of(work), std::cmp::Reverse(work_key(work))));
+        }
+        if shape.alone_len.is_some() {
+            let work = Work::ResponseOnly(i);
             independent.insert((len_of(work), std::cmp::Reverse(work_key(work))));
         }
     }
@@ -335,23 +343,26 @@ pub fn tokens_of(shapes: &[Shape], work: Work) -> usize {
             OneShot::Reuse { suffix_len, .. } => suffix_len,
             _ => unreachable!("a suffix continues its parent"),
         },
+        Work::ResponseOnly(i) => shapes[i].alone_len.expect("decoded response-only"),
     }
 }
 
 /// Works as sortable keys (kind in the low bits).
 fn work_key(work: Work) -> usize {
     match work {
-        Work::ZeroShot(i) => 3 * i,
-        Work::OneShotWhole(i) => 3 * i + 1,
-        Work::OneShotSuffix(i) => 3 * i + 2,
+        Work::ZeroShot(i) => 4 * i,
+        Work::OneShotWhole(i) => 4 * i + 1,
+        Work::OneShotSuffix(i) => 4 * i + 2,
+        Work::ResponseOnly(i) => 4 * i + 3,
     }
 }
 
 fn work_of(key: usize) -> Work {
-    match key % 3 {
-        0 => Work::ZeroShot(key / 3),
-        1 => Work::OneShotWhole(key / 3),
-        _ => Work::OneShotSuffix(key / 3),
+    match key % 4 {
+        0 => Work::ZeroShot(key / 4),
+        1 => Work::OneShotWhole(key / 4),
+        2 => Work::OneShotSuffix(key / 4),
+        _ => Work::ResponseOnly(key / 4),
     }
 }
 
@@ -377,6 +388,7 @@ mod schedule_tests {
                         OneShot::Whole { len } => (i, len),
                         _ => panic!(),
                     },
+                    Work::ResponseOnly(i) => (i, shapes[i].alone_len.unwrap()),
                     Work::OneShotSuffix(i) => match shapes[i].one_shot {
                         OneShot::Reuse { parent, suffix_len } => {
                             let from = e.copy_from.unwrap();
@@ -431,6 +443,9 @@ mod schedule_tests {
                 OneShot::Reuse { .. } => expected.push(Work::OneShotSuffix(i)),
                 OneShot::Whole { .. } => expected.push(Work::OneShotWhole(i)),
             }
+            if s.alone_len.is_some() {
+                expected.push(Work::ResponseOnly(i));
+            }
         }
         let key = |w: &Work| work_key(*w);
         seen.sort_by_key(key);
@@ -450,6 +465,7 @@ mod schedule_tests {
                     parent: 0,
                     suffix_len: 21 + i,
                 },
+                alone_len: None,
             })
             .collect();
         shapes[0].one_shot = OneShot::Reuse {
@@ -462,6 +478,7 @@ mod schedule_tests {
                 parent: 8,
                 suffix_len: 31,
             },
+            alone_len: None,
         });
         shapes.push(Shape {
             zero_len: Some(40),
@@ -469,15 +486,21 @@ mod schedule_tests {
                 parent: 7,
                 suffix_len: 41,
             },
+            alone_len: None,
         });
         shapes.push(Shape {
             zero_len: Some(50),
             one_shot: OneShot::Whole { len: 90 },
+            alone_len: None,
         });
         shapes.push(Shape {
             zero_len: None,
             one_shot: OneShot::Skip,
+            alone_len: None,
         });
+        // Response-only passes (IFD) are independent sequences.
+        shapes[2].alone_len = Some(15);
+        shapes[9].alone_len = Some(60);
         for limits in [
             Limits {
                 tokens: 100,
@@ -520,6 +543,7 @@ mod schedule_tests {
                     parent: (i + 1) % 60,
                     suffix_len: 12 + i % 3,
                 },
+                alone_len: None,
             })
             .collect();
         let limits = |checkpoint_tokens| Limits {
@@ -550,6 +574,7 @@ mod schedule_tests {
             .map(|i| Shape {
                 zero_len: Some(10 + i % 7),
                 one_shot: OneShot::Whole { len: 30 + i % 5 },
+                alone_len: None,
             })
             .collect();
         let steps = check(

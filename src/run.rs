@@ -13,14 +13,15 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::config::{EmbedModel, SelectConfig};
-use crate::dataset::{read_dataset, Sample, Truncation};
+use crate::dataset::{parse_dataset_with, ReadOptions, Sample, Truncation};
 use crate::embed::{default_prefix, embed_samples};
 use crate::engine::{check_model_file, ContextSizes, Embedder, Model, ModelInfo};
 use crate::neighbours::nearest_others;
-use crate::output::{write_json, write_jsonl, ScoreRow};
-use crate::prompt::Template;
+use crate::output::{write_json, write_jsonl, Ifd, ScoreRow};
+use crate::progress::{self, Phase};
+use crate::prompt::{Template, TemplateChoice};
 use crate::resume::{Retrieval, RunState};
-use crate::scheduler::{score_samples, ScoringOptions, Stats};
+use crate::scheduler::{score_samples, Progress, ScoringOptions, Stats};
 use crate::select::{top_by_score, Budget};
 use crate::Error;
 
@@ -63,7 +64,11 @@ pub fn select_until(config: &SelectConfig, stop: &AtomicBool) -> Result<RunSumma
         path: config.out_dir.clone(),
         source,
     })?;
-    let dataset = read_dataset(&config.data)?;
+    let bytes = std::fs::read(&config.data).map_err(|source| Error::Io {
+        path: config.data.clone(),
+        source,
+    })?;
+    let dataset = parse_dataset_with(&bytes, &config.data, &config.read)?;
     if let Some(cut) = &dataset.truncated {
         tracing::warn!("{}: {cut}", config.data.display());
     }
@@ -85,13 +90,21 @@ pub fn select_until(config: &SelectConfig, stop: &AtomicBool) -> Result<RunSumma
         EmbedModel::Scoring => None,
         EmbedModel::File(path) => Some(FileRecord::of(path, None)?),
     };
-    let state = RunState::open(
-        &config.out_dir,
-        &settings(config, &data, &scoring_model, embed_file.as_ref()),
-    )?;
     let model = Model::load(&config.model, config.gpu_layers)?;
     model.check_can_score(config.sizes.ctx_per_sequence)?;
     scoring_model.gguf = Some(model.info());
+    let template = model.template(config.template)?;
+    tracing::info!(template = template.name(), "template");
+    let state = RunState::open(
+        &config.out_dir,
+        &settings(
+            config,
+            &template,
+            &data,
+            &scoring_model,
+            embed_file.as_ref(),
+        ),
+    )?;
     timings.load_s = clock.elapsed().as_secs_f64();
 
     let clock = Instant::now();
@@ -119,28 +132,43 @@ pub fn select_until(config: &SelectConfig, stop: &AtomicBool) -> Result<RunSumma
     let options = ScoringOptions {
         sizes: config.sizes,
         kv_reuse: config.kv_reuse,
-        template: config.template,
+        template: template.clone(),
         append_eos: config.append_eos,
+        response_only: config.also_ifd,
         checkpoint_tokens: config.checkpoint_tokens,
     };
-    let mut last_report = 0.0;
+    let mut bar: Option<Phase> = None;
+    let (mut last_log, mut resumed_tokens) = (0.0, 0);
     let outcome = score_samples(
         &model,
         &samples,
         neighbours,
         &options,
         &mut state.loss_log(stop),
-        |done, total, tokens| {
+        |p: Progress| {
+            let bar = bar.get_or_insert_with(|| {
+                resumed_tokens = p.tokens_done;
+                let bar = Phase::new("scoring", p.tokens as u64, "tokens");
+                bar.resume_at(p.tokens_done as u64);
+                bar
+            });
+            bar.set(p.tokens_done as u64);
+            bar.note(format!("{}/{} decodes", p.steps_done, p.steps));
             let secs = clock.elapsed().as_secs_f64();
-            if secs - last_report >= 10.0 || done == total {
-                last_report = secs;
+            if !progress::visible() && (secs - last_log >= 10.0 || p.steps_done == p.steps) {
+                last_log = secs;
                 tracing::info!(
-                    "scored {done}/{total} decodes, {:.0} tokens/s",
-                    tokens as f64 / secs.max(1e-9)
+                    "scored {}/{} decodes, {}/{} tokens, {:.0} tokens/s",
+                    p.steps_done,
+                    p.steps,
+                    p.tokens_done,
+                    p.tokens,
+                    (p.tokens_done - resumed_tokens) as f64 / secs.max(1e-9)
                 );
             }
         },
     )?;
+    drop(bar);
     let (scores, usage) = (outcome.scores, outcome.usage);
     timings.scoring_s = clock.elapsed().as_secs_f64();
 
@@ -156,6 +184,9 @@ pub fn select_until(config: &SelectConfig, stop: &AtomicBool) -> Result<RunSumma
 
     let rows = (0..samples.len()).map(|i| {
         let n = neighbours[i];
+        let ifd = config
+            .also_ifd
+            .then(|| Ifd::new(scores[i].loss_zero_shot, outcome.response_only[i]));
         ScoreRow {
             id: samples[i].id.clone(),
             index: i,
@@ -172,6 +203,8 @@ pub fn select_until(config: &SelectConfig, stop: &AtomicBool) -> Result<RunSumma
             example_tokens_dropped: usage[i].example_tokens_dropped,
             selected: rank[i].is_some_and(|r| r <= wanted),
             rank: rank[i],
+            turns: samples[i].turns.len(),
+            ifd,
         }
     });
     let summary = RunSummary {
@@ -205,9 +238,13 @@ pub fn select_until(config: &SelectConfig, stop: &AtomicBool) -> Result<RunSumma
         data_truncated: dataset.truncated,
         scoring_model,
         embedder: retrieval.embedder,
-        template: config.template,
-        separator: config.template.separator(),
+        template_choice: config.template,
+        template_name: template.name().to_string(),
+        separator: template.separator(),
+        template,
+        read: &config.read,
         append_eos: config.append_eos,
+        also_ifd: config.also_ifd,
         budget: match config.budget {
             Budget::Ratio(r) => BudgetRecord {
                 ratio: Some(r),
@@ -236,6 +273,7 @@ pub fn select_until(config: &SelectConfig, stop: &AtomicBool) -> Result<RunSumma
 /// run may be resumed with another `--threads` or `--ratio` but never mixes other scores in.
 fn settings(
     config: &SelectConfig,
+    template: &Template,
     data: &FileRecord,
     model: &FileRecord,
     embed_model: Option<&FileRecord>,
@@ -247,8 +285,10 @@ fn settings(
         "model_sha256": model.sha256,
         "embed_model_sha256": embed_model.map_or("self", |m| m.sha256.as_str()),
         "embed_prefix": config.embed_prefix,
-        "template": config.template,
+        "template": template,
+        "read": config.read,
         "append_eos": config.append_eos,
+        "also_ifd": config.also_ifd,
         "ctx_size": s.ctx_per_sequence,
         "parallel": s.parallel,
         "batch_size": s.batch,
@@ -280,9 +320,14 @@ fn retrieve(
         .clone()
         .unwrap_or_else(|| default_prefix(info.architecture.as_deref()).to_string());
     let mut embedder = Embedder::new(embed_model, config.sizes.threads)?;
-    let (vectors, dim) = embed_samples(&mut embedder, samples, &prefix)?;
+    let bar = Phase::new("embedding", samples.len() as u64, "samples");
+    let (vectors, dim) =
+        embed_samples(&mut embedder, samples, &prefix, |done| bar.set(done as u64))?;
+    drop(bar);
     tracing::info!(dim, "embedded samples");
+    let bar = Phase::spinner("neighbours", "nearest other sample by cosine (FAISS)");
     let neighbours = nearest_others(&vectors, dim)?;
+    drop(bar);
     let record = EmbedderRecord {
         uses_scoring_model: embed_file.is_none(),
         model: embed_file.map(|file| FileRecord {
@@ -370,15 +415,19 @@ struct EmbedderRecord {
 }
 
 #[derive(Serialize)]
-struct RunRecord {
+struct RunRecord<'a> {
     tool: &'static str,
     data: FileRecord,
     data_truncated: Option<Truncation>,
     scoring_model: FileRecord,
     embedder: serde_json::Value,
+    template_choice: TemplateChoice,
+    template_name: String,
     template: Template,
     separator: &'static str,
+    read: &'a ReadOptions,
     append_eos: bool,
+    also_ifd: bool,
     budget: BudgetRecord,
     context: ContextSizes,
     samples: usize,

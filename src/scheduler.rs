@@ -17,11 +17,11 @@ use crate::engine::{ContextSizes, Item, Model, Scorer};
 use crate::neighbours::Neighbour;
 use crate::plan::{digest, schedule, tokens_of, Limits, OneShot, Shape, Step, Work};
 use crate::prompt::{Layout, ScoredSequence, Template, Unscorable};
-use crate::score::{mean_loss, Scores};
+use crate::score::Scores;
 use crate::Error;
 
 /// How scoring is run.
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct ScoringOptions {
     /// Context and batch sizes.
     pub sizes: ContextSizes,
@@ -31,6 +31,8 @@ pub struct ScoringOptions {
     pub template: Template,
     /// End responses with EOS.
     pub append_eos: bool,
+    /// Also score the responses alone, for IFD and Superfiltering.
+    pub response_only: bool,
     /// Tokens decoded between checkpoints (see [`Limits::checkpoint_tokens`]).
     pub checkpoint_tokens: usize,
 }
@@ -72,6 +74,8 @@ pub enum Pass {
     ZeroShot,
     /// The neighbour shown first as an example.
     OneShot,
+    /// The responses alone, for IFD.
+    ResponseOnly,
 }
 
 /// One computed mean response loss.
@@ -155,13 +159,28 @@ pub struct Outcome {
     pub scores: Vec<Scores>,
     /// One per sample.
     pub usage: Vec<Usage>,
+    /// One per sample: L(y), the responses' loss alone; NaN unless asked for, or when the
+    /// responses alone do not fit or leave nothing to score.
+    pub response_only: Vec<f32>,
     /// The run as a whole.
     pub stats: Stats,
 }
 
+/// How far scoring is, for progress reports.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Progress {
+    /// Decode steps done, resumed ones included.
+    pub steps_done: usize,
+    /// Decode steps planned.
+    pub steps: usize,
+    /// Tokens decoded, resumed steps' included.
+    pub tokens_done: usize,
+    /// Tokens the whole plan decodes.
+    pub tokens: usize,
+}
+
 /// Scores every sample zero-shot and one-shot, resuming after what `journal` saved.
-/// `progress` is called after every decode with (steps done, steps planned, tokens decoded
-/// by this run).
+/// `progress` is called once the plan is known and after every decode.
 ///
 /// # Errors
 /// Engine and journal failures; [`Error::Interrupted`] when the journal asks to stop.
@@ -171,10 +190,10 @@ pub fn score_samples(
     neighbours: &[Option<Neighbour>],
     options: &ScoringOptions,
     journal: &mut dyn Journal,
-    mut progress: impl FnMut(usize, usize, usize),
+    mut progress: impl FnMut(Progress),
 ) -> Result<Outcome, Error> {
     let max_len = options.sizes.ctx_per_sequence;
-    let layout = Layout::new(model, options.template, options.append_eos);
+    let layout = Layout::new(model, &options.template, options.append_eos);
     let blocks: Vec<_> = samples.iter().map(|s| layout.block(s)).collect();
 
     let mut usage = vec![Usage::default(); samples.len()];
@@ -190,11 +209,11 @@ pub fn score_samples(
             (Ok(_), Some(n)) => layout.one_shot(Some(&blocks[n.index]), block, max_len),
         };
         if let Ok(z) = &z {
-            usage[i].prompt_tokens_zero_shot = z.target.start;
+            usage[i].prompt_tokens_zero_shot = z.target().start;
         }
         match o {
             Ok((seq, cut)) => {
-                usage[i].prompt_tokens_one_shot = seq.target.start;
+                usage[i].prompt_tokens_one_shot = seq.target().start;
                 usage[i].example_tokens_dropped = cut;
                 one.push(Some(seq));
             }
@@ -205,6 +224,15 @@ pub fn score_samples(
         }
         zero.push(z.ok());
     }
+    let alone: Vec<Option<ScoredSequence>> = blocks
+        .iter()
+        .map(|block| {
+            options
+                .response_only
+                .then(|| layout.response_only(block, max_len))
+                .flatten()
+        })
+        .collect();
 
     // A prefix can be reused when the neighbour's zero-shot sequence is decoded and the
     // example was not shortened to fit.
@@ -227,6 +255,7 @@ pub fn score_samples(
                     len: seq.tokens.len(),
                 },
             },
+            alone_len: alone[i].as_ref().map(|s| s.tokens.len()),
         })
         .collect();
     let steps = schedule(
@@ -241,7 +270,7 @@ pub fn score_samples(
     // What each sample's passes cost follows from the plan, whichever run decodes them.
     for e in steps.iter().flat_map(|s| &s.entries) {
         let i = match e.work {
-            Work::ZeroShot(i) | Work::OneShotWhole(i) => i,
+            Work::ZeroShot(i) | Work::OneShotWhole(i) | Work::ResponseOnly(i) => i,
             Work::OneShotSuffix(i) => {
                 usage[i].reused_prefix = true;
                 i
@@ -252,6 +281,7 @@ pub fn score_samples(
 
     let mut zero_loss = vec![f32::NAN; samples.len()];
     let mut one_loss = vec![f32::NAN; samples.len()];
+    let mut alone_loss = vec![f32::NAN; samples.len()];
     let saved = journal.start(&digest(&steps), steps.len())?;
     if saved.steps_done > steps.len()
         || (saved.steps_done > 0 && !steps[saved.steps_done - 1].checkpoint)
@@ -266,6 +296,7 @@ pub fn score_samples(
         let slot = match loss.pass {
             Pass::ZeroShot => zero_loss.get_mut(loss.sample),
             Pass::OneShot => one_loss.get_mut(loss.sample),
+            Pass::ResponseOnly => alone_loss.get_mut(loss.sample),
         };
         *slot.ok_or_else(|| {
             Error::Resume(format!(
@@ -281,6 +312,19 @@ pub fn score_samples(
         resumed_steps: saved.steps_done,
         ..Stats::default()
     };
+    let step_tokens = |step: &Step| -> usize {
+        step.entries
+            .iter()
+            .map(|e| tokens_of(&shapes, e.work))
+            .sum()
+    };
+    let mut report = Progress {
+        steps_done: saved.steps_done,
+        steps: steps.len(),
+        tokens_done: steps[..saved.steps_done].iter().map(step_tokens).sum(),
+        tokens: steps.iter().map(step_tokens).sum(),
+    };
+    progress(report);
     let (mut decoding, mut extracting) = (Duration::ZERO, Duration::ZERO);
     let mut unsaved = Vec::new();
     for (t, step) in steps.iter().enumerate().skip(saved.steps_done) {
@@ -294,12 +338,13 @@ pub fn score_samples(
         // batch (ascending, consecutive); the plan's entries are decoded in slot order.
         let mut entries = step.entries.clone();
         entries.sort_by_key(|e| e.slot);
-        let items: Vec<Item> = entries
+        let sequences: Vec<(&ScoredSequence, usize)> = entries
             .iter()
             .map(|e| {
                 let (seq, first_pos) = match e.work {
                     Work::ZeroShot(i) => (zero[i].as_ref(), 0),
                     Work::OneShotWhole(i) => (one[i].as_ref(), 0),
+                    Work::ResponseOnly(i) => (alone[i].as_ref(), 0),
                     Work::OneShotSuffix(i) => match shapes[i].one_shot {
                         OneShot::Reuse { parent, .. } => (
                             one[i].as_ref(),
@@ -308,13 +353,20 @@ pub fn score_samples(
                         _ => unreachable!("a suffix continues its parent"),
                     },
                 };
-                let seq = seq.expect("planned work has a sequence");
+                (seq.expect("planned work has a sequence"), first_pos)
+            })
+            .collect();
+        let items: Vec<Item> = entries
+            .iter()
+            .zip(&sequences)
+            .map(|(e, &(seq, first_pos))| {
+                let target = seq.target();
                 Item {
                     tokens: &seq.tokens[first_pos..],
                     first_pos,
                     slot: e.slot,
                     copy_from: e.copy_from,
-                    scored: seq.target.start - first_pos..seq.target.end - first_pos,
+                    scored: target.start - first_pos..target.end - first_pos,
                 }
             })
             .collect();
@@ -325,14 +377,17 @@ pub fn score_samples(
         decoding += decoded - clock;
         extracting += decoded.elapsed();
         scorer.free(&step.free_after);
-        for ((e, item), lps) in entries.iter().zip(&items).zip(&log_probs) {
+        for (((e, item), lps), (seq, _)) in
+            entries.iter().zip(&items).zip(&log_probs).zip(&sequences)
+        {
             let (sample, pass, loss) = match e.work {
                 Work::ZeroShot(i) => (i, Pass::ZeroShot, &mut zero_loss[i]),
                 Work::OneShotWhole(i) | Work::OneShotSuffix(i) => {
                     (i, Pass::OneShot, &mut one_loss[i])
                 }
+                Work::ResponseOnly(i) => (i, Pass::ResponseOnly, &mut alone_loss[i]),
             };
-            *loss = mean_loss(lps);
+            *loss = seq.mean_loss(lps);
             unsaved.push(Loss {
                 sample,
                 pass,
@@ -349,7 +404,9 @@ pub fn score_samples(
             journal.save(t + 1, &unsaved)?;
             unsaved.clear();
         }
-        progress(t + 1, steps.len(), stats.tokens_decoded);
+        report.steps_done = t + 1;
+        report.tokens_done += step_tokens(step);
+        progress(report);
     }
     stats.decode_seconds = decoding.as_secs_f64();
     stats.loss_seconds = extracting.as_secs_f64();
@@ -363,6 +420,7 @@ pub fn score_samples(
     Ok(Outcome {
         scores,
         usage,
+        response_only: alone_loss,
         stats,
     })
 }

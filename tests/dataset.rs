@@ -122,7 +122,7 @@ fn array_cut_inside_a_string_keeps_the_complete_records() {
     let dataset = parse(text, "data.json").unwrap();
     assert_cut(&dataset, 2, Location { line: 4, record: 2 });
     assert_eq!(dataset.samples[0].id, "first");
-    assert_eq!(dataset.samples[1].output, "d");
+    assert_eq!(dataset.samples[1].turns[0].output, "d");
     let cut = dataset.truncated.unwrap().to_string();
     assert_eq!(
         cut,
@@ -363,9 +363,9 @@ fn one_sample_dataset_reads_fine() {
         assert_eq!(
             (
                 sample.id.as_str(),
-                sample.instruction.as_str(),
-                sample.input.as_str(),
-                sample.output.as_str()
+                sample.turns[0].instruction.as_str(),
+                sample.turns[0].input.as_str(),
+                sample.turns[0].output.as_str()
             ),
             ("0", "a", "", "b")
         );

@@ -4,7 +4,7 @@ mod common;
 
 use miwv::dataset::read_dataset;
 use miwv::engine::{ContextSizes, Model, Scorer};
-use miwv::prompt::{Layout, ScoredSequence, Template};
+use miwv::prompt::{ChatMarkup, Layout, Piece, ScoredSequence, Template, TemplateChoice, Tokenize};
 use miwv::score::mean_loss;
 
 fn sizes(parallel: usize) -> ContextSizes {
@@ -21,29 +21,67 @@ fn sizes(parallel: usize) -> ContextSizes {
 fn segment_concatenation_decodes_back_to_the_exact_text() {
     let model = Model::load(&common::scoring_model(), 0).unwrap();
     let samples = read_dataset(&common::examples()).unwrap().samples;
-    for template in [Template::Alpaca, Template::Raw] {
-        let layout = Layout::new(&model, template, false);
+    for choice in [
+        TemplateChoice::Alpaca,
+        TemplateChoice::Raw,
+        TemplateChoice::Oda,
+        TemplateChoice::Auto,
+    ] {
+        let template = model.template(choice).unwrap();
+        let layout = Layout::new(&model, &template, false);
         for sample in &samples {
-            let block = layout.block(sample);
-            let prompt = template.prompt(sample);
-            assert_eq!(model.detokenize(&block.tokens[..block.prompt_len]), prompt);
+            let pieces = template.pieces(sample);
+            let seq = layout.zero_shot(&layout.block(sample), 4096).unwrap();
+            let responses: Vec<String> = pieces
+                .iter()
+                .filter_map(|p| match p {
+                    Piece::Response(text) => Some(text.clone()),
+                    _ => None,
+                })
+                .collect();
+            let scored: Vec<String> = seq
+                .spans
+                .iter()
+                .map(|span| model.detokenize(&seq.tokens[span.clone()]))
+                .collect();
             assert_eq!(
-                model.detokenize(&block.tokens[block.prompt_len..]),
-                sample.output
-            );
-            let seq = layout.zero_shot(&block, 4096).unwrap();
-            assert_eq!(
-                model.detokenize(&seq.tokens),
-                format!("{prompt}{}", sample.output)
-            );
-            assert_eq!(
-                model.detokenize(&seq.tokens[seq.target.clone()]),
-                sample.output,
-                "the scored range is exactly the response of {}",
+                scored, responses,
+                "the scored ranges are exactly the responses of {} ({choice:?})",
                 sample.id
             );
+            if !matches!(template, Template::Chat(_)) {
+                let text: String = pieces
+                    .iter()
+                    .map(|p| match p {
+                        Piece::Text(t) | Piece::Response(t) | Piece::Markup(t) => t.as_str(),
+                        Piece::EndOfResponse(_) => "",
+                    })
+                    .collect();
+                assert_eq!(model.detokenize(&seq.tokens), text);
+            }
         }
     }
+}
+
+#[test]
+fn the_chat_model_template_comes_from_the_gguf_as_chatml() {
+    let model = Model::load(&common::scoring_model(), 0).unwrap();
+    let Template::Chat(markup) = model.template(TemplateChoice::Auto).unwrap() else {
+        panic!("SmolLM2-Instruct has a chat template");
+    };
+    let mut chatml = ChatMarkup::chatml();
+    chatml.name = "model".into();
+    assert_eq!(
+        markup, chatml,
+        "llama.cpp renders SmolLM2's template as ChatML"
+    );
+    // Markup tokens are special tokens; the same text inside data stays plain text.
+    assert_eq!(model.tokenize_markup("<|im_start|>").len(), 1);
+    assert!(model.tokenize("<|im_start|>").len() > 1);
+    assert_eq!(
+        model.template(TemplateChoice::Chatml).unwrap(),
+        Template::Chat(ChatMarkup::chatml())
+    );
 }
 
 /// llama.cpp is not batch-invariant in general: the same tokens decoded beside other
@@ -57,11 +95,11 @@ fn segment_concatenation_decodes_back_to_the_exact_text() {
 fn a_loss_inside_a_multi_sequence_batch_equals_the_single_sequence_loss() {
     let model = Model::load(&common::scoring_model(), 0).unwrap();
     let samples = read_dataset(&common::examples()).unwrap().samples;
-    let layout = Layout::new(&model, Template::Alpaca, false);
+    let layout = Layout::new(&model, &Template::Alpaca, false);
     let sequences: Vec<ScoredSequence> = samples
         .iter()
         .map(|s| layout.zero_shot(&layout.block(s), 1024).unwrap())
-        .filter(|s| s.target.len() >= 16)
+        .filter(|s| s.target().len() >= 16)
         .take(12)
         .collect();
     assert_eq!(sequences.len(), 12);
@@ -99,10 +137,14 @@ fn a_loss_inside_a_multi_sequence_batch_equals_the_single_sequence_loss() {
 fn an_exact_duplicate_as_example_gives_a_clearly_negative_miwv() {
     let model = Model::load(&common::scoring_model(), 0).unwrap();
     let samples = read_dataset(&common::examples()).unwrap().samples;
-    let layout = Layout::new(&model, Template::Alpaca, false);
+    let layout = Layout::new(&model, &Template::Alpaca, false);
     let mut scorer = Scorer::new(&model, sizes(2)).unwrap();
     let mut checked = 0;
-    for sample in samples.iter().filter(|s| s.output.len() > 200).take(5) {
+    for sample in samples
+        .iter()
+        .filter(|s| s.turns[0].output.len() > 200)
+        .take(5)
+    {
         let block = layout.block(sample);
         let zero = layout.zero_shot(&block, 1024).unwrap();
         let (one, dropped) = layout.one_shot(Some(&block), &block, 1024).unwrap();
@@ -126,7 +168,7 @@ fn oversized_batches_are_refused_not_aborted() {
     let mut scorer = Scorer::new(&model, sizes(1)).unwrap();
     let seq = ScoredSequence {
         tokens: vec![1; 2000],
-        target: 1..2000,
+        spans: std::iter::once(1..2000).collect(),
     };
     assert!(scorer.target_log_probs(&[&seq]).is_err());
 }

@@ -1,0 +1,104 @@
+//! Progress bars for the long phases (embedding, neighbours, scoring), and a log writer that
+//! keeps tracing's lines from tearing them.
+//!
+//! Bars draw on stderr only when it is a terminal; in a pipe or a CI log they stay silent and
+//! the phases' `tracing` lines say what is going on instead.
+
+use std::io::{IsTerminal, Write};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+/// All bars live here, so log lines can be printed above them.
+fn bars() -> &'static MultiProgress {
+    static BARS: OnceLock<MultiProgress> = OnceLock::new();
+    BARS.get_or_init(|| {
+        let target = if std::io::stderr().is_terminal() {
+            ProgressDrawTarget::stderr()
+        } else {
+            ProgressDrawTarget::hidden()
+        };
+        MultiProgress::with_draw_target(target)
+    })
+}
+
+/// Whether bars are drawn (stderr is a terminal).
+pub fn visible() -> bool {
+    !bars().is_hidden()
+}
+
+/// One phase's bar.
+pub struct Phase(ProgressBar);
+
+impl Phase {
+    /// A bar counting `total` items of `unit` (`samples`, `tokens`), with rate and ETA.
+    pub fn new(name: &str, total: u64, unit: &str) -> Self {
+        let style = ProgressStyle::with_template(&format!(
+            "{{prefix:>10}} [{{bar:30}}] {{human_pos}}/{{human_len}} {unit} \
+             ({{per_sec}}, ETA {{eta}}) {{msg}}"
+        ))
+        .expect("the template is valid")
+        .progress_chars("=> ");
+        let bar = bars().add(ProgressBar::new(total).with_style(style));
+        bar.set_prefix(name.to_string());
+        bar.enable_steady_tick(Duration::from_millis(250));
+        Self(bar)
+    }
+
+    /// A bar without a known length, for short phases.
+    pub fn spinner(name: &str, message: &str) -> Self {
+        let style = ProgressStyle::with_template("{prefix:>10} {spinner} {msg} ({elapsed})")
+            .expect("the template is valid");
+        let bar = bars().add(ProgressBar::new_spinner().with_style(style));
+        bar.set_prefix(name.to_string());
+        bar.set_message(message.to_string());
+        bar.enable_steady_tick(Duration::from_millis(120));
+        Self(bar)
+    }
+
+    /// Sets the count done so far.
+    pub fn set(&self, done: u64) {
+        self.0.set_position(done);
+    }
+
+    /// Starts at `done` (work a resumed run already has) without counting it in the rate.
+    pub fn resume_at(&self, done: u64) {
+        self.0.set_position(done);
+        self.0.reset_eta();
+    }
+
+    /// A note after the counts.
+    pub fn note(&self, message: String) {
+        self.0.set_message(message);
+    }
+}
+
+impl Drop for Phase {
+    fn drop(&mut self) {
+        self.0.finish();
+    }
+}
+
+/// A `tracing` writer for stderr that clears the bars while it prints a line.
+#[derive(Clone, Copy, Default)]
+pub struct LogWriter;
+
+impl Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        bars().suspend(|| std::io::stderr().write_all(buf))?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogWriter {
+    type Writer = LogWriter;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        *self
+    }
+}
