@@ -608,7 +608,8 @@ fn conversation_turns(
                 format!("expected a message object, found {}", kind(message)),
             ));
         };
-        let (role_key, text_key) = if message.contains_key("from") {
+        let (role_key, text_key) = if message.contains_key("from") || message.contains_key("value")
+        {
             ("from", "value")
         } else {
             ("role", "content")
@@ -628,7 +629,7 @@ fn conversation_turns(
                     ))
                 }
             },
-            None => return Err((at(".from"), "missing (or `role`)".into())),
+            None => return Err((at(&format!(".{role_key}")), "missing".into())),
             Some(other) => {
                 return Err((
                     at(&format!(".{role_key}")),

@@ -281,7 +281,8 @@ impl SelectArgs {
 
 fn init_logging(verbose: u8) {
     let default = match verbose {
-        0 => "miwv=info,warn",
+        // llama.cpp's own warnings are about GGUF details users cannot act on; -v shows them.
+        0 => "miwv=info,llama-cpp-2=error,warn",
         1 => "debug",
         _ => "trace",
     };

@@ -6,7 +6,10 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 
 // `dataset` itself is how the shared invariants reach the reader (`super::dataset`).
-use miwv::dataset::{self, parse_dataset, read_dataset, Dataset, DatasetError, Location};
+use miwv::dataset::{
+    self, parse_dataset, parse_dataset_with, read_dataset, Dataset, DatasetError, Fields, Location,
+    ReadOptions, Sample,
+};
 
 #[path = "../fuzz/invariants.rs"]
 mod invariants;
@@ -602,4 +605,156 @@ fn mutated_seeds_keep_the_invariants() {
             );
         }
     }
+}
+
+// --- Conversations and field names ------------------------------------------------------------
+
+fn parse_with(text: &str, options: &ReadOptions) -> Result<Dataset, DatasetError> {
+    parse_dataset_with(text.as_bytes(), Path::new("chat.jsonl"), options)
+}
+
+fn turns(sample: &Sample) -> Vec<(&str, &str)> {
+    sample
+        .turns
+        .iter()
+        .map(|t| (t.instruction.as_str(), t.output.as_str()))
+        .collect()
+}
+
+#[test]
+fn sharegpt_and_messages_conversations_read_alike() {
+    let text = concat!(
+        r#"{"id": 1, "conversations": [{"from": "system", "value": "Be brief."}, {"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello"}, {"from": "human", "value": "Bye"}, {"from": "gpt", "value": "Bye!"}]}"#,
+        "\n",
+        r#"{"id": 2, "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}, {"role": "user", "content": "Bye"}, {"role": "assistant", "content": "Bye!"}]}"#,
+        "\n"
+    );
+    let samples = parse_with(text, &ReadOptions::default()).unwrap().samples;
+    for sample in &samples {
+        assert_eq!(sample.system, "Be brief.");
+        assert_eq!(turns(sample), [("Hi", "Hello"), ("Bye", "Bye!")]);
+        assert_eq!(
+            sample.retrieval_text(),
+            "Hi\n\nBye",
+            "prompts only, never responses"
+        );
+    }
+    let first = ReadOptions {
+        first_turn_only: true,
+        ..ReadOptions::default()
+    };
+    let samples = parse_with(text, &first).unwrap().samples;
+    assert_eq!(turns(&samples[1]), [("Hi", "Hello")]);
+    assert_eq!(
+        samples[1].record["messages"].as_array().unwrap().len(),
+        5,
+        "the record is kept whole for the selection"
+    );
+}
+
+#[test]
+fn conversations_are_read_as_chat_training_reads_them() {
+    // A leading assistant message has no prompt and a last user message no response.
+    let text = r#"{"conversations": [{"from": "gpt", "value": "Welcome"}, {"from": "human", "value": "Q"}, {"from": "gpt", "value": "A"}, {"from": "human", "value": "unanswered"}]}"#;
+    let samples = parse_with(text, &ReadOptions::default()).unwrap().samples;
+    assert_eq!(turns(&samples[0]), [("Q", "A")]);
+    // Nothing to score: no turns, which scoring reports as an empty response.
+    let text = r#"{"messages": [{"role": "user", "content": "Q"}]}"#;
+    assert!(
+        parse_with(text, &ReadOptions::default()).unwrap().samples[0]
+            .turns
+            .is_empty()
+    );
+
+    for (text, field, problem) in [
+        (
+            r#"{"conversations": [{"from": "human", "value": "a"}, {"from": "human", "value": "b"}]}"#,
+            "conversations[1].from",
+            "two messages of the same role in a row",
+        ),
+        (
+            r#"{"messages": [{"role": "user", "content": "a"}, {"role": "tool", "content": "b"}]}"#,
+            "messages[1].role",
+            "unknown role \"tool\"",
+        ),
+        (
+            r#"{"messages": [{"role": "user", "content": "a"}, {"role": "system", "content": "b"}]}"#,
+            "messages[1].role",
+            "only allowed first",
+        ),
+        (
+            r#"{"messages": [{"role": "user", "content": [{"type": "text"}]}]}"#,
+            "messages[0].content",
+            "expected a string, found an array",
+        ),
+        (
+            r#"{"conversations": "hi"}"#,
+            "conversations",
+            "expected a list of messages",
+        ),
+        (
+            r#"{"messages": [{"content": "a"}]}"#,
+            "messages[0].role",
+            "missing",
+        ),
+        (
+            r#"{"prompt": "a"}"#,
+            "instruction",
+            "missing (and no `conversations` or `messages` list either)",
+        ),
+    ] {
+        let err = parse_with(&format!("{GOOD}\n{text}\n"), &ReadOptions::default())
+            .unwrap_err()
+            .to_string();
+        assert_contains(
+            &err,
+            &[
+                "chat.jsonl: line 2, record 1",
+                &format!("field `{field}`"),
+                problem,
+            ],
+        );
+    }
+}
+
+#[test]
+fn field_names_are_configurable() {
+    // Dolly's names, and a conversation list under its own name.
+    let dolly = ReadOptions {
+        fields: Fields {
+            id: "uid".into(),
+            instruction: "instruction".into(),
+            input: "context".into(),
+            output: "response".into(),
+            conversation: None,
+        },
+        first_turn_only: false,
+    };
+    let text = r#"{"uid": "d1", "instruction": "Sum.", "context": "2 3", "response": "5"}"#;
+    let sample = &parse_with(text, &dolly).unwrap().samples[0];
+    assert_eq!(sample.id, "d1");
+    assert_eq!(sample.turns[0].input, "2 3");
+    assert_eq!(sample.turns[0].output, "5");
+    let err = parse_with(
+        r#"{"uid": "d2", "instruction": "x", "output": "y"}"#,
+        &dolly,
+    )
+    .unwrap_err()
+    .to_string();
+    assert_contains(&err, &["field `response`: missing"]);
+
+    let dialog = ReadOptions {
+        fields: Fields {
+            conversation: Some("dialog".into()),
+            ..Fields::default()
+        },
+        first_turn_only: false,
+    };
+    let text = r#"{"dialog": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}], "instruction": "ignored"}"#;
+    assert_eq!(
+        turns(&parse_with(text, &dialog).unwrap().samples[0]),
+        [("Q", "A")]
+    );
+    let err = parse_with(GOOD, &dialog).unwrap_err().to_string();
+    assert_contains(&err, &["field `dialog`: missing"]);
 }

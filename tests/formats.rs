@@ -1,0 +1,210 @@
+//! Chat data, templates and the extra scores, end to end on the default models: conversations
+//! score every assistant turn, `--also ifd` adds consistent IFD numbers, progress bars appear
+//! only on a terminal, and the CLI's conventions (`-ngl`, completions) hold.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::{miwv, read_jsonl};
+use miwv::dataset::{parse_dataset, Sample};
+use miwv::engine::{ContextSizes, Model, Scorer};
+use miwv::prompt::{Layout, TemplateChoice};
+use serde_json::Value;
+
+fn chat_examples(n: usize) -> Vec<Value> {
+    let text = std::fs::read_to_string(common::root().join("examples/chat-mini.jsonl")).unwrap();
+    text.lines()
+        .take(n)
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn write_jsonl(path: &Path, records: &[Value]) {
+    let lines: Vec<String> = records.iter().map(Value::to_string).collect();
+    std::fs::write(path, lines.join("\n") + "\n").unwrap();
+}
+
+fn assistant_messages(record: &Value) -> usize {
+    let messages = record
+        .get("conversations")
+        .or_else(|| record.get("messages"))
+        .and_then(Value::as_array)
+        .unwrap();
+    messages
+        .iter()
+        .filter(|m| m.get("from").or_else(|| m.get("role")).unwrap() != "system")
+        .count()
+        / 2
+}
+
+#[test]
+fn conversations_are_scored_per_turn_with_ifd_and_a_progress_bar_on_a_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    let records = chat_examples(10);
+    let data = dir.path().join("chat.jsonl");
+    write_jsonl(&data, &records);
+    let out = dir.path().join("out");
+    let args = [
+        "select",
+        data.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "-c",
+        "2048",
+        "-ngl",
+        "0",
+        "--also",
+        "ifd",
+        "-n",
+        "3",
+    ];
+
+    // Under a terminal (script(1) gives the run a pty) the phases draw progress bars.
+    let binary = env!("CARGO_BIN_EXE_miwv");
+    let command_line = std::iter::once(binary)
+        .chain(args)
+        .map(|a| format!("'{a}'"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let on_terminal = Command::new("script")
+        .args(["-qec", &command_line, "/dev/null"])
+        .current_dir(common::root())
+        .output();
+    match on_terminal {
+        Ok(output) => {
+            let shown = String::from_utf8_lossy(&output.stdout);
+            assert!(output.status.success(), "{shown}");
+            for bar in ["embedding", "samples", "scoring", "tokens", "/s, ETA"] {
+                assert!(
+                    shown.contains(bar),
+                    "no {bar:?} bar on a terminal:\n{shown}"
+                );
+            }
+        }
+        Err(e) => {
+            eprintln!("script(1) unavailable ({e}); running without a terminal only");
+            assert!(miwv().args(args).status().unwrap().success());
+        }
+    }
+
+    // Piped, the rerun draws no bar, and resumes everything, the L(y) pass included.
+    let output = miwv().args(args).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(!stderr.contains('\r') && !stderr.contains("=>"), "{stderr}");
+    let run: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).unwrap()).unwrap();
+    assert_eq!(
+        run["scoring"]["resumed_steps"],
+        run["scoring"]["planned_steps"]
+    );
+    assert_eq!(run["template_choice"], "auto");
+    assert_eq!(run["template_name"], "model");
+    assert_eq!(
+        run["template"]["chat"]["assistant_open"],
+        "<|im_end|>\n<|im_start|>assistant\n"
+    );
+    assert_eq!(run["also_ifd"], true);
+
+    let scores = read_jsonl(&out.join("scores.jsonl"));
+    assert_eq!(scores.len(), records.len());
+    assert!(scores.iter().any(|s| s["turns"].as_u64().unwrap() > 1));
+    for (row, record) in scores.iter().zip(&records) {
+        assert_eq!(row["id"], record["id"]);
+        assert_eq!(
+            row["turns"].as_u64().unwrap() as usize,
+            assistant_messages(record)
+        );
+        let zero = row["loss_zero_shot"].as_f64().unwrap();
+        let alone = row["loss_response_only"].as_f64().unwrap();
+        assert!(alone > 0.0);
+        assert!((row["ifd"].as_f64().unwrap() - zero / alone).abs() < 1e-4);
+        assert!((row["superfiltering"].as_f64().unwrap() - (zero - alone).exp()).abs() < 1e-4);
+    }
+    let selected = read_jsonl(&out.join("selected.jsonl"));
+    let expected: Vec<Value> = scores
+        .iter()
+        .zip(&records)
+        .filter(|(row, _)| row["selected"] == true)
+        .map(|(_, record)| record.clone())
+        .collect();
+    assert_eq!(selected.len(), 3);
+    assert_eq!(selected, expected, "whole conversations, unchanged");
+}
+
+/// A conversation's loss is the token-weighted mean of its turns' losses, each turn scored with
+/// the conversation before it as its prompt: with a chat template (no separator), a second turn
+/// shown after the first as a one-shot example is the same token sequence.
+#[test]
+fn a_conversation_loss_is_the_token_weighted_mean_of_its_turns() {
+    let model = Model::load(&common::scoring_model(), 0).unwrap();
+    let template = model.template(TemplateChoice::Auto).unwrap();
+    let layout = Layout::new(&model, &template, false);
+    let text = r#"{"messages": [{"role": "user", "content": "Name a primary colour."}, {"role": "assistant", "content": "Red is a primary colour."}, {"role": "user", "content": "And a secondary one?"}, {"role": "assistant", "content": "Green, which mixes blue and yellow."}]}"#;
+    let chat = &parse_dataset(text.as_bytes(), Path::new("c.jsonl"))
+        .unwrap()
+        .samples[0];
+    let turn = |t: usize| Sample {
+        turns: vec![chat.turns[t].clone()],
+        ..chat.clone()
+    };
+    let whole = layout.zero_shot(&layout.block(chat), 1024).unwrap();
+    let first = layout.zero_shot(&layout.block(&turn(0)), 1024).unwrap();
+    let (second, _) = layout
+        .one_shot(Some(&layout.block(&turn(0))), &layout.block(&turn(1)), 1024)
+        .unwrap();
+    assert_eq!(second.tokens, whole.tokens);
+
+    let mut scorer = Scorer::new(
+        &model,
+        ContextSizes {
+            ctx_per_sequence: 1024,
+            parallel: 1,
+            batch: 1024,
+            ubatch: 512,
+            threads: common::threads(),
+        },
+    )
+    .unwrap();
+    let mut loss = |seq| {
+        let lps = scorer.target_log_probs(&[seq]).unwrap();
+        seq.mean_loss(&lps[0]) as f64
+    };
+    let (l_whole, l_first, l_second) = (loss(&whole), loss(&first), loss(&second));
+    let (n1, n2) = (first.spans[0].len() as f64, second.spans[0].len() as f64);
+    let weighted = (n1 * l_first + n2 * l_second) / (n1 + n2);
+    eprintln!("conversation {l_whole:.4}, turns {l_first:.4} and {l_second:.4}");
+    assert!((l_whole - weighted).abs() < 1e-3, "{l_whole} vs {weighted}");
+    assert!(
+        (l_first - l_second).abs() > 1e-2,
+        "the turns differ, so the mean means something"
+    );
+}
+
+#[test]
+fn help_shows_examples_and_completions_cover_the_flags() {
+    let help = miwv().args(["select", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(help.contains("Example"), "{help}");
+    let top = miwv().arg("--help").output().unwrap();
+    assert!(String::from_utf8_lossy(&top.stdout).contains("Exit codes"));
+    for shell in ["bash", "zsh", "fish"] {
+        let output = miwv().args(["completions", shell]).output().unwrap();
+        assert!(output.status.success());
+        let script = String::from_utf8_lossy(&output.stdout);
+        for word in ["select", "template", "also", "first-turn"] {
+            assert!(script.contains(word), "{shell}: {word} missing");
+        }
+    }
+    let bad = miwv()
+        .args(["select", "x.json", "--template", "nope"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        bad.status.code(),
+        Some(2),
+        "a bad command line exits with 2"
+    );
+}
