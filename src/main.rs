@@ -41,6 +41,21 @@ enum Command {
         after_help = "Exits with 1 when any segment differs.\nExample:\n  miwv doctor examples/alpaca-mini.json --tokenizer tokenizer.json -m model.gguf"
     )]
     Doctor(DoctorArgs),
+    /// Draw a finished run: MIWV histogram, loss scatter and an HTML page with the top samples.
+    #[command(
+        after_help = "Writes OUT_DIR/report/: miwv-histogram.png, losses-scatter.png and report.html (one \
+                      self-contained file).\nExample:\n  miwv select examples/alpaca-mini.json -o out\n  miwv report out"
+    )]
+    Report(ReportArgs),
+}
+
+#[derive(Args)]
+struct ReportArgs {
+    /// Output directory of a finished `miwv select` (holding scores.jsonl and run.json).
+    out_dir: PathBuf,
+    /// Samples listed from each end of the ranking.
+    #[arg(long, default_value_t = 20)]
+    top: usize,
 }
 
 #[derive(Args)]
@@ -285,6 +300,14 @@ fn doctor(args: DoctorArgs) -> Result<(), miwv::Error> {
     }
 }
 
+fn report(args: ReportArgs) -> Result<(), miwv::Error> {
+    let files = miwv::report::write_report(&args.out_dir, args.top)?;
+    println!("histogram: {}", files.histogram.display());
+    println!("scatter:   {}", files.scatter.display());
+    println!("report:    {}", files.html.display());
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose);
@@ -305,6 +328,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench(args),
         Command::Compare(args) => compare(args),
         Command::Doctor(args) => doctor(args),
+        Command::Report(args) => report(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
