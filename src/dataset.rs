@@ -20,7 +20,7 @@ use std::collections::hash_map::{Entry, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 /// One instruction-tuning sample: an Alpaca record (one turn) or a conversation.
@@ -67,7 +67,8 @@ impl Sample {
 }
 
 /// Which record fields hold what.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Fields {
     /// The sample id.
     pub id: String,
@@ -95,7 +96,8 @@ impl Default for Fields {
 }
 
 /// How records become samples.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct ReadOptions {
     /// Field names.
     pub fields: Fields,

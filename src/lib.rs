@@ -8,7 +8,7 @@
 //! -> [`plan`] / [`scheduler`] / [`engine`] -> [`score`] -> [`select`] -> [`output`]; [`run`] wires them
 //! together, [`config`] checks the settings first and [`resume`] keeps what a stopped run did.
 //! [`compare`] measures how far two runs' scores agree; [`doctor`] checks the GGUF vocabulary
-//! against the model's reference tokenizer.
+//! against the model's reference tokenizer; [`report`] draws a finished run's scores.
 
 #![deny(missing_docs)]
 
@@ -24,6 +24,7 @@ pub mod output;
 pub mod plan;
 pub mod progress;
 pub mod prompt;
+pub mod report;
 pub mod resume;
 pub mod run;
 pub mod scheduler;
@@ -72,6 +73,9 @@ pub enum Error {
     /// Two score files cannot be compared.
     #[error(transparent)]
     Compare(#[from] compare::CompareError),
+    /// A run's report cannot be made.
+    #[error(transparent)]
+    Report(#[from] report::ReportError),
     /// The reference tokenizer could not be loaded.
     #[error(transparent)]
     Tokenizer(#[from] doctor::TokenizerError),

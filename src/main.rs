@@ -59,6 +59,21 @@ enum Command {
         /// The shell.
         shell: clap_complete::Shell,
     },
+    /// Draw a finished run: MIWV histogram, loss scatter and an HTML page with the top samples.
+    #[command(
+        after_help = "Writes OUT_DIR/report/: miwv-histogram.png, losses-scatter.png and report.html (one \
+                      self-contained file).\nExample:\n  miwv select examples/alpaca-mini.json -o out\n  miwv report out"
+    )]
+    Report(ReportArgs),
+}
+
+#[derive(Args)]
+struct ReportArgs {
+    /// Output directory of a finished `miwv select` (holding scores.jsonl and run.json).
+    out_dir: PathBuf,
+    /// Samples listed from each end of the ranking.
+    #[arg(long, default_value_t = 20)]
+    top: usize,
 }
 
 #[derive(Args)]
@@ -379,6 +394,14 @@ fn llama_cpp_flags(args: impl Iterator<Item = OsString>) -> Vec<OsString> {
     .collect()
 }
 
+fn report(args: ReportArgs) -> Result<(), miwv::Error> {
+    let files = miwv::report::write_report(&args.out_dir, args.top)?;
+    println!("histogram: {}", files.histogram.display());
+    println!("scatter:   {}", files.scatter.display());
+    println!("report:    {}", files.html.display());
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse_from(llama_cpp_flags(std::env::args_os()));
     init_logging(cli.verbose);
@@ -404,6 +427,7 @@ fn main() -> ExitCode {
             clap_complete::generate(shell, &mut Cli::command(), "miwv", &mut std::io::stdout());
             Ok(())
         }
+        Command::Report(args) => report(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
