@@ -8,7 +8,8 @@
 //! -> [`plan`] / [`scheduler`] / [`engine`] -> [`score`] -> [`select`] -> [`output`]; [`run`] wires them
 //! together, [`config`] checks the settings first and [`resume`] keeps what a stopped run did.
 //! [`compare`] measures how far two runs' scores agree; [`doctor`] checks the GGUF vocabulary
-//! against the model's reference tokenizer.
+//! against the model's reference tokenizer. [`records`] handles the dataset's file format
+//! (JSON, JSON Lines, gzip, Parquet) and writes the selection back in the same one.
 
 #![deny(missing_docs)]
 
@@ -23,6 +24,7 @@ pub mod neighbours;
 pub mod output;
 pub mod plan;
 pub mod prompt;
+pub mod records;
 pub mod resume;
 pub mod run;
 pub mod scheduler;
@@ -45,6 +47,9 @@ pub enum Error {
     /// Unreadable or malformed dataset.
     #[error(transparent)]
     Dataset(#[from] dataset::DatasetError),
+    /// Unreadable dataset file format, or the selection could not be written in it.
+    #[error(transparent)]
+    Records(#[from] records::RecordsError),
     /// The dataset has no records.
     #[error("{0}: the dataset has no records")]
     EmptyDataset(PathBuf),
