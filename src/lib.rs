@@ -9,6 +9,8 @@
 //! together, [`config`] checks the settings first and [`resume`] keeps what a stopped run did.
 //! [`compare`] measures how far two runs' scores agree; [`doctor`] checks the GGUF vocabulary
 //! against the model's reference tokenizer; [`report`] draws a finished run's scores.
+//! [`records`] handles the dataset's file format (JSON, JSON Lines, gzip, Parquet) and writes
+//! the selection back in the same one.
 
 #![deny(missing_docs)]
 
@@ -24,6 +26,7 @@ pub mod output;
 pub mod plan;
 pub mod progress;
 pub mod prompt;
+pub mod records;
 pub mod report;
 pub mod resume;
 pub mod run;
@@ -47,6 +50,9 @@ pub enum Error {
     /// Unreadable or malformed dataset.
     #[error(transparent)]
     Dataset(#[from] dataset::DatasetError),
+    /// Unreadable dataset file format, or the selection could not be written in it.
+    #[error(transparent)]
+    Records(#[from] records::RecordsError),
     /// The dataset has no records.
     #[error("{0}: the dataset has no records")]
     EmptyDataset(PathBuf),

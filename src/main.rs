@@ -359,12 +359,8 @@ fn compare(args: CompareArgs) -> Result<(), miwv::Error> {
 
 fn doctor(args: DoctorArgs) -> Result<(), miwv::Error> {
     use miwv::doctor::{check_tokenizer, ReferenceTokenizer};
-    let bytes = std::fs::read(&args.data).map_err(|source| miwv::Error::Io {
-        path: args.data.clone(),
-        source,
-    })?;
-    let samples =
-        miwv::dataset::parse_dataset_with(&bytes, &args.data, &args.fields.options())?.samples;
+    let (_, dataset) = miwv::records::read_samples(&args.data, &args.fields.options())?;
+    let samples = dataset.samples;
     let reference = ReferenceTokenizer::load(&args.tokenizer)?;
     let model = miwv::engine::Model::load(&args.model, 0)?;
     let template = model.template(args.template)?;

@@ -377,7 +377,7 @@ fn read_previews(run: &RunInfo) -> Result<Previews, String> {
         }
     }
     let read = run.read.clone().unwrap_or_default();
-    let dataset = crate::dataset::parse_dataset_with(&bytes, path, &read)
+    let (_, dataset) = crate::records::read_samples(path, &read)
         .map_err(|e| format!("the dataset cannot be read: {e}"))?;
     Ok(dataset
         .samples

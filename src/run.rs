@@ -13,13 +13,14 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::config::{EmbedModel, SelectConfig};
-use crate::dataset::{parse_dataset_with, ReadOptions, Sample, Truncation};
+use crate::dataset::{ReadOptions, Sample, Truncation};
 use crate::embed::{default_prefix, embed_samples};
 use crate::engine::{check_model_file, ContextSizes, Embedder, Model, ModelInfo};
 use crate::neighbours::nearest_others;
 use crate::output::{write_json, write_jsonl, Ifd, ScoreRow};
 use crate::progress::{self, Phase};
 use crate::prompt::{Template, TemplateChoice};
+use crate::records::{output_file_name, read_samples, write_selected};
 use crate::resume::{Retrieval, RunState};
 use crate::scheduler::{score_samples, Progress, ScoringOptions, Stats};
 use crate::select::{top_by_score, Budget};
@@ -30,7 +31,7 @@ use crate::Error;
 pub struct RunSummary {
     /// `scores.jsonl`.
     pub scores: PathBuf,
-    /// `selected.jsonl`.
+    /// The selected records, in the input's format (`selected.jsonl`, `selected.parquet`, ...).
     pub selected: PathBuf,
     /// `run.json`.
     pub run: PathBuf,
@@ -64,11 +65,7 @@ pub fn select_until(config: &SelectConfig, stop: &AtomicBool) -> Result<RunSumma
         path: config.out_dir.clone(),
         source,
     })?;
-    let bytes = std::fs::read(&config.data).map_err(|source| Error::Io {
-        path: config.data.clone(),
-        source,
-    })?;
-    let dataset = parse_dataset_with(&bytes, &config.data, &config.read)?;
+    let (format, dataset) = read_samples(&config.data, &config.read)?;
     if let Some(cut) = &dataset.truncated {
         tracing::warn!("{}: {cut}", config.data.display());
     }
@@ -76,7 +73,7 @@ pub fn select_until(config: &SelectConfig, stop: &AtomicBool) -> Result<RunSumma
     if samples.is_empty() {
         return Err(Error::EmptyDataset(config.data.clone()));
     }
-    tracing::info!(samples = samples.len(), file = %config.data.display(), "read dataset");
+    tracing::info!(samples = samples.len(), file = %config.data.display(), %format, "read dataset");
 
     let mut timings = Timings::default();
     let clock = Instant::now();
@@ -209,7 +206,7 @@ pub fn select_until(config: &SelectConfig, stop: &AtomicBool) -> Result<RunSumma
     });
     let summary = RunSummary {
         scores: config.out_dir.join("scores.jsonl"),
-        selected: config.out_dir.join("selected.jsonl"),
+        selected: config.out_dir.join(output_file_name(format)),
         run: config.out_dir.join("run.json"),
         samples: samples.len(),
         scored: ranked.len(),
@@ -226,10 +223,9 @@ pub fn select_until(config: &SelectConfig, stop: &AtomicBool) -> Result<RunSumma
         _ => {}
     }
     write_jsonl(&summary.scores, rows)?;
-    write_jsonl(
-        &summary.selected,
-        chosen.iter().map(|&i| &samples[i].record),
-    )?;
+    write_selected(&config.data, format, &summary.selected, &chosen, |i| {
+        &samples[i].record
+    })?;
 
     timings.total_s = started.elapsed().as_secs_f64();
     let record = RunRecord {

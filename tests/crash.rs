@@ -9,7 +9,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use common::{miwv, read_jsonl, write_examples};
+use common::{miwv, read_jsonl, read_selected, write_examples};
 use serde_json::Value;
 
 /// The share selected by the runs compared.
@@ -124,7 +124,7 @@ fn isolated_command(args: &[String], trace: &Path) -> Command {
 }
 
 fn assert_same_outputs(out: &Path, reference: &Path) {
-    for file in ["scores.jsonl", "selected.jsonl"] {
+    for file in ["scores.jsonl", "selected.json"] {
         let (got, want) = (
             std::fs::read(out.join(file)).unwrap(),
             std::fs::read(reference.join(file)).unwrap(),
@@ -333,7 +333,7 @@ fn a_torn_log_line_is_cut_off_and_other_settings_are_refused() {
     assert!(output.status.success());
     let run = run_json(&out);
     assert_eq!(run["scoring"]["decodes"], 0, "{run}");
-    assert_eq!(read_jsonl(&out.join("selected.jsonl")).len(), 6);
+    assert_eq!(read_selected(&out).len(), 6);
 }
 
 #[test]
@@ -370,7 +370,7 @@ fn a_full_disk_is_a_clear_error_and_loses_nothing() {
          set -e
          mount -o remount,size=16m {mnt}
          {bin} {args} > /dev/null 2> {work}/second.err
-         cp {mnt}/out/scores.jsonl {mnt}/out/selected.jsonl {mnt}/out/run.json {work}/",
+         cp {mnt}/out/scores.jsonl {mnt}/out/selected.json {mnt}/out/run.json {work}/",
         kib = (pages + 1) * 4,
         mnt = mount.display(),
         checkpoint = checkpoint.display(),

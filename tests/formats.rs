@@ -208,3 +208,175 @@ fn help_shows_examples_and_completions_cover_the_flags() {
         "a bad command line exits with 2"
     );
 }
+
+/// Parquet in, Parquet out: a Hugging Face-style chat dataset (`messages: list<struct<role,
+/// content>>`) is scored, and `selected.parquet` holds the chosen rows with the input's schema.
+#[test]
+fn parquet_chat_data_gives_a_parquet_selection_with_the_same_schema() {
+    use arrow_array::builder::{ListBuilder, StringBuilder, StructBuilder};
+    use arrow_array::{Array, ArrayRef, RecordBatch, StringArray};
+    use arrow_schema::{DataType, Field, Fields};
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    use parquet::arrow::ArrowWriter;
+    use std::sync::Arc;
+
+    let dir = tempfile::tempdir().unwrap();
+    let records = chat_examples(6);
+    let fields = Fields::from(vec![
+        Field::new("role", DataType::Utf8, true),
+        Field::new("content", DataType::Utf8, true),
+    ]);
+    let mut messages = ListBuilder::new(StructBuilder::from_fields(fields, 0));
+    let mut ids = Vec::new();
+    for record in &records {
+        ids.push(record["id"].as_str().unwrap().to_string());
+        let list = record
+            .get("conversations")
+            .or_else(|| record.get("messages"))
+            .and_then(Value::as_array)
+            .unwrap();
+        for message in list {
+            let role = message.get("from").or_else(|| message.get("role")).unwrap();
+            let role = match role.as_str().unwrap() {
+                "human" => "user",
+                "gpt" => "assistant",
+                other => other,
+            };
+            let text = message.get("value").or_else(|| message.get("content"));
+            let entry = messages.values();
+            entry
+                .field_builder::<StringBuilder>(0)
+                .unwrap()
+                .append_value(role);
+            entry
+                .field_builder::<StringBuilder>(1)
+                .unwrap()
+                .append_value(text.unwrap().as_str().unwrap());
+            entry.append(true);
+        }
+        messages.append(true);
+    }
+    let batch = RecordBatch::try_from_iter([
+        ("id", Arc::new(StringArray::from(ids.clone())) as ArrayRef),
+        ("messages", Arc::new(messages.finish()) as ArrayRef),
+    ])
+    .unwrap();
+    let data = dir.path().join("train-00000-of-00001.parquet");
+    let mut writer =
+        ArrowWriter::try_new(std::fs::File::create(&data).unwrap(), batch.schema(), None).unwrap();
+    writer.write(&batch).unwrap();
+    writer.close().unwrap();
+
+    let out = dir.path().join("out");
+    let output = miwv()
+        .args([
+            "select",
+            data.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+        ])
+        .args(["-c", "2048", "-n", "2", "--first-turn"])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let scores = read_jsonl(&out.join("scores.jsonl"));
+    assert!(scores.iter().all(|s| s["turns"] == 1), "--first-turn");
+    let chosen: Vec<&str> = scores
+        .iter()
+        .filter(|s| s["selected"] == true)
+        .map(|s| s["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(chosen.len(), 2);
+
+    let file = std::fs::File::open(out.join("selected.parquet")).unwrap();
+    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+        .unwrap()
+        .build()
+        .unwrap();
+    let batches: Vec<RecordBatch> = reader.map(Result::unwrap).collect();
+    assert_eq!(batches[0].schema().fields(), batch.schema().fields());
+    let got: Vec<String> = batches
+        .iter()
+        .flat_map(|b| {
+            let column = b.column(0).as_any().downcast_ref::<StringArray>().unwrap();
+            (0..column.len())
+                .map(|i| column.value(i).to_string())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(got, chosen, "the selected rows, in input order");
+}
+
+/// gzip-compressed JSON Lines in, gzip-compressed JSON Lines out, with custom field names.
+#[test]
+fn gzip_jsonl_with_other_field_names_gives_a_gzip_selection() {
+    use flate2::read::GzDecoder;
+    use flate2::write::GzEncoder;
+    use std::io::{Read, Write};
+
+    let dir = tempfile::tempdir().unwrap();
+    let all: Vec<Value> =
+        serde_json::from_str(&std::fs::read_to_string(common::examples()).unwrap()).unwrap();
+    // Dolly's field names: context and response.
+    let records: Vec<Value> = all[..6]
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "id": r["id"],
+                "instruction": r["instruction"],
+                "context": r["input"],
+                "response": r["output"],
+            })
+        })
+        .collect();
+    let data = dir.path().join("dolly.jsonl.gz");
+    let mut gz = GzEncoder::new(Vec::new(), flate2::Compression::default());
+    for r in &records {
+        writeln!(gz, "{r}").unwrap();
+    }
+    std::fs::write(&data, gz.finish().unwrap()).unwrap();
+
+    let out = dir.path().join("out");
+    let output = miwv()
+        .args([
+            "select",
+            data.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+        ])
+        .args(["--input-field", "context", "--output-field", "response"])
+        .args(["-c", "1024", "-n", "2", "--template", "alpaca"])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let run: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).unwrap()).unwrap();
+    assert_eq!(run["template_name"], "alpaca");
+    assert_eq!(run["read"]["fields"]["output"], "response");
+
+    let mut text = String::new();
+    GzDecoder::new(std::fs::File::open(out.join("selected.jsonl.gz")).unwrap())
+        .read_to_string(&mut text)
+        .unwrap();
+    let selected: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let scores = read_jsonl(&out.join("scores.jsonl"));
+    let expected: Vec<Value> = scores
+        .iter()
+        .zip(&records)
+        .filter(|(s, _)| s["selected"] == true)
+        .map(|(_, r)| r.clone())
+        .collect();
+    assert_eq!(selected.len(), 2);
+    assert_eq!(selected, expected);
+}

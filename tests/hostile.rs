@@ -7,7 +7,7 @@ mod common;
 use std::path::Path;
 use std::process::Output;
 
-use common::{miwv, read_jsonl, write_examples};
+use common::{miwv, read_jsonl, read_selected, write_examples};
 use serde_json::Value;
 
 fn select(data: &Path, out: &Path, extra: &[&str]) -> Output {
@@ -124,7 +124,7 @@ fn a_one_sample_dataset_is_scored_zero_shot_and_marked_no_neighbour() {
     assert!(scores[0]["miwv"].is_null());
     assert_eq!(scores[0]["reason"], "no_neighbour");
     assert!(scores[0]["loss_zero_shot"].as_f64().unwrap() > 0.0);
-    assert!(read_jsonl(&out.join("selected.jsonl")).is_empty());
+    assert!(read_selected(&out).is_empty());
 }
 
 #[test]

@@ -4,7 +4,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{miwv, read_jsonl};
+use common::{miwv, read_jsonl, read_selected};
 use miwv::dataset::read_dataset;
 use miwv::embed::{default_prefix, embed_samples};
 use miwv::engine::{Embedder, Model};
@@ -88,7 +88,7 @@ fn select_writes_scores_selection_and_run_record() {
     assert!(scores[40]["miwv"].as_f64().unwrap() < -0.3);
 
     // floor(41 * 0.1) = 4 selected: the four highest MIWV, unchanged records, input order.
-    let selected = read_jsonl(&out.join("selected.jsonl"));
+    let selected = read_selected(&out);
     assert_eq!(selected.len(), 4);
     let mut by_score: Vec<(f64, usize)> = scores
         .iter()
@@ -143,7 +143,7 @@ fn unscorable_samples_are_nan_with_a_reason_and_never_selected() {
     assert!(scores[0]["miwv"].is_null());
     assert_eq!(scores[0]["reason"], "empty_response");
     assert_eq!(scores[0]["selected"], false);
-    let selected = read_jsonl(&out.join("selected.jsonl"));
+    let selected = read_selected(&out);
     assert_eq!(
         selected.len(),
         2,

@@ -62,6 +62,17 @@ pub fn read_jsonl(path: &Path) -> Vec<Value> {
         .collect()
 }
 
+/// The selected records of a run, written as a JSON array (`selected.json`, for array input)
+/// or JSON Lines (`selected.jsonl`).
+pub fn read_selected(out: &Path) -> Vec<Value> {
+    let array = out.join("selected.json");
+    if array.exists() {
+        serde_json::from_str(&std::fs::read_to_string(array).unwrap()).unwrap()
+    } else {
+        read_jsonl(&out.join("selected.jsonl"))
+    }
+}
+
 /// Writes the first `n` example records to `path` as a JSON array.
 pub fn write_examples(path: &Path, n: usize) {
     let all: Vec<Value> =
