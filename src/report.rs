@@ -173,6 +173,9 @@ pub struct RunInfo {
     /// The prompt template's name (`alpaca`, `chatml`, `model`, ...).
     #[serde(default)]
     pub template_name: Option<String>,
+    /// The template as recorded; older runs wrote only its name here.
+    #[serde(default)]
+    pub template: Option<serde_json::Value>,
     /// How the dataset's records were read (field names, first turn only).
     #[serde(default)]
     pub read: Option<ReadOptions>,
@@ -1063,7 +1066,14 @@ fn render_html(
         None => "—".into(),
     };
     summary.push(("Data", data_line));
-    summary.push(("Template", e(run.template_name.as_deref().unwrap_or("—"))));
+    summary.push((
+        "Template",
+        e(run
+            .template_name
+            .as_deref()
+            .or(run.template.as_ref().and_then(|t| t.as_str()))
+            .unwrap_or("—")),
+    ));
     summary.push(("Samples", rows.len().to_string()));
     summary.push(("Scored", ranking.len().to_string()));
     summary.push(("Unscorable", unscorable.len().to_string()));
