@@ -34,7 +34,12 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Score every sample and write the top share by MIWV.
-    #[command(after_help = "Example:\n  miwv select examples/alpaca-mini.json -o out --ratio 0.1")]
+    #[command(after_help = "Examples:\n  \
+            miwv select examples/alpaca-mini.json -o out --ratio 0.1\n  \
+            miwv select train-00000-of-00001.parquet -m qwen2.5-7b-instruct-q4_k_m.gguf -ngl 999 -o out\n  \
+            miwv select sharegpt.jsonl.gz --first-turn --also ifd -n 1000 -o out\n  \
+            miwv select dolly.jsonl --input-field context --output-field response --template alpaca\n\n\
+            Rerun the same command to resume a stopped run; `miwv report out` draws the result.")]
     Select(SelectArgs),
     /// Measure scoring speed against llama.cpp's own prompt-processing ceiling.
     #[command(
@@ -257,8 +262,8 @@ struct BenchArgs {
     /// Dataset sizes, comma-separated; the largest also runs without KV reuse.
     #[arg(long, value_delimiter = ',', default_values_t = [50, 100, 200])]
     sizes: Vec<usize>,
-    /// Prompt template.
-    #[arg(long, value_enum, default_value_t = TemplateChoice::Auto)]
+    /// Prompt template (alpaca by default, so results compare with docs/PERFORMANCE.md).
+    #[arg(long, value_enum, default_value_t = TemplateChoice::Alpaca)]
     template: TemplateChoice,
     /// Full-batch decodes timed for each engine ceiling.
     #[arg(long, default_value_t = 8)]

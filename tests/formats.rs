@@ -39,6 +39,16 @@ fn assistant_messages(record: &Value) -> usize {
         / 2
 }
 
+/// The input records whose score rows say `selected`, in input order.
+fn marked_selected(scores: &[Value], records: &[Value]) -> Vec<Value> {
+    scores
+        .iter()
+        .zip(records)
+        .filter(|(row, _)| row["selected"] == true)
+        .map(|(_, record)| record.clone())
+        .collect()
+}
+
 #[test]
 fn conversations_are_scored_per_turn_with_ifd_and_a_progress_bar_on_a_terminal() {
     let dir = tempfile::tempdir().unwrap();
@@ -124,14 +134,12 @@ fn conversations_are_scored_per_turn_with_ifd_and_a_progress_bar_on_a_terminal()
         assert!((row["superfiltering"].as_f64().unwrap() - (zero - alone).exp()).abs() < 1e-4);
     }
     let selected = read_jsonl(&out.join("selected.jsonl"));
-    let expected: Vec<Value> = scores
-        .iter()
-        .zip(&records)
-        .filter(|(row, _)| row["selected"] == true)
-        .map(|(_, record)| record.clone())
-        .collect();
     assert_eq!(selected.len(), 3);
-    assert_eq!(selected, expected, "whole conversations, unchanged");
+    assert_eq!(
+        selected,
+        marked_selected(&scores, &records),
+        "whole conversations, unchanged"
+    );
 }
 
 /// A conversation's loss is the token-weighted mean of its turns' losses, each turn scored with
@@ -371,12 +379,6 @@ fn gzip_jsonl_with_other_field_names_gives_a_gzip_selection() {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     let scores = read_jsonl(&out.join("scores.jsonl"));
-    let expected: Vec<Value> = scores
-        .iter()
-        .zip(&records)
-        .filter(|(s, _)| s["selected"] == true)
-        .map(|(_, r)| r.clone())
-        .collect();
     assert_eq!(selected.len(), 2);
-    assert_eq!(selected, expected);
+    assert_eq!(selected, marked_selected(&scores, &records));
 }
