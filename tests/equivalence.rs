@@ -7,7 +7,7 @@ use miwv::dataset::read_dataset;
 use miwv::embed::{default_prefix, embed_samples};
 use miwv::engine::{ContextSizes, Embedder, Model};
 use miwv::neighbours::nearest_others;
-use miwv::prompt::{ChatMarkup, Template};
+use miwv::prompt::Template;
 use miwv::scheduler::{score_samples, NoJournal, ScoringOptions};
 use miwv::select::{top_by_score, Budget};
 
@@ -60,11 +60,9 @@ fn reuse_batch_size_and_threads_do_not_change_the_selection() {
                 threads,
             },
             kv_reuse,
-            // ChatML and the response-only pass: markup, special tokens and IFD's
-            // independent sequences go through the same plans.
-            template: Template::Chat(ChatMarkup::chatml()),
+            template: Template::Raw,
             append_eos: false,
-            response_only: true,
+            response_only: false,
             checkpoint_tokens: miwv::config::DEFAULT_CHECKPOINT_TOKENS,
         };
         let outcome = score_samples(
@@ -78,13 +76,9 @@ fn reuse_batch_size_and_threads_do_not_change_the_selection() {
         .unwrap();
         let miwv: Vec<f32> = outcome.scores.iter().map(|s| s.miwv).collect();
         assert!(miwv.iter().all(|m| m.is_finite()));
-        assert!(outcome
-            .response_only
-            .iter()
-            .all(|l| l.is_finite() && *l > 0.0));
-        (miwv, outcome.stats, outcome.response_only)
+        (miwv, outcome.stats)
     };
-    let (reference, with_reuse, reference_alone) = run(true, 4, 2048, 512, common::threads());
+    let (reference, with_reuse) = run(true, 4, 2048, 512, common::threads());
     let layouts = [
         ("KV reuse off", run(false, 4, 2048, 512, common::threads())),
         (
@@ -95,16 +89,7 @@ fn reuse_batch_size_and_threads_do_not_change_the_selection() {
     let top = Budget::Ratio(0.05).count(samples.len());
     let mut expected = top_by_score(&reference, top);
     expected.sort();
-    for (name, (miwv, stats, alone)) in layouts {
-        let worst_alone = reference_alone
-            .iter()
-            .zip(&alone)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0f32, f32::max);
-        assert!(
-            worst_alone <= TOLERANCE,
-            "{name}: L(y) moved by {worst_alone}"
-        );
+    for (name, (miwv, stats)) in layouts {
         let worst = reference
             .iter()
             .zip(&miwv)

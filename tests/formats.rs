@@ -382,3 +382,64 @@ fn gzip_jsonl_with_other_field_names_gives_a_gzip_selection() {
     assert_eq!(selected.len(), 2);
     assert_eq!(selected, marked_selected(&scores, &records));
 }
+
+/// The response-only pass, decoded by the scheduler beside the other passes, gives each sample
+/// the loss of its responses decoded alone in a fresh context.
+#[test]
+fn the_response_only_pass_matches_each_response_decoded_alone() {
+    use miwv::neighbours::Neighbour;
+    use miwv::scheduler::{score_samples, NoJournal, ScoringOptions};
+
+    let model = Model::load(&common::scoring_model(), 0).unwrap();
+    let text: Vec<String> = chat_examples(8).iter().map(Value::to_string).collect();
+    let samples = parse_dataset(text.join("\n").as_bytes(), Path::new("c.jsonl"))
+        .unwrap()
+        .samples;
+    // Each sample's neighbour is the next one: the passes share decodes and reuse prefixes.
+    let neighbours: Vec<Option<Neighbour>> = (0..samples.len())
+        .map(|i| {
+            Some(Neighbour {
+                index: (i + 1) % samples.len(),
+                similarity: 0.5,
+            })
+        })
+        .collect();
+    let sizes = |parallel| ContextSizes {
+        ctx_per_sequence: 2048,
+        parallel,
+        batch: 2048,
+        ubatch: 512,
+        threads: common::threads(),
+    };
+    let template = model.template(TemplateChoice::Chatml).unwrap();
+    let options = ScoringOptions {
+        sizes: sizes(4),
+        kv_reuse: true,
+        template: template.clone(),
+        append_eos: false,
+        response_only: true,
+        checkpoint_tokens: 1024,
+    };
+    let outcome = score_samples(
+        &model,
+        &samples,
+        &neighbours,
+        &options,
+        &mut NoJournal,
+        |_| {},
+    )
+    .unwrap();
+
+    let layout = Layout::new(&model, &template, false);
+    let mut scorer = Scorer::new(&model, sizes(1)).unwrap();
+    for (sample, &scheduled) in samples.iter().zip(&outcome.response_only) {
+        let alone = layout.response_only(&layout.block(sample), 2048).unwrap();
+        let lps = scorer.target_log_probs(&[&alone]).unwrap();
+        let single = alone.mean_loss(&lps[0]);
+        assert!(
+            (scheduled - single).abs() <= 1e-2,
+            "{}: {scheduled} vs {single}",
+            sample.id
+        );
+    }
+}
