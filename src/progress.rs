@@ -6,9 +6,11 @@
 
 use std::io::{IsTerminal, Write};
 use std::sync::OnceLock;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::scheduler::Progress;
 
 /// All bars live here, so log lines can be printed above them.
 fn bars() -> &'static MultiProgress {
@@ -77,6 +79,44 @@ impl Phase {
 impl Drop for Phase {
     fn drop(&mut self) {
         self.0.finish();
+    }
+}
+
+/// Scoring's progress: a bar on a terminal, a log line every 10 seconds elsewhere. Tokens an
+/// earlier run already decoded are shown as done but left out of the rate.
+#[derive(Default)]
+pub struct ScoringProgress {
+    bar: Option<Phase>,
+    started: Option<Instant>,
+    resumed_tokens: usize,
+    last_log: f64,
+}
+
+impl ScoringProgress {
+    /// Takes in where scoring is now; the first call is where this run starts.
+    pub fn update(&mut self, p: Progress) {
+        let started = *self.started.get_or_insert_with(Instant::now);
+        let resumed_tokens = &mut self.resumed_tokens;
+        let bar = self.bar.get_or_insert_with(|| {
+            *resumed_tokens = p.tokens_done;
+            let bar = Phase::new("scoring", p.tokens as u64, "tokens");
+            bar.resume_at(p.tokens_done as u64);
+            bar
+        });
+        bar.set(p.tokens_done as u64);
+        bar.note(format!("{}/{} decodes", p.steps_done, p.steps));
+        let secs = started.elapsed().as_secs_f64();
+        if !visible() && (secs - self.last_log >= 10.0 || p.steps_done == p.steps) {
+            self.last_log = secs;
+            tracing::info!(
+                "scored {}/{} decodes, {}/{} tokens, {:.0} tokens/s",
+                p.steps_done,
+                p.steps,
+                p.tokens_done,
+                p.tokens,
+                (p.tokens_done - self.resumed_tokens) as f64 / secs.max(1e-9)
+            );
+        }
     }
 }
 

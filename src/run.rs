@@ -18,11 +18,11 @@ use crate::embed::{default_prefix, embed_samples};
 use crate::engine::{check_model_file, ContextSizes, Embedder, Model, ModelInfo};
 use crate::neighbours::nearest_others;
 use crate::output::{write_json, write_jsonl, Ifd, ScoreRow};
-use crate::progress::{self, Phase};
+use crate::progress::{Phase, ScoringProgress};
 use crate::prompt::{Template, TemplateChoice};
 use crate::records::{output_file_name, read_samples, write_selected};
 use crate::resume::{Retrieval, RunState};
-use crate::scheduler::{score_samples, Progress, ScoringOptions, Stats};
+use crate::scheduler::{score_samples, ScoringOptions, Stats};
 use crate::select::{top_by_score, Budget};
 use crate::Error;
 
@@ -134,38 +134,16 @@ pub fn select_until(config: &SelectConfig, stop: &AtomicBool) -> Result<RunSumma
         response_only: config.also_ifd,
         checkpoint_tokens: config.checkpoint_tokens,
     };
-    let mut bar: Option<Phase> = None;
-    let (mut last_log, mut resumed_tokens) = (0.0, 0);
+    let mut progress = ScoringProgress::default();
     let outcome = score_samples(
         &model,
         &samples,
         neighbours,
         &options,
         &mut state.loss_log(stop),
-        |p: Progress| {
-            let bar = bar.get_or_insert_with(|| {
-                resumed_tokens = p.tokens_done;
-                let bar = Phase::new("scoring", p.tokens as u64, "tokens");
-                bar.resume_at(p.tokens_done as u64);
-                bar
-            });
-            bar.set(p.tokens_done as u64);
-            bar.note(format!("{}/{} decodes", p.steps_done, p.steps));
-            let secs = clock.elapsed().as_secs_f64();
-            if !progress::visible() && (secs - last_log >= 10.0 || p.steps_done == p.steps) {
-                last_log = secs;
-                tracing::info!(
-                    "scored {}/{} decodes, {}/{} tokens, {:.0} tokens/s",
-                    p.steps_done,
-                    p.steps,
-                    p.tokens_done,
-                    p.tokens,
-                    (p.tokens_done - resumed_tokens) as f64 / secs.max(1e-9)
-                );
-            }
-        },
+        |p| progress.update(p),
     )?;
-    drop(bar);
+    drop(progress);
     let (scores, usage) = (outcome.scores, outcome.usage);
     timings.scoring_s = clock.elapsed().as_secs_f64();
 
