@@ -9,18 +9,19 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::dataset::{read_dataset, Sample};
+use crate::dataset::{ReadOptions, Sample};
 use crate::embed::{default_prefix, embed_samples};
 use crate::engine::{ContextSizes, Embedder, Item, Model, Scorer};
 use crate::neighbours::nearest_others;
 use crate::prompt::{Layout, Template, TemplateChoice, Token};
+use crate::records::read_samples;
 use crate::scheduler::{score_samples, NoJournal, ScoringOptions, Stats};
 use crate::Error;
 
 /// What to benchmark.
 #[derive(Debug, Clone)]
 pub struct BenchConfig {
-    /// Alpaca-style dataset; the first N records are used.
+    /// Dataset in any format `select` reads; the first N records are used.
     pub data: PathBuf,
     /// Scoring model.
     pub model: PathBuf,
@@ -188,7 +189,8 @@ pub fn run(config: &BenchConfig) -> Result<Report, Error> {
         .iter()
         .max()
         .ok_or_else(|| Error::Bench("no sizes".into()))?;
-    let mut samples = read_dataset(&config.data)?.samples;
+    let (_, dataset) = read_samples(&config.data, &ReadOptions::default())?;
+    let mut samples = dataset.samples;
     if samples.len() < largest {
         return Err(Error::Bench(format!(
             "{}: {} records, fewer than the largest size {largest}",

@@ -251,7 +251,8 @@ impl ContextArgs {
 
 #[derive(Args)]
 struct BenchArgs {
-    /// Alpaca-style dataset; the first N records are used (see benches/fetch-data.py).
+    /// Dataset in any format `select` reads; the first N records are used (see
+    /// benches/fetch-data.py).
     data: PathBuf,
     /// GGUF scoring model.
     #[arg(short = 'm', long, default_value = miwv::DEFAULT_MODEL)]

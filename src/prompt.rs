@@ -308,11 +308,6 @@ impl Block {
     pub fn response_len(&self) -> usize {
         self.spans.iter().map(ExactSizeIterator::len).sum()
     }
-
-    /// Tokens before the first response token.
-    pub fn prompt_len(&self) -> usize {
-        self.spans.first().map_or(self.tokens.len(), |s| s.start)
-    }
 }
 
 /// A token sequence and the positions whose tokens are scored.

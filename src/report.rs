@@ -22,10 +22,10 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 use serde::{Deserialize, Deserializer};
-use sha2::{Digest, Sha256};
 
 use crate::dataset::{ReadOptions, Sample};
 use crate::output::{write_atomically, OutputError};
+use crate::run::file_sha256;
 
 /// Size in pixels of `miwv-histogram.png`.
 pub const HISTOGRAM_SIZE: (u32, u32) = (1200, 700);
@@ -363,15 +363,11 @@ fn read_previews(run: &RunInfo) -> Result<Previews, String> {
     let Some(path) = data.and_then(|d| d.path.as_deref()) else {
         return Err("run.json does not name the dataset".into());
     };
-    let bytes = std::fs::read(path).map_err(|e| match e.kind() {
+    let (now, _) = file_sha256(path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => format!("the dataset {} is gone", path.display()),
         _ => format!("the dataset cannot be read: {}: {e}", path.display()),
     })?;
     if let Some(recorded) = data.and_then(|d| d.sha256.as_deref()) {
-        let now: String = Sha256::digest(&bytes)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
         if !now.eq_ignore_ascii_case(recorded) {
             return Err(format!(
                 "the dataset {} has changed since the run (its sha256 differs from run.json's)",

@@ -351,23 +351,7 @@ impl FileRecord {
             path: path.to_path_buf(),
             source,
         };
-        let mut file = std::fs::File::open(path).map_err(io)?;
-        let mut hasher = Sha256::new();
-        let mut buf = vec![0u8; 1 << 20];
-        let mut bytes = 0u64;
-        loop {
-            let n = file.read(&mut buf).map_err(io)?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-            bytes += n as u64;
-        }
-        let sha256 = hasher
-            .finalize()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let (sha256, bytes) = file_sha256(path).map_err(io)?;
         Ok(Self {
             path: std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()),
             sha256,
@@ -375,6 +359,32 @@ impl FileRecord {
             gguf,
         })
     }
+}
+
+/// The sha256 (lowercase hex) and size of a file, read in 1 MiB pieces so a 7B model is
+/// never held in memory.
+///
+/// # Errors
+/// The I/O error.
+pub fn file_sha256(path: &Path) -> std::io::Result<(String, u64)> {
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut bytes = 0u64;
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        bytes += n as u64;
+    }
+    let sha256 = hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    Ok((sha256, bytes))
 }
 
 #[derive(Serialize)]
