@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 
 use miwv::bench::{run, BenchConfig};
-use miwv::engine::ContextSizes;
+use miwv::config::ContextSizes;
 use miwv::prompt::TemplateChoice;
 
 fn main() {
@@ -34,6 +34,7 @@ fn main() {
             ubatch: 512,
             threads: std::thread::available_parallelism().map_or(1, usize::from),
         },
+        gpu_layers: 0,
         template: TemplateChoice::Alpaca,
         ceiling_repeats: 8,
     };

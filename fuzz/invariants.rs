@@ -1,13 +1,13 @@
 //! What must hold for `parse_dataset` on any input, shared by the cargo-fuzz target
-//! (`fuzz_targets/dataset.rs`) and the stable mutation test (`tests/dataset.rs`). Both include
-//! this file with `#[path]` next to a `dataset` module (or import) at their crate root.
+//! (`fuzz_targets/dataset.rs`) and the stable mutation test (`tests/it/dataset.rs`), which
+//! both include this file with `#[path]`.
 
 use std::collections::HashSet;
 use std::path::Path;
 
 use serde_json::Value;
 
-use super::dataset::{parse_dataset, Dataset, DatasetError};
+use miwv::dataset::{parse_dataset, Dataset, DatasetError};
 
 const NAME: &str = "fuzz.json";
 

@@ -9,12 +9,15 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+use crate::config::ContextSizes;
 use crate::dataset::{ReadOptions, Sample};
+use crate::decoder::{Decoder, Item};
 use crate::embed::{default_prefix, embed_samples};
-use crate::engine::{ContextSizes, Embedder, Item, Model, Scorer};
+use crate::engine::{Embedder, Model, Scorer};
 use crate::neighbours::nearest_others;
 use crate::prompt::{Layout, Template, TemplateChoice, Token};
 use crate::records::read_samples;
+use crate::run::resolve_template;
 use crate::scheduler::{score_samples, NoJournal, ScoringOptions, Stats};
 use crate::Error;
 
@@ -31,6 +34,8 @@ pub struct BenchConfig {
     pub sizes: Vec<usize>,
     /// Context sizes and threads.
     pub context: ContextSizes,
+    /// Layers offloaded to a GPU backend (both models).
+    pub gpu_layers: u32,
     /// Template.
     pub template: TemplateChoice,
     /// Full-batch decodes timed for each ceiling.
@@ -201,13 +206,13 @@ pub fn run(config: &BenchConfig) -> Result<Report, Error> {
     samples.truncate(largest);
 
     let vectors = {
-        let embed_model = Model::load(&config.embed_model, 0)?;
+        let embed_model = Model::load(&config.embed_model, config.gpu_layers)?;
         let prefix = default_prefix(embed_model.info().architecture.as_deref());
         let mut embedder = Embedder::new(&embed_model, config.context.threads)?;
         embed_samples(&mut embedder, &samples, prefix, |_| {})?
     };
-    let model = Model::load(&config.model, 0)?;
-    let template = model.template(config.template)?;
+    let model = Model::load(&config.model, config.gpu_layers)?;
+    let template = resolve_template(&model, config.template)?;
 
     let options = |kv_reuse| ScoringOptions {
         sizes: config.context,
@@ -219,13 +224,18 @@ pub fn run(config: &BenchConfig) -> Result<Report, Error> {
     };
     let score = |n: usize, kv_reuse: bool| -> Result<Run, Error> {
         let (vectors, dim) = (&vectors.0[..n * vectors.1], vectors.1);
-        let neighbours = nearest_others(vectors, dim)?;
+        let examples: Vec<Option<usize>> = nearest_others(vectors, dim)?
+            .into_iter()
+            .map(|found| found.map(|k| k.index))
+            .collect();
         reset_peak_rss();
         let clock = Instant::now();
+        let mut scorer = Scorer::new(&model, config.context)?;
         let outcome = score_samples(
             &model,
+            &mut scorer,
             &samples[..n],
-            &neighbours,
+            &examples,
             &options(kv_reuse),
             &mut NoJournal,
             |_| {},
@@ -311,15 +321,14 @@ fn ceiling(
         tokens,
         first_pos: 0,
         slot: 0,
-        copy_from: None,
         scored: tokens.len() - rows..tokens.len(),
     };
-    scorer.decode_only(std::slice::from_ref(&item))?; // warm-up
-    scorer.free(&[0]);
+    scorer.decode_items(std::slice::from_ref(&item))?; // warm-up
+    scorer.free_slot(0);
     let clock = Instant::now();
     for _ in 0..repeats {
-        scorer.decode_only(std::slice::from_ref(&item))?;
-        scorer.free(&[0]);
+        scorer.decode_items(std::slice::from_ref(&item))?;
+        scorer.free_slot(0);
     }
     Ok(Ceiling {
         batch_tokens: tokens.len(),

@@ -7,8 +7,8 @@
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
-use serde_json::Value;
 
+use crate::schema::{read_scores, SchemaError, ScoreRow};
 use crate::select::{top_by_score, Budget};
 
 /// One side of a comparison: a `scores.jsonl` read by id.
@@ -31,24 +31,9 @@ pub struct ScoreFile {
 /// Why a comparison cannot be made.
 #[derive(Debug, thiserror::Error)]
 pub enum CompareError {
-    /// A file could not be read.
-    #[error("{path}: {source}")]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
-    },
-    /// A line is not a score row.
-    #[error("{path}: line {line}: {problem}")]
-    Row {
-        /// The file.
-        path: PathBuf,
-        /// 1-based line.
-        line: usize,
-        /// What is wrong.
-        problem: String,
-    },
+    /// A score file could not be read.
+    #[error(transparent)]
+    Schema(#[from] SchemaError),
     /// The two files do not score the same samples.
     #[error("{a} and {b} score different samples: {problem}")]
     Mismatch {
@@ -65,63 +50,27 @@ impl ScoreFile {
     /// Reads a `scores.jsonl`, or the one inside an output directory.
     ///
     /// # Errors
-    /// [`CompareError`] naming the file and line.
+    /// [`CompareError::Schema`] naming the file, and the line and field of a bad row.
     pub fn read(path: &Path) -> Result<Self, CompareError> {
         let path = if path.is_dir() {
             path.join("scores.jsonl")
         } else {
             path.to_path_buf()
         };
-        let text = std::fs::read_to_string(&path).map_err(|source| CompareError::Io {
-            path: path.clone(),
-            source,
-        })?;
-        let mut file = ScoreFile {
-            path: path.clone(),
-            ids: Vec::new(),
-            miwv: Vec::new(),
-            loss_zero_shot: Vec::new(),
-            loss_one_shot: Vec::new(),
-            selected: Some(Vec::new()),
-        };
-        for (n, line) in text.lines().enumerate() {
-            if line.trim().is_empty() {
-                continue;
-            }
-            let row_error = |problem: String| CompareError::Row {
-                path: path.clone(),
-                line: n + 1,
-                problem,
-            };
-            let row: Value = serde_json::from_str(line).map_err(|e| row_error(e.to_string()))?;
-            let id = match &row["id"] {
-                Value::String(s) => s.clone(),
-                Value::Number(x) => x.to_string(),
-                _ => return Err(row_error("field `id`: expected a string".into())),
-            };
-            let number = |field: &str| match &row[field] {
-                Value::Null => Ok(f32::NAN),
-                Value::Number(x) => Ok(x.as_f64().unwrap_or(f64::NAN) as f32),
-                _ => Err(row_error(format!(
-                    "field `{field}`: expected a number or null"
-                ))),
-            };
-            if row.get("miwv").is_none() {
-                return Err(row_error("field `miwv`: missing".into()));
-            }
-            file.miwv.push(number("miwv")?);
-            file.loss_zero_shot.push(number("loss_zero_shot")?);
-            file.loss_one_shot.push(number("loss_one_shot")?);
-            match (
-                &mut file.selected,
-                row.get("selected").and_then(Value::as_bool),
-            ) {
-                (Some(selected), Some(s)) => selected.push(s),
-                _ => file.selected = None,
-            }
-            file.ids.push(id);
+        let rows = read_scores(&path)?;
+        Ok(Self::from_rows(path, &rows))
+    }
+
+    /// The columns a comparison needs, from rows of `scores.jsonl`.
+    pub fn from_rows(path: PathBuf, rows: &[ScoreRow]) -> Self {
+        ScoreFile {
+            path,
+            ids: rows.iter().map(|r| r.id.clone()).collect(),
+            miwv: rows.iter().map(|r| r.miwv).collect(),
+            loss_zero_shot: rows.iter().map(|r| r.loss_zero_shot).collect(),
+            loss_one_shot: rows.iter().map(|r| r.loss_one_shot).collect(),
+            selected: rows.iter().map(|r| r.selected).collect(),
         }
-        Ok(file)
     }
 }
 

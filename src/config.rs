@@ -5,14 +5,30 @@
 
 use std::path::PathBuf;
 
+use serde::{Deserialize, Serialize};
+
 use crate::dataset::ReadOptions;
-use crate::engine::ContextSizes;
 use crate::prompt::TemplateChoice;
 use crate::select::Budget;
 
 /// Tokens decoded between checkpoints by default: about two minutes of a 135M model on two
 /// CPU cores, well under a second on a GPU.
 pub const DEFAULT_CHECKPOINT_TOKENS: usize = 32_768;
+
+/// Sizes of a scoring context.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContextSizes {
+    /// KV cells per sequence: the longest sequence that can be scored.
+    pub ctx_per_sequence: usize,
+    /// Sequences decoded together (each gets its own KV stream).
+    pub parallel: usize,
+    /// Most tokens in one `llama_decode` call.
+    pub batch: usize,
+    /// Most tokens in one physical compute step.
+    pub ubatch: usize,
+    /// CPU threads.
+    pub threads: usize,
+}
 
 /// Which model embeds the samples for retrieval.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,21 +78,84 @@ pub struct SelectConfig {
 pub struct ConfigError(String);
 
 impl SelectConfig {
-    /// Checks every relation between the settings.
+    /// Checks every setting and every relation between them.
+    ///
+    /// `--count 0` is refused like `--ratio 0`: a run that selects nothing is almost always a
+    /// mistyped budget, and it would only be found out after the whole dataset was scored.
     ///
     /// # Errors
     /// [`ConfigError`] naming the flag at fault.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if let Budget::Ratio(r) = self.budget {
-            if !(r > 0.0 && r <= 1.0) {
-                return Err(ConfigError(format!("--ratio must be in (0, 1], got {r}")));
+        match self.budget {
+            Budget::Ratio(r) => check_ratio("--ratio", r)?,
+            Budget::Count(0) => {
+                return Err(ConfigError(
+                    "--count must be at least 1 (0 would select nothing)".into(),
+                ))
             }
+            Budget::Count(_) => {}
         }
         if self.checkpoint_tokens == 0 {
             return Err(ConfigError("--checkpoint-tokens must be at least 1".into()));
         }
         check_sizes(&self.sizes)
     }
+}
+
+/// Checks that a selection ratio is in (0, 1] (NaN is not).
+///
+/// # Errors
+/// [`ConfigError`] naming `flag`.
+pub fn check_ratio(flag: &str, ratio: f64) -> Result<(), ConfigError> {
+    if ratio > 0.0 && ratio <= 1.0 {
+        Ok(())
+    } else {
+        Err(ConfigError(format!(
+            "{flag} must be in (0, 1], got {ratio}"
+        )))
+    }
+}
+
+/// Checks `miwv compare --ratios`: at least one, each in (0, 1].
+///
+/// # Errors
+/// [`ConfigError`] naming `--ratios`.
+pub fn check_compare_ratios(ratios: &[f64]) -> Result<(), ConfigError> {
+    if ratios.is_empty() {
+        return Err(ConfigError("--ratios needs at least one ratio".into()));
+    }
+    ratios.iter().try_for_each(|&r| check_ratio("--ratios", r))
+}
+
+/// Checks `miwv bench --sizes` and `--repeats`: at least one size, each of at least two
+/// samples (one alone has no neighbour to take an example from), and at least one timed decode.
+///
+/// # Errors
+/// [`ConfigError`] naming the flag at fault.
+pub fn check_bench(sizes: &[usize], repeats: usize) -> Result<(), ConfigError> {
+    if sizes.is_empty() {
+        return Err(ConfigError("--sizes needs at least one size".into()));
+    }
+    if let Some(&small) = sizes.iter().find(|&&n| n < 2) {
+        return Err(ConfigError(format!(
+            "--sizes must each be at least 2 (a sample needs a neighbour), got {small}"
+        )));
+    }
+    if repeats == 0 {
+        return Err(ConfigError("--repeats must be at least 1".into()));
+    }
+    Ok(())
+}
+
+/// Checks `miwv report --top`: at least one sample listed from each end.
+///
+/// # Errors
+/// [`ConfigError`] naming `--top`.
+pub fn check_top(top: usize) -> Result<(), ConfigError> {
+    if top == 0 {
+        return Err(ConfigError("--top must be at least 1".into()));
+    }
+    Ok(())
 }
 
 /// Checks the relations between context sizes that llama.cpp relies on.
@@ -94,17 +173,24 @@ pub fn check_sizes(s: &ContextSizes) -> Result<(), ConfigError> {
     if s.parallel == 0 || s.parallel > 256 {
         return fail(format!("--parallel must be 1..=256, got {}", s.parallel));
     }
+    // llama.cpp counts the whole KV cache in a u32.
+    let kv = s.ctx_per_sequence.saturating_mul(s.parallel);
+    if u32::try_from(kv).is_err() {
+        return fail(format!(
+            "--ctx-size x --parallel ({kv}) exceeds llama.cpp's limit of {} tokens",
+            u32::MAX
+        ));
+    }
     if s.batch < s.ctx_per_sequence {
         return fail(format!(
-                "--batch-size ({}) must be at least --ctx-size ({}) so that any sequence fits one decode",
-                s.batch, s.ctx_per_sequence
-            ));
+            "--batch-size ({}) must be at least --ctx-size ({}) so that any sequence fits one decode",
+            s.batch, s.ctx_per_sequence
+        ));
     }
-    if s.batch > s.ctx_per_sequence * s.parallel {
+    if s.batch > kv {
         return fail(format!(
-            "--batch-size ({}) cannot exceed --ctx-size x --parallel ({})",
-            s.batch,
-            s.ctx_per_sequence * s.parallel
+            "--batch-size ({}) cannot exceed --ctx-size x --parallel ({kv})",
+            s.batch
         ));
     }
     if s.ubatch == 0 || s.ubatch > s.batch {

@@ -115,7 +115,7 @@ pub struct Dataset {
 }
 
 /// Where a cut-off file stops, so the caller can warn that the tail was dropped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Truncation {
     /// Where the incomplete record starts. When the file ends between records (after a `,` or
     /// a record, before the closing `]`), the line where the array's text stops (that `,`, or
@@ -137,7 +137,7 @@ impl fmt::Display for Truncation {
 }
 
 /// Where a record sits in its file, for error messages.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Location {
     /// 1-based line where the record starts; 0 in files without lines (Parquet).
     pub line: usize,

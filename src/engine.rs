@@ -5,13 +5,12 @@
 //! sequences and plain vectors, so the rest of the crate is testable without a model and the
 //! llama.cpp API churn stays in one file.
 //!
-//! Pitfalls handled here (see the project's engine notes): a batch larger than `n_batch`
+//! Pitfalls handled here (see docs/ENGINE.md): a batch larger than `n_batch`
 //! aborts the process inside llama.cpp, so sizes are checked before every decode; reading
 //! logits of an unflagged row panics, so only flagged rows are read; the logits buffer is
 //! overwritten by the next decode, so rows are consumed before it.
 
 use std::num::NonZeroU32;
-use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
@@ -23,11 +22,11 @@ use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::model::{LlamaChatMessage, LlamaModel};
 use llama_cpp_2::token::LlamaToken;
 use rayon::prelude::*;
-use serde::Serialize;
 
-use crate::prompt::{
-    ChatMarkup, Message, ScoredSequence, Template, TemplateChoice, Token, Tokenize,
-};
+use crate::config::ContextSizes;
+use crate::decoder::{DecodeError, Decoder, Item};
+use crate::prompt::{Message, ScoredSequence, Token, Tokenize};
+use crate::schema::ModelInfo;
 use crate::score::log_prob;
 
 /// Checks that `path` is a readable GGUF file, before any work that depends on it.
@@ -86,14 +85,6 @@ pub enum EngineError {
     /// `llama_decode` failed.
     #[error("llama.cpp decode failed: {0}")]
     Decode(String),
-    /// The chat template cannot be used.
-    #[error("{path}: chat template: {problem}")]
-    Template {
-        /// The model file.
-        path: PathBuf,
-        /// What is wrong.
-        problem: String,
-    },
     /// The model produced no embedding.
     #[error("{path}: the model produced no embedding; is it an embedding model?")]
     NoEmbedding {
@@ -112,25 +103,6 @@ fn backend() -> Result<&'static LlamaBackend, EngineError> {
         })
         .as_ref()
         .map_err(|e| EngineError::Backend(e.clone()))
-}
-
-/// What a GGUF file says about itself, recorded in `run.json`.
-#[derive(Debug, Clone, Serialize)]
-pub struct ModelInfo {
-    /// `general.name`.
-    pub name: Option<String>,
-    /// `general.architecture`.
-    pub architecture: Option<String>,
-    /// The weights' quantisation, from `general.file_type`.
-    pub quantisation: Option<String>,
-    /// Parameter count.
-    pub parameters: u64,
-    /// Vocabulary size.
-    pub vocab_size: usize,
-    /// The context length the model was trained with.
-    pub context_train: u32,
-    /// Embedding width.
-    pub embedding_dim: usize,
 }
 
 /// A loaded GGUF model.
@@ -228,50 +200,20 @@ impl Model {
             })
     }
 
-    /// The template `choice` means for this model: `auto` and `model` read the GGUF's
-    /// `tokenizer.chat_template` through llama.cpp's template engine.
-    ///
-    /// # Errors
-    /// [`EngineError::Template`] when `model` is asked for and the GGUF has no template, or
-    /// llama.cpp cannot render or split it.
-    pub fn template(&self, choice: TemplateChoice) -> Result<Template, EngineError> {
-        let fail = |problem: String| EngineError::Template {
-            path: self.path.clone(),
-            problem,
-        };
-        let own = || -> Result<Option<ChatMarkup>, EngineError> {
-            let Ok(template) = self.model.chat_template(None) else {
-                return Ok(None);
-            };
-            let render = |messages: &[Message], add_assistant: bool| {
-                let messages: Vec<LlamaChatMessage> = messages
-                    .iter()
-                    .map(|(role, content)| {
-                        LlamaChatMessage::new(role.to_string(), content.to_string())
-                    })
-                    .collect::<Result<_, _>>()
-                    .ok()?;
-                self.model
-                    .apply_chat_template(&template, &messages, add_assistant)
-                    .ok()
-            };
-            ChatMarkup::discover("model", render)
-                .map(Some)
-                .map_err(|e| {
-                    fail(format!(
-                        "{e}; choose another --template (chatml, alpaca, raw, oda)"
-                    ))
-                })
-        };
-        Ok(match choice {
-            TemplateChoice::Auto => own()?.map_or(Template::Alpaca, Template::Chat),
-            TemplateChoice::Model => Template::Chat(own()?.ok_or_else(|| {
-                fail("the GGUF has no chat template (tokenizer.chat_template); choose another --template".into())
-            })?),
-            TemplateChoice::Chatml => Template::Chat(ChatMarkup::chatml()),
-            TemplateChoice::Alpaca => Template::Alpaca,
-            TemplateChoice::Raw => Template::Raw,
-            TemplateChoice::Oda => Template::Oda,
+    /// The GGUF's own chat template (`tokenizer.chat_template`) as a renderer of whole
+    /// conversations through llama.cpp's template engine; `None` when the GGUF has none.
+    /// The renderer gets the messages and whether to open an assistant turn at the end.
+    pub fn chat_renderer(&self) -> Option<impl Fn(&[Message], bool) -> Option<String> + '_> {
+        let template = self.model.chat_template(None).ok()?;
+        Some(move |messages: &[Message], add_assistant: bool| {
+            let messages: Vec<LlamaChatMessage> = messages
+                .iter()
+                .map(|(role, content)| LlamaChatMessage::new(role.to_string(), content.to_string()))
+                .collect::<Result<_, _>>()
+                .ok()?;
+            self.model
+                .apply_chat_template(&template, &messages, add_assistant)
+                .ok()
         })
     }
 
@@ -353,21 +295,6 @@ fn file_type_name(value: &str) -> String {
     name.to_string()
 }
 
-/// Sizes of a scoring context.
-#[derive(Debug, Clone, Copy, Serialize)]
-pub struct ContextSizes {
-    /// KV cells per sequence: the longest sequence that can be scored.
-    pub ctx_per_sequence: usize,
-    /// Sequences decoded together (each gets its own KV stream).
-    pub parallel: usize,
-    /// Most tokens in one `llama_decode` call.
-    pub batch: usize,
-    /// Most tokens in one physical compute step.
-    pub ubatch: usize,
-    /// CPU threads.
-    pub threads: usize,
-}
-
 fn context_params(sizes: &ContextSizes) -> LlamaContextParams {
     let threads = sizes.threads as i32;
     LlamaContextParams::default()
@@ -383,12 +310,15 @@ fn context_params(sizes: &ContextSizes) -> LlamaContextParams {
         .with_flash_attention_policy(llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_DISABLED)
 }
 
-/// A context for teacher-forced scoring of many sequences per decode.
+/// A context for teacher-forced scoring of many sequences per decode: the llama.cpp
+/// [`Decoder`].
 pub struct Scorer<'m> {
     ctx: LlamaContext<'m>,
     batch: LlamaBatch<'static>,
     sizes: ContextSizes,
     path: PathBuf,
+    /// (batch row, target token) of every logit row the last decode scores, in item order.
+    rows: Vec<(i32, usize)>,
 }
 
 impl<'m> Scorer<'m> {
@@ -398,7 +328,7 @@ impl<'m> Scorer<'m> {
     /// [`EngineError::Context`] when llama.cpp cannot allocate it.
     pub fn new(model: &'m Model, sizes: ContextSizes) -> Result<Self, EngineError> {
         // Separate KV streams per sequence: a unified cache mixed with several sequences per
-        // ubatch was measured to move losses by up to 0.18 nats on CPU.
+        // ubatch was measured to move losses by up to 0.18 nats on CPU (docs/ENGINE.md).
         model.check_can_score(sizes.ctx_per_sequence)?;
         let params = context_params(&sizes).with_kv_unified(false);
         let ctx = model.new_context(
@@ -413,6 +343,7 @@ impl<'m> Scorer<'m> {
             batch: LlamaBatch::new(sizes.batch, 1),
             sizes,
             path: model.path.clone(),
+            rows: Vec::new(),
         })
     }
 
@@ -425,7 +356,7 @@ impl<'m> Scorer<'m> {
     /// returns for each the log-probability of every target token given all before it.
     ///
     /// # Errors
-    /// As [`Scorer::decode`].
+    /// As [`Scorer::decode_items`].
     pub fn target_log_probs(
         &mut self,
         sequences: &[&ScoredSequence],
@@ -437,33 +368,82 @@ impl<'m> Scorer<'m> {
                 tokens: &s.tokens,
                 first_pos: 0,
                 slot,
-                copy_from: None,
                 scored: s.target(),
             })
             .collect();
-        let result = self.decode(&items);
-        self.free(&(0..sequences.len()).collect::<Vec<_>>());
+        let result = self.decode_items(&items).map(|()| self.log_probs(&items));
+        self.clear();
         result
     }
 
-    /// Decodes `items` in one `llama_decode` call and returns, for each, the log-probabilities
-    /// of its scored tokens. Items with `copy_from` first get a copy of that slot's cache, so
-    /// they continue a prefix decoded in an earlier call.
+    /// Runs `llama_decode` for `items` without reading any logits (the engine's own ceiling in
+    /// the benchmark); [`Decoder::log_probs`] reads them afterwards.
     ///
     /// # Errors
     /// [`EngineError::BatchTooLarge`] when the items exceed the context's limits (checked here
     /// because llama.cpp aborts the process instead of returning an error), or a decode
     /// failure.
-    pub fn decode(&mut self, items: &[Item]) -> Result<Vec<Vec<f32>>, EngineError> {
-        let rows = self.decode_only(items)?;
-        Ok(self.log_probs(items, &rows))
+    pub fn decode_items(&mut self, items: &[Item]) -> Result<(), EngineError> {
+        let tokens: usize = items.iter().map(|s| s.tokens.len()).sum();
+        let fits = tokens <= self.sizes.batch
+            && items.iter().all(|s| {
+                s.slot < self.sizes.parallel
+                    && s.first_pos + s.tokens.len() <= self.sizes.ctx_per_sequence
+                    && s.scored.start >= 1
+                    && s.scored.end <= s.tokens.len()
+            });
+        if !fits {
+            return Err(EngineError::BatchTooLarge {
+                tokens,
+                sequences: items.len(),
+                max_tokens: self.sizes.batch,
+                max_sequences: self.sizes.parallel,
+            });
+        }
+        self.batch.clear();
+        self.rows.clear();
+        for item in items {
+            for (offset, &token) in item.tokens.iter().enumerate() {
+                // The logits at one position predict the token at the next.
+                let wanted = offset + 1 >= item.scored.start && offset + 1 < item.scored.end;
+                if wanted {
+                    self.rows
+                        .push((self.batch.n_tokens(), item.tokens[offset + 1] as usize));
+                }
+                let pos = (item.first_pos + offset) as i32;
+                self.batch
+                    .add(LlamaToken(token), pos, &[item.slot as i32], wanted)
+                    .map_err(|e| EngineError::Decode(e.to_string()))?;
+            }
+        }
+        self.ctx
+            .decode(&mut self.batch)
+            .map_err(|e| EngineError::Decode(format!("{e} ({})", self.path.display())))
+    }
+}
+
+impl Decoder for Scorer<'_> {
+    fn copy_slot(&mut self, from: usize, to: usize) -> Result<(), DecodeError> {
+        if from.max(to) >= self.sizes.parallel {
+            return Err(format!(
+                "cache copy between slots {from} and {to} of {}",
+                self.sizes.parallel
+            )
+            .into());
+        }
+        self.ctx
+            .kv_cache_seq_cp(from as i32, to as i32, None, None)
+            .map_err(|e| EngineError::Decode(e.to_string()).into())
     }
 
-    /// The log-probabilities of the scored tokens of the last decode, per item: `rows` as
-    /// returned by [`Scorer::decode_only`] for the same `items`.
-    pub fn log_probs(&self, items: &[Item], rows: &[(i32, usize)]) -> Vec<Vec<f32>> {
+    fn decode(&mut self, items: &[Item]) -> Result<(), DecodeError> {
+        Ok(self.decode_items(items)?)
+    }
+
+    fn log_probs(&self, items: &[Item]) -> Vec<Vec<f32>> {
         let ctx = &self.ctx;
-        let logits: Vec<(&[f32], usize)> = rows
+        let logits: Vec<(&[f32], usize)> = self
+            .rows
             .iter()
             .map(|&(row, token)| (ctx.get_logits_ith(row), token))
             .collect();
@@ -479,87 +459,14 @@ impl<'m> Scorer<'m> {
             .collect()
     }
 
-    /// Copies prefixes and runs `llama_decode` for `items`, without reading any logits; returns
-    /// the (batch row, target token) pairs whose logits score a token. The engine's own
-    /// ceiling in the benchmark.
-    ///
-    /// # Errors
-    /// As [`Scorer::decode`].
-    pub fn decode_only(&mut self, items: &[Item]) -> Result<Vec<(i32, usize)>, EngineError> {
-        let tokens: usize = items.iter().map(|s| s.tokens.len()).sum();
-        let fits = tokens <= self.sizes.batch
-            && items.iter().all(|s| {
-                s.slot < self.sizes.parallel
-                    && s.copy_from.is_none_or(|from| from < self.sizes.parallel)
-                    && s.first_pos + s.tokens.len() <= self.sizes.ctx_per_sequence
-                    && s.scored.start >= 1
-                    && s.scored.end <= s.tokens.len()
-            });
-        if !fits {
-            return Err(EngineError::BatchTooLarge {
-                tokens,
-                sequences: items.len(),
-                max_tokens: self.sizes.batch,
-                max_sequences: self.sizes.parallel,
-            });
-        }
-        for item in items {
-            if let Some(from) = item.copy_from {
-                self.ctx
-                    .kv_cache_seq_cp(from as i32, item.slot as i32, None, None)
-                    .map_err(|e| EngineError::Decode(e.to_string()))?;
-            }
-        }
-        self.batch.clear();
-        // (batch row, target token) for every logit row that scores a token, in item order.
-        let mut rows = Vec::new();
-        for item in items {
-            for (offset, &token) in item.tokens.iter().enumerate() {
-                // The logits at one position predict the token at the next.
-                let wanted = offset + 1 >= item.scored.start && offset + 1 < item.scored.end;
-                if wanted {
-                    rows.push((self.batch.n_tokens(), item.tokens[offset + 1] as usize));
-                }
-                let pos = (item.first_pos + offset) as i32;
-                self.batch
-                    .add(LlamaToken(token), pos, &[item.slot as i32], wanted)
-                    .map_err(|e| EngineError::Decode(e.to_string()))?;
-            }
-        }
-        self.ctx
-            .decode(&mut self.batch)
-            .map_err(|e| EngineError::Decode(format!("{e} ({})", self.path.display())))?;
-        Ok(rows)
+    fn free_slot(&mut self, slot: usize) {
+        // Only fails for ids above i32::MAX, which `decode` never accepts.
+        let _ = self.ctx.clear_kv_cache_seq(Some(slot as u32), None, None);
     }
 
-    /// Empties every slot's cache, as in a new context.
-    pub fn clear(&mut self) {
+    fn clear(&mut self) {
         self.ctx.clear_kv_cache();
     }
-
-    /// Clears the caches of `slots` so they can take new sequences.
-    pub fn free(&mut self, slots: &[usize]) {
-        for &slot in slots {
-            // Only fails for ids above i32::MAX, which `decode` never accepts.
-            let _ = self.ctx.clear_kv_cache_seq(Some(slot as u32), None, None);
-        }
-    }
-}
-
-/// One sequence (or continuation) in a [`Scorer::decode`] call.
-#[derive(Debug, Clone)]
-pub struct Item<'a> {
-    /// Tokens decoded in this call.
-    pub tokens: &'a [Token],
-    /// Position of `tokens[0]`: 0 for a new sequence, the prefix length for a continuation.
-    pub first_pos: usize,
-    /// The KV slot (sequence id).
-    pub slot: usize,
-    /// A slot whose cache is copied into `slot` before decoding.
-    pub copy_from: Option<usize>,
-    /// Indices into `tokens` of the scored tokens; starts at 1 or later, since a token is
-    /// scored from the logits of the token before it.
-    pub scored: Range<usize>,
 }
 
 /// A context that turns token sequences into pooled embeddings.

@@ -4,35 +4,56 @@
 //! how much a similar sample, shown as a one-shot example, changes the model's loss on its
 //! response: `MIWV = L(y | example, x) - L(y | x)`. Higher is selected first.
 //!
-//! The modules follow the pipeline: [`dataset`] -> [`prompt`] -> [`embed`] -> [`neighbours`]
-//! -> [`plan`] / [`scheduler`] / [`engine`] -> [`score`] -> [`select`] -> [`output`]; [`run`] wires them
-//! together, [`config`] checks the settings first and [`resume`] keeps what a stopped run did.
-//! [`compare`] measures how far two runs' scores agree; [`doctor`] checks the GGUF vocabulary
-//! against the model's reference tokenizer; [`report`] draws a finished run's scores.
-//! [`records`] handles the dataset's file format (JSON, JSON Lines, gzip, Parquet) and writes
-//! the selection back in the same one.
+//! The modules follow the pipeline: `records` / `dataset` -> `prompt` -> `embed` ->
+//! `neighbours` -> `plan` / `scheduler` (through the `decoder` seam, implemented by `engine`)
+//! -> `score` -> `select` -> `output` / `schema`; `run` wires them together, `config`
+//! checks the settings first and `resume` keeps what a stopped run did. `compare` measures how
+//! far two runs' scores agree; `doctor` checks the GGUF vocabulary against the model's
+//! reference tokenizer; `report` draws a finished run's scores; `cli` turns the command line
+//! into checked settings.
+//!
+//! Everything that links native code (llama.cpp, FAISS, Oniguruma) sits behind the default
+//! `native` feature; without it the crate is the data, planning, scheduling and output layers
+//! alone, which is what the fuzz target and fast tests of the scheduler build on.
 
 #![deny(missing_docs)]
 
-pub mod bench;
-pub mod compare;
-pub mod config;
+// Data: files in, samples out.
 pub mod dataset;
-pub mod doctor;
-pub mod embed;
-pub mod engine;
-pub mod neighbours;
-pub mod output;
-pub mod plan;
-pub mod progress;
-pub mod prompt;
 pub mod records;
-pub mod report;
-pub mod resume;
-pub mod run;
+// Samples into the exact token sequences that are scored.
+pub mod prompt;
+// Scoring without a model: plan, schedule through the decoder seam, losses, selection.
+pub mod decoder;
+pub mod plan;
 pub mod scheduler;
 pub mod score;
 pub mod select;
+// Settings, resumable state and the output files.
+pub mod config;
+pub mod output;
+pub mod progress;
+pub mod resume;
+pub mod schema;
+// Reading finished runs.
+pub mod compare;
+pub mod report;
+
+// Native code: llama.cpp, FAISS and the reference tokenizer, and what needs them.
+#[cfg(feature = "native")]
+pub mod bench;
+#[cfg(feature = "native")]
+pub mod cli;
+#[cfg(feature = "native")]
+pub mod doctor;
+#[cfg(feature = "native")]
+pub mod embed;
+#[cfg(feature = "native")]
+pub mod engine;
+#[cfg(feature = "native")]
+pub mod neighbours;
+#[cfg(feature = "native")]
+pub mod run;
 
 use std::path::PathBuf;
 
@@ -47,35 +68,40 @@ pub enum Error {
     /// Inconsistent settings.
     #[error(transparent)]
     Config(#[from] config::ConfigError),
-    /// Unreadable or malformed dataset.
-    #[error(transparent)]
-    Dataset(#[from] dataset::DatasetError),
-    /// Unreadable dataset file format, or the selection could not be written in it.
+    /// Unreadable or malformed dataset file or records.
     #[error(transparent)]
     Records(#[from] records::RecordsError),
     /// The dataset has no records.
     #[error("{0}: the dataset has no records")]
     EmptyDataset(PathBuf),
+    /// The asked template cannot be used with the model.
+    #[error("{path}: chat template: {source}")]
+    Template {
+        /// The model file.
+        path: PathBuf,
+        /// Why.
+        source: prompt::TemplateError,
+    },
     /// llama.cpp failed.
+    #[cfg(feature = "native")]
     #[error(transparent)]
     Engine(#[from] engine::EngineError),
     /// FAISS failed.
+    #[cfg(feature = "native")]
     #[error(transparent)]
     Neighbours(#[from] neighbours::NeighbourError),
+    /// Scoring stopped: a decoder or journal failure, or the user's Ctrl-C.
+    #[error(transparent)]
+    Scoring(#[from] scheduler::ScoringError),
+    /// The saved state of an earlier run cannot be used or kept.
+    #[error(transparent)]
+    Resume(#[from] resume::ResumeError),
     /// An output file could not be written.
     #[error(transparent)]
     Output(#[from] output::OutputError),
-    /// The user stopped the run; what was saved is kept for resuming.
-    #[error("interrupted: {saved_steps} of {total_steps} decode steps are saved; run the same command again to resume")]
-    Interrupted {
-        /// Steps whose losses are saved.
-        saved_steps: usize,
-        /// Steps planned.
-        total_steps: usize,
-    },
-    /// The saved state of an earlier run cannot be used.
-    #[error("cannot resume: {0}")]
-    Resume(String),
+    /// A score or run file cannot be read.
+    #[error(transparent)]
+    Schema(#[from] schema::SchemaError),
     /// Two score files cannot be compared.
     #[error(transparent)]
     Compare(#[from] compare::CompareError),
@@ -83,6 +109,7 @@ pub enum Error {
     #[error(transparent)]
     Report(#[from] report::ReportError),
     /// The reference tokenizer could not be loaded.
+    #[cfg(feature = "native")]
     #[error(transparent)]
     Tokenizer(#[from] doctor::TokenizerError),
     /// The GGUF vocabulary and the reference tokenizer disagree.
@@ -104,4 +131,14 @@ pub enum Error {
         /// The I/O error.
         source: std::io::Error,
     },
+}
+
+impl Error {
+    /// Whether the user stopped the run (exit code 130; rerunning resumes).
+    pub fn is_interrupted(&self) -> bool {
+        matches!(
+            self,
+            Error::Scoring(scheduler::ScoringError::Interrupted { .. })
+        )
+    }
 }

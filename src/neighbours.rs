@@ -4,18 +4,9 @@
 //! all queries into one BLAS product and is the path to approximate and GPU indexes for very
 //! large datasets.
 
+use crate::schema::Neighbour;
 use faiss::index::IndexImpl;
 use faiss::{Index, MetricType};
-use serde::{Deserialize, Serialize};
-
-/// A retrieved example.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct Neighbour {
-    /// Index of the neighbour in the dataset.
-    pub index: usize,
-    /// Cosine similarity to the query.
-    pub similarity: f32,
-}
 
 /// FAISS failed.
 #[derive(Debug, thiserror::Error)]

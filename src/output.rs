@@ -1,77 +1,40 @@
-//! Writing a run's results: `scores.jsonl`, `selected.jsonl` and `run.json`.
+//! Writing output files durably: `scores.jsonl`, the selection, `run.json`, reports.
 //!
-//! Each file is written to a temporary name and renamed into place, so a crash never leaves a
+//! What the files hold is defined once in [`crate::schema`]; this module only writes. Each
+//! file is written to a temporary name and renamed into place, so a crash never leaves a
 //! half-written file that looks complete.
 
 use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
+use sha2::{Digest, Sha256};
 
-use crate::prompt::Unscorable;
-
-/// One line of `scores.jsonl`.
-#[derive(Debug, Clone, Serialize)]
-pub struct ScoreRow {
-    /// The sample's id.
-    pub id: String,
-    /// Its 0-based position in the dataset.
-    pub index: usize,
-    /// One-shot loss minus zero-shot loss; null when undefined.
-    pub miwv: f32,
-    /// Mean response loss given the sample's own prompt.
-    pub loss_zero_shot: f32,
-    /// Mean response loss with the neighbour as a one-shot example.
-    pub loss_one_shot: f32,
-    /// Why `miwv` is undefined.
-    pub reason: Option<Unscorable>,
-    /// The example's id.
-    pub neighbour_id: Option<String>,
-    /// The example's index.
-    pub neighbour_index: Option<usize>,
-    /// Cosine similarity to the example.
-    pub similarity: Option<f32>,
-    /// Scored tokens (the response, EOS included when appended).
-    pub response_tokens: usize,
-    /// Tokens before the response in the zero-shot sequence (BOS and prompt).
-    pub prompt_tokens_zero_shot: usize,
-    /// Tokens before the response in the one-shot sequence (BOS, example, separator, prompt).
-    pub prompt_tokens_one_shot: usize,
-    /// Example tokens cut from the left to fit the context.
-    pub example_tokens_dropped: usize,
-    /// Whether the sample is in `selected.jsonl`.
-    pub selected: bool,
-    /// 1-based rank by MIWV among scored samples.
-    pub rank: Option<usize>,
-    /// Exchanges whose responses are scored (1 for Alpaca records).
-    pub turns: usize,
-    /// IFD and Superfiltering, with `--also ifd`.
-    #[serde(flatten, skip_serializing_if = "Option::is_none")]
-    pub ifd: Option<Ifd>,
-}
-
-/// Cherry LLM's IFD and Superfiltering's ratio, from the zero-shot loss and the responses'
-/// loss alone (METHOD.md). Null where either loss is undefined.
-#[derive(Debug, Clone, Copy, Serialize)]
-pub struct Ifd {
-    /// L(y): mean loss of the responses with no prompt.
-    pub loss_response_only: f32,
-    /// IFD = L(y|x) / L(y); above 1 the prompt does not help, and Cherry LLM drops the sample.
-    pub ifd: f32,
-    /// PPL(y|x) / PPL(y) = exp(L(y|x) - L(y)).
-    pub superfiltering: f32,
-}
-
-impl Ifd {
-    /// From L(y|x) and L(y).
-    pub fn new(loss_zero_shot: f32, loss_response_only: f32) -> Self {
-        Self {
-            loss_response_only,
-            ifd: loss_zero_shot / loss_response_only,
-            superfiltering: (loss_zero_shot - loss_response_only).exp(),
+/// The sha256 (lowercase hex) and size of a file, read in 1 MiB pieces so a 7B model is
+/// never held in memory.
+///
+/// # Errors
+/// The I/O error.
+pub fn file_sha256(path: &Path) -> std::io::Result<(String, u64)> {
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut bytes = 0u64;
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
         }
+        hasher.update(&buf[..n]);
+        bytes += n as u64;
     }
+    let sha256 = hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    Ok((sha256, bytes))
 }
 
 /// Writes `path` atomically: a temporary file in the same directory, synced, then renamed.

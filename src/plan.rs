@@ -3,6 +3,9 @@
 //! The plan is made from the whole dataset up front, so the same inputs always give the same
 //! batch layout (llama.cpp's numbers depend on it) and a run's work is known before it starts.
 
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, VecDeque};
+
 /// The limits of one decode call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Capacity {
@@ -162,75 +165,129 @@ pub struct Limits {
 /// When a sequence is longer than `limits.tokens`, or `limits.held >= limits.slots` while any
 /// sample reuses a prefix.
 pub fn schedule(shapes: &[Shape], limits: Limits) -> Vec<Step> {
-    let mut children: Vec<Vec<usize>> = vec![Vec::new(); shapes.len()];
-    for (i, shape) in shapes.iter().enumerate() {
-        if let OneShot::Reuse { parent, .. } = shape.one_shot {
-            assert!(
-                shapes[parent].zero_len.is_some(),
-                "sample {i} reuses an undecoded parent {parent}"
-            );
-            children[parent].push(i);
-        }
-    }
-    let reuses = children.iter().any(|c| !c.is_empty());
-    assert!(
-        !reuses || limits.held < limits.slots,
-        "reuse needs a slot besides the held ones"
-    );
-
-    let len_of = |work: Work| tokens_of(shapes, work);
-
-    // Parents in dataset order; independent sequences largest first (ties by work order).
-    let mut parents: std::collections::VecDeque<usize> = (0..shapes.len())
-        .filter(|&k| !children[k].is_empty())
-        .collect();
-    let mut independent = std::collections::BTreeSet::new();
-    for (i, shape) in shapes.iter().enumerate() {
-        if shape.zero_len.is_some() && children[i].is_empty() {
-            let work = Work::ZeroShot(i);
-            independent.insert((len_of(work), std::cmp::Reverse(work_key(work))));
-        }
-        if let OneShot::Whole { .. } = shape.one_shot {
-            let work = Work::OneShotWhole(i);
-            independent.insert((len_of(work), std::cmp::Reverse(work_key(work))));
-        }
-        if shape.alone_len.is_some() {
-            let work = Work::ResponseOnly(i);
-            independent.insert((len_of(work), std::cmp::Reverse(work_key(work))));
-        }
-    }
-    for &(len, _) in &independent {
-        assert!(len <= limits.tokens, "a sequence exceeds the step's tokens");
-    }
-
-    struct Held {
-        parent: usize,
-        slot: usize,
-        next_child: usize,
-    }
-    let mut held: std::collections::VecDeque<Held> = Default::default();
-    let mut free_slots: std::collections::BTreeSet<usize> = (0..limits.slots).collect();
+    let mut planner = Planner::new(shapes, limits);
     let mut steps = Vec::new();
-    let mut since_checkpoint = 0;
-    while !(parents.is_empty() && independent.is_empty() && held.is_empty()) {
-        let draining = since_checkpoint >= limits.checkpoint_tokens.max(1);
-        let mut step = Step::default();
-        let mut tokens = limits.tokens;
-        let mut temporary = Vec::new();
-        // 1. Children of decoded parents.
-        for h in held.iter_mut() {
-            while let Some(&child) = children[h.parent].get(h.next_child) {
-                let need = len_of(Work::OneShotSuffix(child));
-                let Some(&slot) = free_slots.first() else {
+    while !planner.finished() {
+        steps.push(planner.next_step());
+    }
+    steps
+}
+
+/// The state of planning between steps.
+struct Planner<'a> {
+    shapes: &'a [Shape],
+    limits: Limits,
+    /// Each sample's children: the samples whose one-shot pass continues its zero-shot cache.
+    children: Vec<Vec<usize>>,
+    /// Parents not started yet, in dataset order.
+    parents: VecDeque<usize>,
+    /// Independent sequences not decoded yet, as (tokens, reversed work key): the largest
+    /// first, ties by work order.
+    independent: BTreeSet<(usize, Reverse<usize>)>,
+    /// Parents decoded, holding their slot until their last child has copied it.
+    held: VecDeque<Held>,
+    free_slots: BTreeSet<usize>,
+    since_checkpoint: usize,
+}
+
+struct Held {
+    parent: usize,
+    slot: usize,
+    next_child: usize,
+}
+
+/// One step being filled: its entries, and the tokens and slots it has left.
+struct Filling {
+    step: Step,
+    tokens: usize,
+    /// Slots used by this step only, free again after it.
+    temporary: Vec<usize>,
+}
+
+impl<'a> Planner<'a> {
+    fn new(shapes: &'a [Shape], limits: Limits) -> Self {
+        let mut children: Vec<Vec<usize>> = vec![Vec::new(); shapes.len()];
+        for (i, shape) in shapes.iter().enumerate() {
+            if let OneShot::Reuse { parent, .. } = shape.one_shot {
+                assert!(
+                    shapes[parent].zero_len.is_some(),
+                    "sample {i} reuses an undecoded parent {parent}"
+                );
+                children[parent].push(i);
+            }
+        }
+        let reuses = children.iter().any(|c| !c.is_empty());
+        assert!(
+            !reuses || limits.held < limits.slots,
+            "reuse needs a slot besides the held ones"
+        );
+        let parents = (0..shapes.len())
+            .filter(|&k| !children[k].is_empty())
+            .collect();
+        let mut independent = BTreeSet::new();
+        let mut add = |work: Work| {
+            let len = tokens_of(shapes, work);
+            assert!(len <= limits.tokens, "a sequence exceeds the step's tokens");
+            independent.insert((len, Reverse(work_key(work))));
+        };
+        for (i, shape) in shapes.iter().enumerate() {
+            if shape.zero_len.is_some() && children[i].is_empty() {
+                add(Work::ZeroShot(i));
+            }
+            if let OneShot::Whole { .. } = shape.one_shot {
+                add(Work::OneShotWhole(i));
+            }
+            if shape.alone_len.is_some() {
+                add(Work::ResponseOnly(i));
+            }
+        }
+        Planner {
+            shapes,
+            limits,
+            children,
+            parents,
+            independent,
+            held: VecDeque::new(),
+            free_slots: (0..limits.slots).collect(),
+            since_checkpoint: 0,
+        }
+    }
+
+    fn finished(&self) -> bool {
+        self.parents.is_empty() && self.independent.is_empty() && self.held.is_empty()
+    }
+
+    fn next_step(&mut self) -> Step {
+        let draining = self.since_checkpoint >= self.limits.checkpoint_tokens.max(1);
+        let mut filling = Filling {
+            step: Step::default(),
+            tokens: self.limits.tokens,
+            temporary: Vec::new(),
+        };
+        self.continue_children(&mut filling);
+        if !draining {
+            self.start_parents(&mut filling);
+        }
+        self.add_independent(&mut filling);
+        self.close(filling)
+    }
+
+    /// 1. Children of decoded parents, each in a slot of its own with a copy of the parent's
+    /// cache; a parent whose last child is placed frees its slot after the step.
+    fn continue_children(&mut self, filling: &mut Filling) {
+        for h in self.held.iter_mut() {
+            while let Some(&child) = self.children[h.parent].get(h.next_child) {
+                let need = tokens_of(self.shapes, Work::OneShotSuffix(child));
+                let Some(&slot) = self.free_slots.first() else {
                     break;
                 };
-                if need > tokens {
+                if need > filling.tokens {
                     break;
                 }
-                free_slots.remove(&slot);
-                temporary.push(slot);
-                tokens -= need;
-                step.entries.push(Entry {
+                self.free_slots.remove(&slot);
+                filling.temporary.push(slot);
+                filling.tokens -= need;
+                filling.step.entries.push(Entry {
                     work: Work::OneShotSuffix(child),
                     slot,
                     copy_from: Some(h.slot),
@@ -238,70 +295,89 @@ pub fn schedule(shapes: &[Shape], limits: Limits) -> Vec<Step> {
                 h.next_child += 1;
             }
         }
-        held.retain(|h| {
+        let children = &self.children;
+        self.held.retain(|h| {
             let done = h.next_child == children[h.parent].len();
             if done {
-                step.free_after.push(h.slot);
+                filling.step.free_after.push(h.slot);
             }
             !done
         });
-        // 2. New parents, each holding its slot until its children are done.
-        while !draining && held.len() + step.free_after.len() < limits.held {
-            let Some(&parent) = parents.front() else {
+    }
+
+    /// 2. New parents, each holding its slot until its children are done; one slot always
+    /// stays free for a child.
+    fn start_parents(&mut self, filling: &mut Filling) {
+        while self.held.len() + filling.step.free_after.len() < self.limits.held {
+            let Some(&parent) = self.parents.front() else {
                 break;
             };
-            let need = len_of(Work::ZeroShot(parent));
-            let Some(&slot) = free_slots.first() else {
+            let need = tokens_of(self.shapes, Work::ZeroShot(parent));
+            let Some(&slot) = self.free_slots.first() else {
                 break;
             };
-            if need > tokens || free_slots.len() < 2 {
+            if need > filling.tokens || self.free_slots.len() < 2 {
                 break;
             }
-            parents.pop_front();
-            free_slots.remove(&slot);
-            tokens -= need;
-            step.entries.push(Entry {
+            self.parents.pop_front();
+            self.free_slots.remove(&slot);
+            filling.tokens -= need;
+            filling.step.entries.push(Entry {
                 work: Work::ZeroShot(parent),
                 slot,
                 copy_from: None,
             });
-            held.push_back(Held {
+            self.held.push_back(Held {
                 parent,
                 slot,
                 next_child: 0,
             });
         }
-        // 3. Independent sequences, the largest that fits first.
-        while let Some(&slot) = free_slots.first() {
-            let Some(&item) = independent
-                .range(..(tokens + 1, std::cmp::Reverse(usize::MAX)))
+    }
+
+    /// 3. Independent sequences in the slots and tokens left, the largest that fits first.
+    fn add_independent(&mut self, filling: &mut Filling) {
+        while let Some(&slot) = self.free_slots.first() {
+            let Some(&item) = self
+                .independent
+                .range(..(filling.tokens + 1, Reverse(usize::MAX)))
                 .next_back()
             else {
                 break;
             };
-            independent.remove(&item);
-            free_slots.remove(&slot);
-            temporary.push(slot);
-            tokens -= item.0;
-            step.entries.push(Entry {
+            self.independent.remove(&item);
+            self.free_slots.remove(&slot);
+            filling.temporary.push(slot);
+            filling.tokens -= item.0;
+            filling.step.entries.push(Entry {
                 work: work_of(item.1 .0),
                 slot,
                 copy_from: None,
             });
         }
+    }
+
+    /// Frees the step's slots and makes it a checkpoint when no parent is held and enough
+    /// tokens were decoded since the last one (or nothing is left).
+    fn close(&mut self, filling: Filling) -> Step {
+        let Filling {
+            mut step,
+            tokens,
+            temporary,
+        } = filling;
         assert!(!step.entries.is_empty(), "the schedule made no progress");
         step.free_after.extend(&temporary);
-        free_slots.extend(step.free_after.iter().copied());
+        self.free_slots.extend(step.free_after.iter().copied());
         step.free_after.sort_unstable();
-        since_checkpoint += limits.tokens - tokens;
-        let finished = parents.is_empty() && independent.is_empty() && held.is_empty();
-        if held.is_empty() && (since_checkpoint >= limits.checkpoint_tokens.max(1) || finished) {
+        self.since_checkpoint += self.limits.tokens - tokens;
+        if self.held.is_empty()
+            && (self.since_checkpoint >= self.limits.checkpoint_tokens.max(1) || self.finished())
+        {
             step.checkpoint = true;
-            since_checkpoint = 0;
+            self.since_checkpoint = 0;
         }
-        steps.push(step);
+        step
     }
-    steps
 }
 
 /// A fingerprint of a plan, so saved losses are only ever reused by the plan that made them.

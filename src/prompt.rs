@@ -1,6 +1,6 @@
 //! Templates and token layout: turning samples into the exact token sequences that are scored.
 //!
-//! METHOD.md's rules live here: every segment (markup, prompt part, response, separator) is
+//! The token layout rules of docs/METHOD.md live here: every segment (markup, prompt part, response, separator) is
 //! tokenised on its own and the ids are concatenated, BOS once at the very start. A
 //! conversation is one block whose assistant turns are all scored, each conditioned on the
 //! conversation before it, as chat fine-tuning trains on them. Finding the response
@@ -9,10 +9,10 @@
 
 use std::ops::Range;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::dataset::{Sample, Turn};
-use crate::score::mean_loss;
+use crate::score::{mean_loss, Unscorable};
 
 /// A token id in the scoring model's vocabulary.
 pub type Token = i32;
@@ -32,7 +32,7 @@ pub trait Tokenize {
 
 /// The template a user asks for; [`TemplateChoice::Auto`] and [`TemplateChoice::Model`] are
 /// resolved against the model's GGUF metadata by the engine.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum TemplateChoice {
     /// The model's own chat template when its GGUF has one, otherwise Alpaca.
@@ -50,7 +50,7 @@ pub enum TemplateChoice {
 }
 
 /// How a sample is rendered as text.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Template {
     /// The Stanford Alpaca prompt, with and without input, ending in `### Response:` and a newline.
@@ -65,7 +65,7 @@ pub enum Template {
 
 /// The markup a chat format puts around messages, split into the pieces a segment-wise layout
 /// needs. Markup is tokenised with special tokens parsed; the messages never are.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChatMarkup {
     /// Where the markup comes from (`chatml`, or the llama.cpp template the GGUF's matched).
     pub name: String,
@@ -122,7 +122,8 @@ impl ChatMarkup {
         const SYSTEM: &str = "MIWVsystemMIWV";
         let fail = |what: &str| MarkupError(what.to_string());
         let split = |messages: &[Message]| -> Result<Vec<String>, MarkupError> {
-            let text = render(messages, false).ok_or_else(|| fail("llama.cpp cannot render it"))?;
+            let text = render(messages, false)
+                .ok_or_else(|| fail("the template engine cannot render it"))?;
             let mut parts = Vec::new();
             let mut rest = text.as_str();
             for (_, content) in messages {
@@ -178,6 +179,45 @@ impl ChatMarkup {
     }
 }
 
+/// Why the asked `--template` cannot be used with this model.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TemplateError {
+    /// `--template model` with a GGUF that has no chat template.
+    #[error("the GGUF has no chat template (tokenizer.chat_template); choose another --template")]
+    Missing,
+    /// The model's template marks up turns inconsistently.
+    #[error("{0}; choose another --template (chatml, alpaca, raw, oda)")]
+    Unsplittable(MarkupError),
+}
+
+impl Template {
+    /// The template `choice` means for a model whose own chat template renders through
+    /// `model_chat` (`None` when the model has none): `auto` is the model's own template when
+    /// there is one, otherwise Alpaca.
+    ///
+    /// # Errors
+    /// [`TemplateError`] when the model's own template is asked for and missing or unusable.
+    pub fn resolve<R: Fn(&[Message], bool) -> Option<String>>(
+        choice: TemplateChoice,
+        model_chat: Option<R>,
+    ) -> Result<Self, TemplateError> {
+        let own = || -> Result<Option<ChatMarkup>, TemplateError> {
+            model_chat
+                .map(|render| ChatMarkup::discover("model", render))
+                .transpose()
+                .map_err(TemplateError::Unsplittable)
+        };
+        Ok(match choice {
+            TemplateChoice::Auto => own()?.map_or(Template::Alpaca, Template::Chat),
+            TemplateChoice::Model => Template::Chat(own()?.ok_or(TemplateError::Missing)?),
+            TemplateChoice::Chatml => Template::Chat(ChatMarkup::chatml()),
+            TemplateChoice::Alpaca => Template::Alpaca,
+            TemplateChoice::Raw => Template::Raw,
+            TemplateChoice::Oda => Template::Oda,
+        })
+    }
+}
+
 const ALPACA_WITH_INPUT: &str = "Below is an instruction that describes a task, paired with an input that provides further context. Write a response that appropriately completes the request.\n\n### Instruction:\n";
 const ALPACA_NO_INPUT: &str = "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n### Instruction:\n";
 
@@ -209,7 +249,7 @@ impl Template {
     /// The Alpaca, raw or ODA prompt part of one turn (chat prompts are markup and text).
     /// It ends at a natural token boundary (a newline, or ODA's `Assistant:` before the
     /// response's own leading space), so the response's first token is one the model expects
-    /// there (METHOD.md).
+    /// there (docs/METHOD.md).
     fn text_prompt(&self, turn: &Turn) -> String {
         match self {
             Template::Alpaca if turn.input.is_empty() => {
@@ -341,18 +381,6 @@ impl ScoredSequence {
             .collect();
         mean_loss(&scored)
     }
-}
-
-/// Why a sample cannot be scored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Unscorable {
-    /// The response has no tokens.
-    EmptyResponse,
-    /// The zero-shot sequence alone does not fit the context.
-    TooLong,
-    /// There is no other sample to use as the example.
-    NoNeighbour,
 }
 
 /// Builds blocks and sequences for one template and tokenizer.

@@ -158,6 +158,9 @@ pub enum RecordsError {
     /// The output file could not be written.
     #[error(transparent)]
     Output(#[from] OutputError),
+    /// A record is malformed (file, line, record and field named).
+    #[error(transparent)]
+    Dataset(#[from] crate::dataset::DatasetError),
 }
 
 fn io_error(path: &Path) -> impl FnOnce(io::Error) -> RecordsError + '_ {
@@ -611,11 +614,11 @@ fn binary_value(bytes: &[u8]) -> Value {
 /// selection is written back in it).
 ///
 /// # Errors
-/// [`RecordsError`] for the file itself, [`crate::dataset::DatasetError`] for its records.
+/// [`RecordsError`] for the file itself or, as [`RecordsError::Dataset`], for its records.
 pub fn read_samples(
     path: &Path,
     options: &ReadOptions,
-) -> Result<(FileFormat, Dataset), crate::Error> {
+) -> Result<(FileFormat, Dataset), RecordsError> {
     let format = detect(path)?;
     let dataset = match format.kind {
         Kind::Parquet => {

@@ -14,18 +14,22 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::io::Write as _;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use ab_glyph::FontRef;
 use base64::Engine as _;
-use plotters::coord::Shift;
+use plotters::coord::types::{RangedCoordf64, RangedCoordu32};
+use plotters::coord::{CoordTranslate, Shift};
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
-use serde::{Deserialize, Deserializer};
 
-use crate::dataset::{ReadOptions, Sample};
-use crate::output::{write_atomically, OutputError};
-use crate::run::file_sha256;
+use crate::dataset::Sample;
+use crate::output::{file_sha256, write_atomically, OutputError};
+use crate::schema::{
+    self, BudgetRecord, EmbedderRecord, FileRecord, RunRecord, SchemaError, ScoreRow,
+};
+use crate::score::Unscorable;
 
 /// Size in pixels of `miwv-histogram.png`.
 pub const HISTOGRAM_SIZE: (u32, u32) = (1200, 700);
@@ -56,32 +60,17 @@ pub enum ReportError {
         /// What it should have been.
         what: &'static str,
     },
-    /// A file could not be read.
+    /// The report's directory could not be made.
     #[error("{path}: {source}")]
     Io {
-        /// The file.
+        /// The directory.
         path: PathBuf,
         /// The I/O error.
         source: std::io::Error,
     },
-    /// A line of `scores.jsonl` is not a score row.
-    #[error("{path}: line {line}: {problem}")]
-    Row {
-        /// The file.
-        path: PathBuf,
-        /// 1-based line.
-        line: usize,
-        /// What is wrong.
-        problem: String,
-    },
-    /// `run.json` is not a run record.
-    #[error("{path}: {problem}")]
-    Run {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong.
-        problem: String,
-    },
+    /// `scores.jsonl` or `run.json` cannot be read or does not match its schema.
+    #[error(transparent)]
+    Schema(#[from] SchemaError),
     /// A picture could not be drawn.
     #[error("{path}: cannot draw the picture: {problem}")]
     Draw {
@@ -93,123 +82,6 @@ pub enum ReportError {
     /// A report file could not be written.
     #[error(transparent)]
     Output(#[from] OutputError),
-}
-
-/// One line of `scores.jsonl`, read leniently: fields this version does not know are ignored,
-/// and everything but the id may be missing.
-#[derive(Debug, Clone, Deserialize)]
-pub struct ScoreRow {
-    /// The sample's id.
-    #[serde(deserialize_with = "string_or_number")]
-    pub id: String,
-    /// Its 0-based position in the dataset.
-    #[serde(default)]
-    pub index: Option<usize>,
-    /// MIWV; None where undefined (null).
-    #[serde(default)]
-    pub miwv: Option<f64>,
-    /// Zero-shot loss.
-    #[serde(default)]
-    pub loss_zero_shot: Option<f64>,
-    /// One-shot loss.
-    #[serde(default)]
-    pub loss_one_shot: Option<f64>,
-    /// Why `miwv` is undefined.
-    #[serde(default)]
-    pub reason: Option<String>,
-    /// The example's id.
-    #[serde(default, deserialize_with = "optional_string_or_number")]
-    pub neighbour_id: Option<String>,
-    /// Cosine similarity to the example.
-    #[serde(default)]
-    pub similarity: Option<f64>,
-    /// Whether the sample is in `selected.jsonl`.
-    #[serde(default)]
-    pub selected: bool,
-    /// 1-based rank by MIWV among scored samples.
-    #[serde(default)]
-    pub rank: Option<usize>,
-}
-
-impl ScoreRow {
-    /// MIWV where it is defined (a finite number).
-    fn score(&self) -> Option<f64> {
-        self.miwv.filter(|m| m.is_finite())
-    }
-}
-
-fn string_or_number<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
-    match serde_json::Value::deserialize(d)? {
-        serde_json::Value::String(s) => Ok(s),
-        serde_json::Value::Number(n) => Ok(n.to_string()),
-        _ => Err(serde::de::Error::custom("expected a string")),
-    }
-}
-
-fn optional_string_or_number<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
-    match serde_json::Value::deserialize(d)? {
-        serde_json::Value::Null => Ok(None),
-        serde_json::Value::String(s) => Ok(Some(s)),
-        serde_json::Value::Number(n) => Ok(Some(n.to_string())),
-        _ => Err(serde::de::Error::custom("expected a string or null")),
-    }
-}
-
-/// What the report uses of `run.json`; every field may be missing (older or newer versions).
-#[derive(Debug, Clone, Default, Deserialize)]
-pub struct RunInfo {
-    /// The miwv version that made the run.
-    #[serde(default)]
-    pub tool: Option<String>,
-    /// The dataset file.
-    #[serde(default)]
-    pub data: Option<FileInfo>,
-    /// The scoring model.
-    #[serde(default)]
-    pub scoring_model: Option<FileInfo>,
-    /// The retrieval embedder, as recorded.
-    #[serde(default)]
-    pub embedder: Option<serde_json::Value>,
-    /// The prompt template's name (`alpaca`, `chatml`, `model`, ...).
-    #[serde(default)]
-    pub template_name: Option<String>,
-    /// The template as recorded; older runs wrote only its name here.
-    #[serde(default)]
-    pub template: Option<serde_json::Value>,
-    /// How the dataset's records were read (field names, first turn only).
-    #[serde(default)]
-    pub read: Option<ReadOptions>,
-    /// The selection budget.
-    #[serde(default)]
-    pub budget: Option<BudgetInfo>,
-}
-
-/// A file recorded in `run.json`.
-#[derive(Debug, Clone, Default, Deserialize)]
-pub struct FileInfo {
-    /// Where it was.
-    #[serde(default)]
-    pub path: Option<PathBuf>,
-    /// Its sha256 then.
-    #[serde(default)]
-    pub sha256: Option<String>,
-    /// A GGUF's name.
-    #[serde(default)]
-    pub name: Option<String>,
-    /// A GGUF's quantisation.
-    #[serde(default)]
-    pub quantisation: Option<String>,
-}
-
-/// The selection budget recorded in `run.json`.
-#[derive(Debug, Clone, Default, Deserialize)]
-pub struct BudgetInfo {
-    /// Share of samples kept.
-    #[serde(default)]
-    pub ratio: Option<f64>,
-    /// Exact number kept.
-    #[serde(default)]
-    pub count: Option<usize>,
 }
 
 /// The files a report wrote.
@@ -248,14 +120,7 @@ pub fn sample_preview(sample: &Sample) -> (String, String) {
 /// be written. A dataset that is gone or changed is not an error: the page says so and shows no
 /// sample texts.
 pub fn write_report(out_dir: &Path, top: usize) -> Result<ReportFiles, ReportError> {
-    if !out_dir.is_dir() {
-        return Err(ReportError::Missing {
-            path: out_dir.to_path_buf(),
-            what: "the output directory of `miwv select`",
-        });
-    }
-    let rows = read_scores(&out_dir.join("scores.jsonl"))?;
-    let run = read_run(&out_dir.join("run.json"))?;
+    let (rows, run) = read_run_dir(out_dir)?;
     let previews = read_previews(&run);
     if let Err(why) = &previews {
         tracing::warn!("the report shows no sample texts: {why}");
@@ -266,23 +131,15 @@ pub fn write_report(out_dir: &Path, top: usize) -> Result<ReportFiles, ReportErr
         path: dir.clone(),
         source,
     })?;
-    let model = run
-        .scoring_model
-        .as_ref()
-        .and_then(|m| m.name.clone())
-        .unwrap_or_else(|| "unknown model".into());
-
+    let model = model_name(&run);
     let histogram = dir.join("miwv-histogram.png");
-    let histogram_png = draw_png(&histogram, HISTOGRAM_SIZE, |area| {
+    let histogram_png = write_picture(&histogram, HISTOGRAM_SIZE, |area| {
         draw_histogram(area, &rows, &model)
     })?;
-    write_bytes(&histogram, &histogram_png)?;
-
     let scatter = dir.join("losses-scatter.png");
-    let scatter_png = draw_png(&scatter, SCATTER_SIZE, |area| {
+    let scatter_png = write_picture(&scatter, SCATTER_SIZE, |area| {
         draw_scatter(area, &rows, &model)
     })?;
-    write_bytes(&scatter, &scatter_png)?;
 
     let html = dir.join("report.html");
     let page = render_html(
@@ -304,79 +161,82 @@ pub fn write_report(out_dir: &Path, top: usize) -> Result<ReportFiles, ReportErr
     })
 }
 
+/// Reads the run's scores and record before anything is written, so a run that cannot be
+/// reported leaves no `report/` behind.
+fn read_run_dir(out_dir: &Path) -> Result<(Vec<ScoreRow>, RunRecord), ReportError> {
+    if !out_dir.is_dir() {
+        return Err(ReportError::Missing {
+            path: out_dir.to_path_buf(),
+            what: "the output directory of `miwv select`",
+        });
+    }
+    let rows = found(
+        schema::read_scores(&out_dir.join("scores.jsonl")),
+        "written by `miwv select`; is this a finished run?",
+    )?;
+    let run = found(
+        schema::read_run(&out_dir.join("run.json")),
+        "`miwv select` writes it last; without it the run has not finished",
+    )?;
+    Ok((rows, run))
+}
+
+/// A schema reader's result, a missing file reported with `what` it should have been.
+fn found<T>(read: Result<T, SchemaError>, what: &'static str) -> Result<T, ReportError> {
+    read.map_err(|e| {
+        if e.is_missing() {
+            ReportError::Missing {
+                path: e.path().to_path_buf(),
+                what,
+            }
+        } else {
+            ReportError::Schema(e)
+        }
+    })
+}
+
+/// Draws a picture and writes it, returning the PNG so the page can embed it.
+fn write_picture(
+    path: &Path,
+    size: (u32, u32),
+    draw: impl FnOnce(&Area) -> DrawResult,
+) -> Result<Vec<u8>, ReportError> {
+    let png = draw_png(path, size, draw)?;
+    write_bytes(path, &png)?;
+    Ok(png)
+}
+
+/// Writes a report file whole or not at all.
 fn write_bytes(path: &Path, bytes: &[u8]) -> Result<(), OutputError> {
     write_atomically(path, |out| out.write_all(bytes))
 }
 
-fn read_file(path: &Path, what: &'static str) -> Result<String, ReportError> {
-    std::fs::read_to_string(path).map_err(|source| match source.kind() {
-        std::io::ErrorKind::NotFound => ReportError::Missing {
-            path: path.to_path_buf(),
-            what,
-        },
-        _ => ReportError::Io {
-            path: path.to_path_buf(),
-            source,
-        },
-    })
-}
-
-/// Reads every row of a `scores.jsonl`.
-///
-/// # Errors
-/// [`ReportError`] naming the file, and the line of a malformed row.
-pub fn read_scores(path: &Path) -> Result<Vec<ScoreRow>, ReportError> {
-    let text = read_file(path, "written by `miwv select`; is this a finished run?")?;
-    text.lines()
-        .enumerate()
-        .filter(|(_, line)| !line.trim().is_empty())
-        .map(|(n, line)| {
-            serde_json::from_str(line).map_err(|e| ReportError::Row {
-                path: path.to_path_buf(),
-                line: n + 1,
-                problem: e.to_string(),
-            })
-        })
-        .collect()
-}
-
-/// Reads what the report needs from a `run.json`.
-///
-/// # Errors
-/// [`ReportError`] naming the file when it is missing or not a JSON object.
-pub fn read_run(path: &Path) -> Result<RunInfo, ReportError> {
-    let text = read_file(
-        path,
-        "`miwv select` writes it last; without it the run has not finished",
-    )?;
-    serde_json::from_str(&text).map_err(|e| ReportError::Run {
-        path: path.to_path_buf(),
-        problem: e.to_string(),
-    })
+/// The scoring model's name as its GGUF gives it, for titles and the summary.
+fn model_name(run: &RunRecord) -> String {
+    run.scoring_model
+        .gguf
+        .as_ref()
+        .and_then(|g| g.name.clone())
+        .unwrap_or_else(|| "unknown model".into())
 }
 
 /// Shortened (prompt, response) texts by sample id, or why there are none.
 type Previews = HashMap<String, (String, String)>;
 
-fn read_previews(run: &RunInfo) -> Result<Previews, String> {
-    let data = run.data.as_ref();
-    let Some(path) = data.and_then(|d| d.path.as_deref()) else {
-        return Err("run.json does not name the dataset".into());
-    };
+/// The sample texts for the tables, taken only from the very dataset the run scored.
+fn read_previews(run: &RunRecord) -> Result<Previews, String> {
+    let path = &run.data.path;
     let (now, _) = file_sha256(path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => format!("the dataset {} is gone", path.display()),
         _ => format!("the dataset cannot be read: {}: {e}", path.display()),
     })?;
-    if let Some(recorded) = data.and_then(|d| d.sha256.as_deref()) {
-        if !now.eq_ignore_ascii_case(recorded) {
-            return Err(format!(
-                "the dataset {} has changed since the run (its sha256 differs from run.json's)",
-                path.display()
-            ));
-        }
+    if !now.eq_ignore_ascii_case(&run.data.sha256) {
+        return Err(format!(
+            "the dataset {} has changed since the run (its sha256 differs from run.json's)",
+            path.display()
+        ));
     }
-    let read = run.read.clone().unwrap_or_default();
-    let (_, dataset) = crate::records::read_samples(path, &read)
+    let (_, dataset) = crate::records::read_samples(path, &run.read)
         .map_err(|e| format!("the dataset cannot be read: {e}"))?;
     Ok(dataset
         .samples
@@ -412,22 +272,38 @@ pub fn shorten(text: &str, max: usize) -> String {
     cut
 }
 
+/// Whether the row is in `selected.jsonl`.
+fn is_selected(row: &ScoreRow) -> bool {
+    row.selected == Some(true)
+}
+
+/// A loss or MIWV as the pictures and tables take it: `None` where undefined (NaN).
+fn defined(v: f32) -> Option<f64> {
+    v.is_finite().then(|| f64::from(v))
+}
+
+/// A reason as `scores.jsonl` spells it (`too_long`): its serde name, so the two cannot differ.
+fn reason_name(reason: Unscorable) -> String {
+    match serde_json::to_value(reason) {
+        Ok(serde_json::Value::String(name)) => name,
+        _ => format!("{reason:?}"),
+    }
+}
+
 /// Scored rows, best first (the selection's order: higher MIWV first, ties to the lower index).
 fn ranked(rows: &[ScoreRow]) -> Vec<&ScoreRow> {
     let mut scored: Vec<&ScoreRow> = rows.iter().filter(|r| r.score().is_some()).collect();
-    scored.sort_by(|a, b| {
-        let (sa, sb) = (a.score().unwrap_or(f64::NAN), b.score().unwrap_or(f64::NAN));
-        sb.total_cmp(&sa).then(a.index.cmp(&b.index))
-    });
+    scored.sort_by(|a, b| b.miwv.total_cmp(&a.miwv).then(a.index.cmp(&b.index)));
     scored
 }
 
 /// The lowest MIWV among the selected samples: every sample at or above it was selected.
 fn threshold(rows: &[ScoreRow]) -> Option<f64> {
     rows.iter()
-        .filter(|r| r.selected)
+        .filter(|r| is_selected(r))
         .filter_map(ScoreRow::score)
-        .min_by(f64::total_cmp)
+        .min_by(f32::total_cmp)
+        .map(f64::from)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -708,58 +584,112 @@ fn bins(values: &[f64], anchor: f64) -> (f64, f64, usize) {
     (start, width, count)
 }
 
-fn draw_histogram(area: &Area, rows: &[ScoreRow], model: &str) -> DrawResult {
-    let scored: Vec<(f64, bool)> = rows
-        .iter()
-        .filter_map(|r| r.score().map(|m| (m, r.selected)))
-        .collect();
-    let selected = scored.iter().filter(|(_, s)| *s).count();
-    let cut = threshold(rows);
-    let subtitle = match cut {
-        Some(t) => format!(
-            "{} of {} scored; {} selected (MIWV ≥ {t:.3})",
-            thousands(scored.len()),
-            count_label(rows.len(), "sample"),
-            thousands(selected),
-        ),
-        None => format!(
-            "{} of {} scored; none selected",
-            thousands(scored.len()),
-            count_label(rows.len(), "sample"),
-        ),
-    };
-    let body = titled(area, &format!("MIWV distribution — {model}"), &subtitle)?;
-
-    // Stacked counts per bin: not selected below, selected on top.
-    let values: Vec<f64> = scored.iter().map(|(m, _)| *m).collect();
-    let (start, width, count) = if values.is_empty() {
-        (-1.0, 0.1, 20)
-    } else {
-        bins(&values, cut.unwrap_or(0.0))
-    };
-    let mut counts = vec![(0u32, 0u32); count];
-    for &(m, sel) in &scored {
-        let bin = (((m - start) / width + 1e-6).floor().max(0.0) as usize).min(count - 1);
-        if sel {
-            counts[bin].1 += 1;
-        } else {
-            counts[bin].0 += 1;
-        }
-    }
-    let top = counts.iter().map(|(a, b)| a + b).max().unwrap_or(0);
-    let y_max = (top + 1).max((f64::from(top) * 1.12).ceil() as u32).max(4);
-    let end = start + width * count as f64;
-    let pad = (end - start) * 0.02;
-    let x_range = (start.min(0.0) - pad)..(end.max(0.0) + pad);
-
-    let mut chart = ChartBuilder::on(&body)
+/// The margins and label areas both pictures' charts share.
+fn chart_frame<'a, 'b, 'c>(body: &'a Area<'c>) -> ChartBuilder<'a, 'b, Canvas<'c>> {
+    let mut builder = ChartBuilder::on(body);
+    builder
         .margin_left(24)
         .margin_right(36)
         .margin_bottom(16)
         .margin_top(8)
         .x_label_area_size(64)
-        .y_label_area_size(76)
-        .build_cartesian_2d(x_range, 0u32..y_max)?;
+        .y_label_area_size(76);
+    builder
+}
+
+/// Draws the series' legend in the upper left, the same way in both pictures.
+fn draw_legend<'a, 'c: 'a, CT: CoordTranslate>(
+    chart: &mut ChartContext<'a, Canvas<'c>, CT>,
+) -> DrawResult {
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .margin(14)
+        .legend_area_size(26)
+        .label_font(font(17))
+        .background_style(WHITE.mix(0.9))
+        .border_style(RGBColor(200, 200, 200))
+        .draw()?;
+    Ok(())
+}
+
+/// The histogram's chart: MIWV across, sample counts up.
+type HistogramChart<'a, 'c> =
+    ChartContext<'a, Canvas<'c>, Cartesian2d<RangedCoordf64, RangedCoordu32>>;
+
+/// The histogram's bars: per bin, how many samples were not selected and how many were.
+struct Stacks {
+    /// The first bin's left edge.
+    start: f64,
+    /// Every bin's width.
+    width: f64,
+    /// (not selected, selected) per bin.
+    counts: Vec<(u32, u32)>,
+}
+
+impl Stacks {
+    /// Counts (MIWV, selected) pairs into bins with an edge at the threshold `cut` (or 0).
+    fn new(scored: &[(f64, bool)], cut: Option<f64>) -> Self {
+        let values: Vec<f64> = scored.iter().map(|(m, _)| *m).collect();
+        let (start, width, count) = if values.is_empty() {
+            (-1.0, 0.1, 20)
+        } else {
+            bins(&values, cut.unwrap_or(0.0))
+        };
+        let mut counts = vec![(0u32, 0u32); count];
+        for &(m, sel) in scored {
+            let bin = (((m - start) / width + 1e-6).floor().max(0.0) as usize).min(count - 1);
+            if sel {
+                counts[bin].1 += 1;
+            } else {
+                counts[bin].0 += 1;
+            }
+        }
+        Self {
+            start,
+            width,
+            counts,
+        }
+    }
+
+    /// The y axis's top: room above the tallest bar for the legend, and at least 4.
+    fn y_max(&self) -> u32 {
+        let top = self.counts.iter().map(|(a, b)| a + b).max().unwrap_or(0);
+        (top + 1).max((f64::from(top) * 1.12).ceil() as u32).max(4)
+    }
+
+    /// The x axis: every bin and MIWV = 0, with a little room either side.
+    fn x_range(&self) -> Range<f64> {
+        let end = self.start + self.width * self.counts.len() as f64;
+        let pad = (end - self.start) * 0.02;
+        (self.start.min(0.0) - pad)..(end.max(0.0) + pad)
+    }
+
+    /// Bin `i`'s bar from count `from` to `to`, with a gap either side.
+    fn bar(&self, i: usize, from: u32, to: u32, colour: RGBColor) -> Rectangle<(f64, u32)> {
+        let gap = self.width * 0.06;
+        let x0 = self.start + self.width * i as f64;
+        Rectangle::new(
+            [(x0 + gap, from), (x0 + self.width - gap, to)],
+            colour.filled(),
+        )
+    }
+}
+
+/// Draws the MIWV histogram: counts per bin, the selected share stacked on top.
+fn draw_histogram(area: &Area, rows: &[ScoreRow], model: &str) -> DrawResult {
+    let scored: Vec<(f64, bool)> = rows
+        .iter()
+        .filter_map(|r| defined(r.miwv).map(|m| (m, is_selected(r))))
+        .collect();
+    let selected = scored.iter().filter(|(_, s)| *s).count();
+    let cut = threshold(rows);
+    let subtitle = histogram_subtitle(rows.len(), scored.len(), selected, cut);
+    let body = titled(area, &format!("MIWV distribution — {model}"), &subtitle)?;
+
+    let stacks = Stacks::new(&scored, cut);
+    let y_max = stacks.y_max();
+    let mut chart = chart_frame(&body).build_cartesian_2d(stacks.x_range(), 0u32..y_max)?;
     chart
         .configure_mesh()
         .disable_x_mesh()
@@ -774,34 +704,63 @@ fn draw_histogram(area: &Area, rows: &[ScoreRow], model: &str) -> DrawResult {
         .x_desc("MIWV = one-shot loss − zero-shot loss (nats)")
         .y_desc("samples")
         .draw()?;
+    draw_bars(&mut chart, &stacks, scored.len() - selected, selected)?;
+    draw_markers(&mut chart, cut, y_max)?;
+    draw_legend(&mut chart)
+}
 
-    let gap = width * 0.06;
-    let bar = |i: usize, from: u32, to: u32, colour: RGBColor| {
-        let x0 = start + width * i as f64;
-        Rectangle::new([(x0 + gap, from), (x0 + width - gap, to)], colour.filled())
-    };
-    let kept = scored.len() - selected;
+/// The histogram's subtitle: how many were scored and selected, and from which MIWV on.
+fn histogram_subtitle(samples: usize, scored: usize, selected: usize, cut: Option<f64>) -> String {
+    match cut {
+        Some(t) => format!(
+            "{} of {} scored; {} selected (MIWV ≥ {t:.3})",
+            thousands(scored),
+            count_label(samples, "sample"),
+            thousands(selected),
+        ),
+        None => format!(
+            "{} of {} scored; none selected",
+            thousands(scored),
+            count_label(samples, "sample"),
+        ),
+    }
+}
+
+/// Draws the stacked bars, not selected below and selected on top, with their legend entries.
+fn draw_bars(
+    chart: &mut HistogramChart,
+    stacks: &Stacks,
+    not_selected: usize,
+    selected: usize,
+) -> DrawResult {
     chart
         .draw_series(
-            counts
+            stacks
+                .counts
                 .iter()
                 .enumerate()
                 .filter(|(_, (n, _))| *n > 0)
-                .map(|(i, &(n, _))| bar(i, 0, n, BLUE)),
+                .map(|(i, &(n, _))| stacks.bar(i, 0, n, BLUE)),
         )?
-        .label(format!("not selected ({})", thousands(kept)))
+        .label(format!("not selected ({})", thousands(not_selected)))
         .legend(|(x, y)| Rectangle::new([(x, y - 7), (x + 16, y + 7)], BLUE.filled()));
     chart
         .draw_series(
-            counts
+            stacks
+                .counts
                 .iter()
                 .enumerate()
                 .filter(|(_, (_, s))| *s > 0)
-                .map(|(i, &(n, s))| bar(i, n, n + s, VERMILION)),
+                .map(|(i, &(n, s))| stacks.bar(i, n, n + s, VERMILION)),
         )?
         .label(format!("selected ({})", thousands(selected)))
         .legend(|(x, y)| Rectangle::new([(x, y - 7), (x + 16, y + 7)], VERMILION.filled()));
+    Ok(())
+}
 
+/// Draws MIWV = 0 (dashed) and the selection threshold (solid), so the chosen tail reads
+/// against both.
+fn draw_markers(chart: &mut HistogramChart, cut: Option<f64>, y_max: u32) -> DrawResult {
     chart
         .draw_series(DashedLineSeries::new(
             [(0.0, 0), (0.0, y_max)],
@@ -817,15 +776,6 @@ fn draw_histogram(area: &Area, rows: &[ScoreRow], model: &str) -> DrawResult {
             .label(format!("selection threshold {t:.3}"))
             .legend(|(x, y)| PathElement::new([(x, y), (x + 16, y)], DARK.stroke_width(2)));
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .margin(14)
-        .legend_area_size(26)
-        .label_font(font(17))
-        .background_style(WHITE.mix(0.9))
-        .border_style(RGBColor(200, 200, 200))
-        .draw()?;
     Ok(())
 }
 
@@ -839,15 +789,13 @@ fn format_tick(v: f64) -> String {
     }
 }
 
+/// The scatter plot's chart: zero-shot loss across, one-shot loss up.
+type ScatterChart<'a, 'c> =
+    ChartContext<'a, Canvas<'c>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+
+/// Draws zero-shot against one-shot loss per scored sample, with the diagonal MIWV = 0.
 fn draw_scatter(area: &Area, rows: &[ScoreRow], model: &str) -> DrawResult {
-    let points: Vec<(f64, f64, bool)> = rows
-        .iter()
-        .filter(|r| r.score().is_some())
-        .filter_map(|r| match (r.loss_zero_shot, r.loss_one_shot) {
-            (Some(x), Some(y)) if x.is_finite() && y.is_finite() => Some((x, y, r.selected)),
-            _ => None,
-        })
-        .collect();
+    let points = loss_points(rows);
     let selected = points.iter().filter(|p| p.2).count();
     let above = points.iter().filter(|p| p.1 > p.0).count();
     let body = titled(
@@ -861,26 +809,8 @@ fn draw_scatter(area: &Area, rows: &[ScoreRow], model: &str) -> DrawResult {
         ),
     )?;
 
-    let (mut lo, mut hi) = points
-        .iter()
-        .flat_map(|&(x, y, _)| [x, y])
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
-            (lo.min(v), hi.max(v))
-        });
-    if !lo.is_finite() {
-        (lo, hi) = (0.0, 1.0);
-    }
-    let pad = ((hi - lo) * 0.04).max(0.05);
-    let range = (lo - pad).max(0.0)..hi + pad;
-
-    let mut chart = ChartBuilder::on(&body)
-        .margin_left(24)
-        .margin_right(36)
-        .margin_bottom(16)
-        .margin_top(8)
-        .x_label_area_size(64)
-        .y_label_area_size(76)
-        .build_cartesian_2d(range.clone(), range.clone())?;
+    let range = loss_range(&points);
+    let mut chart = chart_frame(&body).build_cartesian_2d(range.clone(), range.clone())?;
     chart
         .configure_mesh()
         .bold_line_style(RGBColor(230, 230, 230))
@@ -895,7 +825,6 @@ fn draw_scatter(area: &Area, rows: &[ScoreRow], model: &str) -> DrawResult {
         .x_desc("zero-shot loss L0 (nats per response token)")
         .y_desc("one-shot loss L1 (nats per response token)")
         .draw()?;
-
     chart
         .draw_series(LineSeries::new(
             [(range.start, range.start), (range.end, range.end)],
@@ -903,7 +832,47 @@ fn draw_scatter(area: &Area, rows: &[ScoreRow], model: &str) -> DrawResult {
         ))?
         .label("L1 = L0 (MIWV = 0)")
         .legend(|(x, y)| PathElement::new([(x, y), (x + 18, y)], GREY.stroke_width(2)));
-    // Many points: smaller and fainter, so dense regions stay readable.
+    draw_points(&mut chart, &points, selected)?;
+    draw_legend(&mut chart)
+}
+
+/// (zero-shot loss, one-shot loss, selected) of every scored sample with both losses defined.
+fn loss_points(rows: &[ScoreRow]) -> Vec<(f64, f64, bool)> {
+    rows.iter()
+        .filter(|r| r.score().is_some())
+        .filter_map(|r| {
+            Some((
+                defined(r.loss_zero_shot)?,
+                defined(r.loss_one_shot)?,
+                is_selected(r),
+            ))
+        })
+        .collect()
+}
+
+/// One range for both axes, so the diagonal runs at 45°: every loss with a little room, from
+/// 0 at the lowest.
+fn loss_range(points: &[(f64, f64, bool)]) -> Range<f64> {
+    let (mut lo, mut hi) = points
+        .iter()
+        .flat_map(|&(x, y, _)| [x, y])
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
+            (lo.min(v), hi.max(v))
+        });
+    if !lo.is_finite() {
+        (lo, hi) = (0.0, 1.0);
+    }
+    let pad = ((hi - lo) * 0.04).max(0.05);
+    (lo - pad).max(0.0)..hi + pad
+}
+
+/// Draws the points, smaller and fainter when there are many so dense regions stay readable;
+/// the selected ones larger, outlined and on top.
+fn draw_points(
+    chart: &mut ScatterChart,
+    points: &[(f64, f64, bool)],
+    selected: usize,
+) -> DrawResult {
     let (radius, opacity) = match points.len() {
         0..=2000 => (4, 0.55),
         2001..=20000 => (3, 0.35),
@@ -931,15 +900,6 @@ fn draw_scatter(area: &Area, rows: &[ScoreRow], model: &str) -> DrawResult {
         }))?
         .label(format!("selected ({})", thousands(selected)))
         .legend(|(x, y)| Circle::new((x + 9, y), 6, VERMILION.filled()));
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .margin(14)
-        .legend_area_size(26)
-        .label_font(font(17))
-        .background_style(WHITE.mix(0.9))
-        .border_style(RGBColor(200, 200, 200))
-        .draw()?;
     Ok(())
 }
 
@@ -994,9 +954,11 @@ figcaption { color: #555; font-size: 0.9em; }
 .note { background: #fff6e5; border-left: 4px solid #e69f00; padding: 0.5em 0.8em; }
 ";
 
+/// The whole page: the run's summary, the pictures, both ends of the ranking and the samples
+/// that could not be scored.
 fn render_html(
     out_dir: &Path,
-    run: &RunInfo,
+    run: &RunRecord,
     rows: &[ScoreRow],
     previews: Result<&Previews, &str>,
     top: usize,
@@ -1005,88 +967,106 @@ fn render_html(
 ) -> String {
     let ranking = ranked(rows);
     let unscorable: Vec<&ScoreRow> = rows.iter().filter(|r| r.score().is_none()).collect();
-    let selected = rows.iter().filter(|r| r.selected).count();
-    let model = run
-        .scoring_model
-        .as_ref()
-        .and_then(|m| m.name.clone())
-        .unwrap_or_else(|| "unknown model".into());
-    let e = escape_html;
+    let mut page = page_head(out_dir, &model_name(run));
+    let summary = summary_rows(run, rows, ranking.len(), unscorable.len());
+    summary_section(&mut page, &summary, previews);
+    pictures_section(&mut page, histogram_png, scatter_png);
+    ranking_sections(&mut page, &ranking, top, previews);
+    unscorable_section(&mut page, &unscorable, previews);
+    page.push_str("</body>\n</html>\n");
+    page
+}
 
-    let mut page = String::new();
-    let _ = write!(
-        page,
+/// The document's head and heading, naming the run and its model.
+fn page_head(out_dir: &Path, model: &str) -> String {
+    let dir = escape_html(&out_dir.display().to_string());
+    format!(
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n\
-         <title>MIWV report: {}</title>\n<style>{STYLE}</style>\n</head>\n<body>\n\
-         <h1>MIWV report</h1>\n<p>{} · scored with {}</p>\n",
-        e(&out_dir.display().to_string()),
-        e(&out_dir.display().to_string()),
-        e(&model)
-    );
+         <title>MIWV report: {dir}</title>\n<style>{STYLE}</style>\n</head>\n<body>\n\
+         <h1>MIWV report</h1>\n<p>{dir} · scored with {}</p>\n",
+        escape_html(model)
+    )
+}
 
-    // Summary.
-    let mut summary: Vec<(&str, String)> = Vec::new();
-    let model_line = match &run.scoring_model {
-        Some(m) => {
-            let mut line = e(&model);
-            if let Some(q) = &m.quantisation {
-                let _ = write!(line, " ({})", e(q));
-            }
-            if let Some(p) = &m.path {
-                let _ = write!(line, "<br><small>{}</small>", e(&p.display().to_string()));
-            }
-            line
-        }
-        None => "—".into(),
-    };
-    summary.push(("Scoring model", model_line));
-    let embedder = run.embedder.as_ref().and_then(|v| {
-        if v["uses_scoring_model"].as_bool() == Some(true) {
-            Some("the scoring model (mean-pooled)".to_string())
-        } else {
-            v["model"]["name"].as_str().map(str::to_string)
-        }
-    });
-    if let Some(name) = embedder {
-        summary.push(("Embedder", e(&name)));
+/// What the run read, how it chose and what it found, as (heading, HTML cell) rows.
+fn summary_rows(
+    run: &RunRecord,
+    rows: &[ScoreRow],
+    scored: usize,
+    unscorable: usize,
+) -> Vec<(&'static str, String)> {
+    let mut summary = vec![("Scoring model", model_cell(run))];
+    if let Some(name) = embedder_name(&run.embedder) {
+        summary.push(("Embedder", escape_html(&name)));
     }
-    let data_line = match run.data.as_ref().and_then(|d| d.path.as_ref()) {
-        Some(p) => {
-            let mut line = e(&p.display().to_string());
-            if let Some(sha) = run.data.as_ref().and_then(|d| d.sha256.as_deref()) {
-                let _ = write!(line, "<br><small>sha256 {}</small>", e(sha));
-            }
-            line
-        }
-        None => "—".into(),
-    };
-    summary.push(("Data", data_line));
-    summary.push((
-        "Template",
-        e(run
-            .template_name
-            .as_deref()
-            .or(run.template.as_ref().and_then(|t| t.as_str()))
-            .unwrap_or("—")),
-    ));
-    summary.push(("Samples", rows.len().to_string()));
-    summary.push(("Scored", ranking.len().to_string()));
-    summary.push(("Unscorable", unscorable.len().to_string()));
-    let budget = match &run.budget {
-        Some(BudgetInfo { count: Some(c), .. }) => format!("count {c}"),
-        Some(BudgetInfo { ratio: Some(r), .. }) => format!("ratio {r} ({}%)", r * 100.0),
-        _ => "—".into(),
-    };
-    summary.push(("Budget", budget));
-    let selected_line = match threshold(rows) {
+    summary.extend([
+        ("Data", data_cell(&run.data)),
+        ("Template", escape_html(&run.template_name)),
+        ("Samples", rows.len().to_string()),
+        ("Scored", scored.to_string()),
+        ("Unscorable", unscorable.to_string()),
+        ("Budget", budget_cell(&run.budget)),
+        ("Selected", selected_cell(rows)),
+        ("Made by", escape_html(&run.tool)),
+    ]);
+    summary
+}
+
+/// The scoring model: its name, quantisation and file.
+fn model_cell(run: &RunRecord) -> String {
+    let model = &run.scoring_model;
+    let mut cell = escape_html(&model_name(run));
+    if let Some(q) = model.gguf.as_ref().and_then(|g| g.quantisation.as_deref()) {
+        let _ = write!(cell, " ({})", escape_html(q));
+    }
+    let path = model.path.display().to_string();
+    let _ = write!(cell, "<br><small>{}</small>", escape_html(&path));
+    cell
+}
+
+/// Which model embedded the samples for retrieval, when its name is known.
+fn embedder_name(embedder: &EmbedderRecord) -> Option<String> {
+    if embedder.uses_scoring_model {
+        Some("the scoring model (mean-pooled)".to_string())
+    } else {
+        embedder.model.as_ref()?.gguf.as_ref()?.name.clone()
+    }
+}
+
+/// The dataset: its file and the sha256 it had when scored.
+fn data_cell(data: &FileRecord) -> String {
+    format!(
+        "{}<br><small>sha256 {}</small>",
+        escape_html(&data.path.display().to_string()),
+        escape_html(&data.sha256)
+    )
+}
+
+/// The budget as it was given: a count, or a ratio with its percentage.
+fn budget_cell(budget: &BudgetRecord) -> String {
+    match (budget.count, budget.ratio) {
+        (Some(c), _) => format!("count {c}"),
+        (None, Some(r)) => format!("ratio {r} ({}%)", r * 100.0),
+        (None, None) => "—".into(),
+    }
+}
+
+/// How many were selected, and the lowest MIWV among them.
+fn selected_cell(rows: &[ScoreRow]) -> String {
+    let selected = rows.iter().filter(|r| is_selected(r)).count();
+    match threshold(rows) {
         Some(t) => format!("{selected} (MIWV ≥ {})", number(Some(t), 4)),
         None => selected.to_string(),
-    };
-    summary.push(("Selected", selected_line));
-    if let Some(tool) = &run.tool {
-        summary.push(("Made by", e(tool)));
     }
+}
+
+/// The summary table, and a note when the sample texts cannot be shown.
+fn summary_section(
+    page: &mut String,
+    summary: &[(&str, String)],
+    previews: Result<&Previews, &str>,
+) {
     page.push_str("<h2>Run</h2>\n<table class=\"summary\">\n");
     for (key, value) in summary {
         let _ = writeln!(page, "<tr><th>{key}</th><td>{value}</td></tr>");
@@ -1096,11 +1076,14 @@ fn render_html(
         let _ = writeln!(
             page,
             "<p class=\"note\">Sample texts are not shown: {}.</p>",
-            e(why)
+            escape_html(why)
         );
     }
+}
 
-    // Pictures.
+/// Both pictures, embedded as data URIs so the page loads nothing, with captions saying how to
+/// read them.
+fn pictures_section(page: &mut String, histogram_png: &[u8], scatter_png: &[u8]) {
     let _ = write!(
         page,
         "<h2>Scores</h2>\n<figure><img alt=\"Histogram of MIWV over the scored samples, \
@@ -1113,8 +1096,15 @@ fn render_html(
         data_uri(histogram_png),
         data_uri(scatter_png)
     );
+}
 
-    // Top and bottom.
+/// The `top` best and `top` worst of the ranking with their texts; a sample is listed once.
+fn ranking_sections(
+    page: &mut String,
+    ranking: &[&ScoreRow],
+    top: usize,
+    previews: Result<&Previews, &str>,
+) {
     let shown_top = top.min(ranking.len());
     let shown_bottom = top.min(ranking.len() - shown_top);
     let _ = writeln!(
@@ -1122,7 +1112,7 @@ fn render_html(
         "<h2>Top {shown_top} by MIWV</h2>\n<p>Selected first. A left bar marks a selected \
          sample.</p>"
     );
-    sample_table(&mut page, &ranking[..shown_top], 0, previews);
+    sample_table(page, &ranking[..shown_top], 0, previews);
     if shown_bottom > 0 {
         let from = ranking.len() - shown_bottom;
         let _ = writeln!(
@@ -1130,35 +1120,41 @@ fn render_html(
             "<h2>Bottom {shown_bottom} by MIWV</h2>\n<p>The one-shot example lowered the loss \
              most here.</p>"
         );
-        sample_table(&mut page, &ranking[from..], from, previews);
+        sample_table(page, &ranking[from..], from, previews);
     }
+}
 
-    // Unscorable.
+/// The samples without a MIWV, each with the reason, so none drops out of the selection
+/// unexplained.
+fn unscorable_section(
+    page: &mut String,
+    unscorable: &[&ScoreRow],
+    previews: Result<&Previews, &str>,
+) {
     let _ = writeln!(page, "<h2>Unscorable ({})</h2>", unscorable.len());
     if unscorable.is_empty() {
         page.push_str("<p>Every sample was scored.</p>\n");
-    } else {
-        page.push_str(
-            "<table>\n<tr><th>index</th><th>id</th><th>reason</th><th>prompt</th>\
-             <th>response</th></tr>\n",
-        );
-        for row in unscorable {
-            let (prompt, response) = preview_cells(row, previews);
-            let _ = writeln!(
-                page,
-                "<tr><td class=\"num\">{}</td><td>{}</td><td>{}</td>\
-                 <td class=\"text\">{prompt}</td><td class=\"text\">{response}</td></tr>",
-                row.index.map_or("—".into(), |i| i.to_string()),
-                e(&row.id),
-                e(row.reason.as_deref().unwrap_or("—")),
-            );
-        }
-        page.push_str("</table>\n");
+        return;
     }
-    page.push_str("</body>\n</html>\n");
-    page
+    page.push_str(
+        "<table>\n<tr><th>index</th><th>id</th><th>reason</th><th>prompt</th>\
+         <th>response</th></tr>\n",
+    );
+    for row in unscorable {
+        let (prompt, response) = preview_cells(row, previews);
+        let _ = writeln!(
+            page,
+            "<tr><td class=\"num\">{}</td><td>{}</td><td>{}</td>\
+             <td class=\"text\">{prompt}</td><td class=\"text\">{response}</td></tr>",
+            row.index,
+            escape_html(&row.id),
+            escape_html(&row.reason.map_or("—".into(), reason_name)),
+        );
+    }
+    page.push_str("</table>\n");
 }
 
+/// A row's shortened prompt and response, escaped; dashes when the texts are not shown.
 fn preview_cells(row: &ScoreRow, previews: Result<&Previews, &str>) -> (String, String) {
     match previews.ok().and_then(|p| p.get(&row.id)) {
         Some((prompt, response)) => (escape_html(prompt), escape_html(response)),
@@ -1166,6 +1162,8 @@ fn preview_cells(row: &ScoreRow, previews: Result<&Previews, &str>) -> (String, 
     }
 }
 
+/// A table of ranked rows with their scores and texts; `first` is the 0-based rank of the
+/// first row, for rows that record none.
 fn sample_table(
     page: &mut String,
     rows: &[&ScoreRow],
@@ -1184,18 +1182,18 @@ fn sample_table(
              <td class=\"num\">{}</td><td class=\"num\">{}</td><td>{}</td>\
              <td class=\"num\">{}</td><td class=\"text\">{prompt}</td>\
              <td class=\"text\">{response}</td></tr>",
-            if row.selected {
+            if is_selected(row) {
                 " class=\"selected\""
             } else {
                 ""
             },
             row.rank.unwrap_or(first + i + 1),
             escape_html(&row.id),
-            number(row.miwv, 4),
-            number(row.loss_zero_shot, 3),
-            number(row.loss_one_shot, 3),
+            number(defined(row.miwv), 4),
+            number(defined(row.loss_zero_shot), 3),
+            number(defined(row.loss_one_shot), 3),
             row.neighbour_id.as_deref().map_or("—".into(), escape_html),
-            number(row.similarity, 2),
+            number(row.similarity.map(f64::from), 2),
         );
     }
     page.push_str("</table>\n");
@@ -1239,13 +1237,23 @@ mod tests {
     }
 
     #[test]
-    fn rows_read_leniently() {
-        let row: ScoreRow = serde_json::from_str(
-            r#"{"id":7,"miwv":null,"reason":"too_long","ifd":0.3,"neighbour_id":null}"#,
-        )
-        .unwrap();
-        assert_eq!(row.id, "7");
-        assert_eq!(row.score(), None);
-        assert!(!row.selected);
+    fn reasons_read_as_scores_jsonl_spells_them() {
+        assert_eq!(reason_name(Unscorable::EmptyResponse), "empty_response");
+        assert_eq!(reason_name(Unscorable::TooLong), "too_long");
+        assert_eq!(reason_name(Unscorable::NoNeighbour), "no_neighbour");
+    }
+
+    #[test]
+    fn the_budget_shows_as_given() {
+        let count = BudgetRecord {
+            ratio: None,
+            count: Some(40),
+        };
+        let ratio = BudgetRecord {
+            ratio: Some(0.25),
+            count: None,
+        };
+        assert_eq!(budget_cell(&count), "count 40");
+        assert_eq!(budget_cell(&ratio), "ratio 0.25 (25%)");
     }
 }

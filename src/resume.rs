@@ -14,10 +14,37 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::neighbours::Neighbour;
-use crate::output::{sync_parent, write_atomically, write_json};
-use crate::scheduler::{Journal, Loss, Pass, Saved};
-use crate::Error;
+use crate::output::{sync_parent, write_atomically, write_json, OutputError};
+use crate::scheduler::{Journal, Loss, Pass, Saved, ScoringError};
+use crate::schema::{EmbedderRecord, Neighbour};
+
+/// Why a run's saved state cannot be used or kept.
+#[derive(Debug, thiserror::Error)]
+pub enum ResumeError {
+    /// A checkpoint file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A checkpoint file could not be written whole.
+    #[error(transparent)]
+    Output(#[from] OutputError),
+    /// What is saved belongs to another run, or is damaged.
+    #[error("cannot resume: {0}")]
+    Incompatible(String),
+}
+
+impl From<ResumeError> for ScoringError {
+    fn from(e: ResumeError) -> Self {
+        match e {
+            ResumeError::Incompatible(why) => ScoringError::Resume(why),
+            other => ScoringError::Journal(Box::new(other)),
+        }
+    }
+}
 
 /// The checkpoint directory of one output directory.
 #[derive(Debug, Clone)]
@@ -34,7 +61,7 @@ pub struct Retrieval {
     /// Each sample's example.
     pub neighbours: Vec<Option<Neighbour>>,
     /// How the embeddings were made, as recorded in `run.json`.
-    pub embedder: Value,
+    pub embedder: EmbedderRecord,
 }
 
 impl RunState {
@@ -46,11 +73,11 @@ impl RunState {
     /// before doing any (a wrong model path, say) binds nothing.
     ///
     /// # Errors
-    /// [`Error::Io`] when the directory cannot be written; [`Error::Resume`] when it holds a
+    /// [`ResumeError::Io`] when the directory cannot be written; [`ResumeError::Incompatible`] when it holds a
     /// run with other settings.
-    pub fn open(out_dir: &Path, settings: &Value) -> Result<Self, Error> {
+    pub fn open(out_dir: &Path, settings: &Value) -> Result<Self, ResumeError> {
         let dir = out_dir.join("checkpoint");
-        std::fs::create_dir_all(&dir).map_err(|source| Error::Io {
+        std::fs::create_dir_all(&dir).map_err(|source| ResumeError::Io {
             path: dir.clone(),
             source,
         })?;
@@ -61,7 +88,7 @@ impl RunState {
         if let Some(saved) = read_json::<Value>(&state.dir.join("settings.json"))? {
             let changed = differing_keys(&saved, settings);
             if !changed.is_empty() {
-                return Err(Error::Resume(format!(
+                return Err(ResumeError::Incompatible(format!(
                     "{} holds a run made with other settings ({}); its losses cannot be mixed with this run's. Use another --out, or delete {} to start over",
                     out_dir.display(),
                     changed.join(", "),
@@ -81,7 +108,7 @@ impl RunState {
     ///
     /// # Errors
     /// When the file exists but cannot be read.
-    pub fn load_retrieval(&self) -> Result<Option<Retrieval>, Error> {
+    pub fn load_retrieval(&self) -> Result<Option<Retrieval>, ResumeError> {
         read_json(&self.dir.join("retrieval.json"))
     }
 
@@ -89,8 +116,12 @@ impl RunState {
     /// retrieval, whose presence marks the step as done.
     ///
     /// # Errors
-    /// [`Error::Output`] when a file cannot be written.
-    pub fn save_retrieval(&self, retrieval: &Retrieval, embeddings: &[f32]) -> Result<(), Error> {
+    /// [`ResumeError::Output`] when a file cannot be written.
+    pub fn save_retrieval(
+        &self,
+        retrieval: &Retrieval,
+        embeddings: &[f32],
+    ) -> Result<(), ResumeError> {
         write_json(&self.dir.join("settings.json"), &self.settings)?;
         write_atomically(&self.dir.join("embeddings.f32"), |out| {
             embeddings
@@ -112,11 +143,11 @@ impl RunState {
 }
 
 /// The bytes of `path`, or `None` when an earlier run has not written it.
-fn read_if_present(path: &Path) -> Result<Option<Vec<u8>>, Error> {
+fn read_if_present(path: &Path) -> Result<Option<Vec<u8>>, ResumeError> {
     match std::fs::read(path) {
         Ok(bytes) => Ok(Some(bytes)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(Error::Io {
+        Err(source) => Err(ResumeError::Io {
             path: path.to_path_buf(),
             source,
         }),
@@ -124,11 +155,12 @@ fn read_if_present(path: &Path) -> Result<Option<Vec<u8>>, Error> {
 }
 
 /// A JSON file written whole by an earlier run, or `None` when there is none.
-fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>, Error> {
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>, ResumeError> {
     read_if_present(path)?
         .map(|bytes| {
-            serde_json::from_slice(&bytes)
-                .map_err(|e| Error::Resume(format!("{}: unreadable ({e})", path.display())))
+            serde_json::from_slice(&bytes).map_err(|e| {
+                ResumeError::Incompatible(format!("{}: unreadable ({e})", path.display()))
+            })
         })
         .transpose()
 }
@@ -178,22 +210,22 @@ struct SavedLoss {
 }
 
 impl LossLog<'_> {
-    fn io(&self, source: std::io::Error) -> Error {
-        Error::Io {
+    fn io(&self, source: std::io::Error) -> ResumeError {
+        ResumeError::Io {
             path: self.path.clone(),
             source,
         }
     }
 
-    fn corrupt(&self, line: usize, what: impl std::fmt::Display) -> Error {
-        Error::Resume(format!(
+    fn corrupt(&self, line: usize, what: impl std::fmt::Display) -> ResumeError {
+        ResumeError::Incompatible(format!(
             "{}: line {line}: {what}; delete the file to score again",
             self.path.display()
         ))
     }
 
     /// Reads the saved lines, cutting off a torn last line; `None` when there is no header.
-    fn read(&self, digest: &str) -> Result<Option<Saved>, Error> {
+    fn read(&self, digest: &str) -> Result<Option<Saved>, ResumeError> {
         let Some(bytes) = read_if_present(&self.path)? else {
             return Ok(None);
         };
@@ -219,7 +251,7 @@ impl LossLog<'_> {
         };
         let header: Header = serde_json::from_slice(first).map_err(|e| self.corrupt(1, e))?;
         if header.plan != digest {
-            return Err(Error::Resume(format!(
+            return Err(ResumeError::Incompatible(format!(
                 "{} was written for a different plan of decodes (another build of miwv?); delete it to score again",
                 self.path.display()
             )));
@@ -242,7 +274,7 @@ impl LossLog<'_> {
     }
 
     /// Appends one line and makes it durable.
-    fn append(&mut self, value: &impl Serialize) -> Result<(), Error> {
+    fn append(&mut self, value: &impl Serialize) -> Result<(), ResumeError> {
         let mut line = serde_json::to_vec(value).expect("log lines serialise");
         line.push(b'\n');
         let file = match &mut self.file {
@@ -263,7 +295,7 @@ impl LossLog<'_> {
 }
 
 impl Journal for LossLog<'_> {
-    fn start(&mut self, digest: &str, steps: usize) -> Result<Saved, Error> {
+    fn start(&mut self, digest: &str, steps: usize) -> Result<Saved, ScoringError> {
         if let Some(saved) = self.read(digest)? {
             if saved.steps_done > 0 {
                 tracing::info!(
@@ -281,7 +313,7 @@ impl Journal for LossLog<'_> {
         Ok(Saved::default())
     }
 
-    fn save(&mut self, steps_done: usize, losses: &[Loss]) -> Result<(), Error> {
+    fn save(&mut self, steps_done: usize, losses: &[Loss]) -> Result<(), ScoringError> {
         let losses = losses
             .iter()
             .map(|l| SavedLoss {
@@ -290,7 +322,7 @@ impl Journal for LossLog<'_> {
                 value: l.value.is_finite().then_some(l.value),
             })
             .collect();
-        self.append(&Commit { steps_done, losses })
+        Ok(self.append(&Commit { steps_done, losses })?)
     }
 
     fn stop_requested(&self) -> bool {

@@ -2,27 +2,27 @@
 //!
 //! data -> embeddings -> neighbours -> token sequences -> packed decodes -> losses -> MIWV ->
 //! selection -> output files. Each step is its own module; this one only wires them together
-//! and records what was done in `run.json`.
+//! and records what was done in `run.json`. [`select_until`] reads as those phases: read the
+//! data, load the models, retrieve (or reuse) the neighbours, score, rank, write.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 
 use crate::config::{EmbedModel, SelectConfig};
-use crate::dataset::{ReadOptions, Sample, Truncation};
+use crate::dataset::Dataset;
 use crate::embed::{default_prefix, embed_samples};
-use crate::engine::{check_model_file, ContextSizes, Embedder, Model, ModelInfo};
+use crate::engine::{check_model_file, Embedder, Model, Scorer};
 use crate::neighbours::nearest_others;
-use crate::output::{write_json, write_jsonl, Ifd, ScoreRow};
+use crate::output::{file_sha256, write_json, write_jsonl};
 use crate::progress::{Phase, ScoringProgress};
 use crate::prompt::{Template, TemplateChoice};
-use crate::records::{output_file_name, read_samples, write_selected};
-use crate::resume::{Retrieval, RunState};
-use crate::scheduler::{score_samples, ScoringOptions, Stats};
+use crate::records::{output_file_name, read_samples, write_selected, FileFormat};
+use crate::resume::{ResumeError, Retrieval, RunState};
+use crate::scheduler::{score_samples, Outcome, ScoringOptions};
+use crate::schema::{BudgetRecord, EmbedderRecord, FileRecord, Ifd, RunRecord, ScoreRow, Timings};
 use crate::select::{top_by_score, Budget};
 use crate::Error;
 
@@ -57,10 +57,38 @@ pub fn select(config: &SelectConfig) -> Result<RunSummary, Error> {
 /// checkpoint stay saved).
 ///
 /// # Errors
-/// As [`select`]; [`Error::Interrupted`] when stopped.
+/// As [`select`]; an interrupted [`Error::Scoring`] when stopped.
 pub fn select_until(config: &SelectConfig, stop: &AtomicBool) -> Result<RunSummary, Error> {
     config.validate()?;
     let started = Instant::now();
+    let mut timings = Timings::default();
+    let (format, dataset) = read_input(config)?;
+
+    let clock = Instant::now();
+    let loaded = load_models(config)?;
+    timings.load_s = clock.elapsed().as_secs_f64();
+
+    let clock = Instant::now();
+    let retrieval = retrieval(config, &loaded, &dataset)?;
+    timings.retrieval_s = clock.elapsed().as_secs_f64();
+
+    let clock = Instant::now();
+    let outcome = score(config, &loaded, &dataset, &retrieval, stop)?;
+    timings.scoring_s = clock.elapsed().as_secs_f64();
+
+    let ranking = Ranking::of(&outcome, config.budget);
+    let summary = write_outputs(config, format, &dataset, &retrieval, &outcome, &ranking)?;
+    timings.total_s = started.elapsed().as_secs_f64();
+    let record = run_record(
+        config, loaded, dataset, retrieval, outcome, &ranking, timings,
+    );
+    // run.json is written last: when it is there, the other files belong to it.
+    write_json(&summary.run, &record)?;
+    Ok(summary)
+}
+
+/// The dataset, read and checked before any model is loaded.
+fn read_input(config: &SelectConfig) -> Result<(FileFormat, Dataset), Error> {
     std::fs::create_dir_all(&config.out_dir).map_err(|source| Error::Io {
         path: config.out_dir.clone(),
         source,
@@ -69,128 +97,182 @@ pub fn select_until(config: &SelectConfig, stop: &AtomicBool) -> Result<RunSumma
     if let Some(cut) = &dataset.truncated {
         tracing::warn!("{}: {cut}", config.data.display());
     }
-    let samples = dataset.samples;
-    if samples.is_empty() {
+    if dataset.samples.is_empty() {
         return Err(Error::EmptyDataset(config.data.clone()));
     }
-    tracing::info!(samples = samples.len(), file = %config.data.display(), %format, "read dataset");
+    tracing::info!(samples = dataset.samples.len(), file = %config.data.display(), %format, "read dataset");
+    Ok((format, dataset))
+}
 
-    let mut timings = Timings::default();
-    let clock = Instant::now();
+/// The scoring model, its template, the files' records and the checkpoint directory they
+/// bind to.
+struct Loaded {
+    model: Model,
+    template: Template,
+    data: FileRecord,
+    scoring_model: FileRecord,
+    embed_file: Option<FileRecord>,
+    state: RunState,
+}
+
+fn load_models(config: &SelectConfig) -> Result<Loaded, Error> {
     check_model_file(&config.model)?;
     if let EmbedModel::File(path) = &config.embed_model {
         check_model_file(path)?;
     }
-    let data = FileRecord::of(&config.data, None)?;
-    let mut scoring_model = FileRecord::of(&config.model, None)?;
+    let data = file_record(&config.data)?;
+    let mut scoring_model = file_record(&config.model)?;
     let embed_file = match &config.embed_model {
         EmbedModel::Scoring => None,
-        EmbedModel::File(path) => Some(FileRecord::of(path, None)?),
+        EmbedModel::File(path) => Some(file_record(path)?),
     };
     let model = Model::load(&config.model, config.gpu_layers)?;
     model.check_can_score(config.sizes.ctx_per_sequence)?;
     scoring_model.gguf = Some(model.info());
-    let template = model.template(config.template)?;
+    let template = resolve_template(&model, config.template)?;
     tracing::info!(template = template.name(), "template");
-    let state = RunState::open(
-        &config.out_dir,
-        &settings(
-            config,
-            &template,
-            &data,
-            &scoring_model,
-            embed_file.as_ref(),
-        ),
-    )?;
-    timings.load_s = clock.elapsed().as_secs_f64();
+    let settings = settings(
+        config,
+        &template,
+        &data,
+        &scoring_model,
+        embed_file.as_ref(),
+    );
+    let state = RunState::open(&config.out_dir, &settings)?;
+    Ok(Loaded {
+        model,
+        template,
+        data,
+        scoring_model,
+        embed_file,
+        state,
+    })
+}
 
-    let clock = Instant::now();
-    let retrieval = match state.load_retrieval()? {
+/// The template `choice` means for `model` (its own chat template for `auto` and `model`).
+///
+/// # Errors
+/// [`Error::Template`] naming the model file.
+pub fn resolve_template(model: &Model, choice: TemplateChoice) -> Result<Template, Error> {
+    Template::resolve(choice, model.chat_renderer()).map_err(|source| Error::Template {
+        path: model.path().to_path_buf(),
+        source,
+    })
+}
+
+/// The neighbours an earlier run saved, or new ones.
+fn retrieval(
+    config: &SelectConfig,
+    loaded: &Loaded,
+    dataset: &Dataset,
+) -> Result<Retrieval, Error> {
+    let samples = &dataset.samples;
+    let state = &loaded.state;
+    match state.load_retrieval()? {
         Some(saved) if saved.neighbours.len() == samples.len() => {
             tracing::info!("reusing the saved neighbours in {}", state.dir().display());
-            saved
+            Ok(saved)
         }
-        Some(_) => {
-            return Err(Error::Resume(format!(
-                "{}: saved neighbours do not match the dataset",
-                state.dir().display()
-            )))
-        }
+        Some(_) => Err(ResumeError::Incompatible(format!(
+            "{}: saved neighbours do not match the dataset",
+            state.dir().display()
+        ))
+        .into()),
         None => {
-            let (retrieval, embeddings) = retrieve(config, &model, &samples, embed_file)?;
+            let (retrieval, embeddings) = retrieve(config, loaded, dataset)?;
             state.save_retrieval(&retrieval, &embeddings)?;
-            retrieval
+            Ok(retrieval)
         }
-    };
-    let neighbours = &retrieval.neighbours;
-    timings.retrieval_s = clock.elapsed().as_secs_f64();
+    }
+}
 
-    let clock = Instant::now();
+/// Scores every sample through a llama.cpp scoring context, journalled in the checkpoint
+/// directory.
+fn score(
+    config: &SelectConfig,
+    loaded: &Loaded,
+    dataset: &Dataset,
+    retrieval: &Retrieval,
+    stop: &AtomicBool,
+) -> Result<Outcome, Error> {
     let options = ScoringOptions {
         sizes: config.sizes,
         kv_reuse: config.kv_reuse,
-        template: template.clone(),
+        template: loaded.template.clone(),
         append_eos: config.append_eos,
         response_only: config.also_ifd,
         checkpoint_tokens: config.checkpoint_tokens,
     };
+    let examples: Vec<Option<usize>> = retrieval
+        .neighbours
+        .iter()
+        .map(|n| n.map(|n| n.index))
+        .collect();
+    let mut scorer = Scorer::new(&loaded.model, config.sizes)?;
     let mut progress = ScoringProgress::default();
-    let outcome = score_samples(
-        &model,
-        &samples,
-        neighbours,
+    Ok(score_samples(
+        &loaded.model,
+        &mut scorer,
+        &dataset.samples,
+        &examples,
         &options,
-        &mut state.loss_log(stop),
+        &mut loaded.state.loss_log(stop),
         |p| progress.update(p),
-    )?;
-    drop(progress);
-    let (scores, usage) = (outcome.scores, outcome.usage);
-    timings.scoring_s = clock.elapsed().as_secs_f64();
+    )?)
+}
 
-    let miwv: Vec<f32> = scores.iter().map(|s| s.miwv).collect();
-    let wanted = config.budget.count(samples.len());
-    let ranked = top_by_score(&miwv, samples.len());
-    let mut rank = vec![None; samples.len()];
-    for (r, &i) in ranked.iter().enumerate() {
-        rank[i] = Some(r + 1);
-    }
-    let mut chosen: Vec<usize> = ranked.iter().copied().take(wanted).collect();
-    chosen.sort_unstable();
+/// Samples by MIWV, and which are kept.
+struct Ranking {
+    /// 1-based rank of each sample among the scored ones.
+    rank: Vec<Option<usize>>,
+    /// Samples kept, in input order.
+    chosen: Vec<usize>,
+    /// Samples with a defined MIWV.
+    scored: usize,
+    /// How many the budget asked for.
+    wanted: usize,
+}
 
-    let rows = (0..samples.len()).map(|i| {
-        let n = neighbours[i];
-        let ifd = config
-            .also_ifd
-            .then(|| Ifd::new(scores[i].loss_zero_shot, outcome.response_only[i]));
-        ScoreRow {
-            id: samples[i].id.clone(),
-            index: i,
-            miwv: scores[i].miwv,
-            loss_zero_shot: scores[i].loss_zero_shot,
-            loss_one_shot: scores[i].loss_one_shot,
-            reason: scores[i].reason,
-            neighbour_id: n.map(|n| samples[n.index].id.clone()),
-            neighbour_index: n.map(|n| n.index),
-            similarity: n.map(|n| n.similarity),
-            response_tokens: usage[i].response_tokens,
-            prompt_tokens_zero_shot: usage[i].prompt_tokens_zero_shot,
-            prompt_tokens_one_shot: usage[i].prompt_tokens_one_shot,
-            example_tokens_dropped: usage[i].example_tokens_dropped,
-            selected: rank[i].is_some_and(|r| r <= wanted),
-            rank: rank[i],
-            turns: samples[i].turns.len(),
-            ifd,
+impl Ranking {
+    fn of(outcome: &Outcome, budget: Budget) -> Self {
+        let n = outcome.scores.len();
+        let miwv: Vec<f32> = outcome.scores.iter().map(|s| s.miwv).collect();
+        let wanted = budget.count(n);
+        let ranked = top_by_score(&miwv, n);
+        let mut rank = vec![None; n];
+        for (r, &i) in ranked.iter().enumerate() {
+            rank[i] = Some(r + 1);
         }
-    });
+        let mut chosen: Vec<usize> = ranked.iter().copied().take(wanted).collect();
+        chosen.sort_unstable();
+        Ranking {
+            rank,
+            chosen,
+            scored: ranked.len(),
+            wanted,
+        }
+    }
+}
+
+/// Writes `scores.jsonl` and the selection, after removing an older `run.json` so that a
+/// directory never pairs it with newer files.
+fn write_outputs(
+    config: &SelectConfig,
+    format: FileFormat,
+    dataset: &Dataset,
+    retrieval: &Retrieval,
+    outcome: &Outcome,
+    ranking: &Ranking,
+) -> Result<RunSummary, Error> {
+    let samples = &dataset.samples;
     let summary = RunSummary {
         scores: config.out_dir.join("scores.jsonl"),
         selected: config.out_dir.join(output_file_name(format)),
         run: config.out_dir.join("run.json"),
         samples: samples.len(),
-        scored: ranked.len(),
-        selected_count: chosen.len(),
+        scored: ranking.scored,
+        selected_count: ranking.chosen.len(),
     };
-    // run.json is written last: when it is there, the other two files belong to it.
     match std::fs::remove_file(&summary.run) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
             return Err(Error::Io {
@@ -200,23 +282,73 @@ pub fn select_until(config: &SelectConfig, stop: &AtomicBool) -> Result<RunSumma
         }
         _ => {}
     }
+    let rows = (0..samples.len())
+        .map(|i| score_row(i, dataset, retrieval, outcome, ranking, config.also_ifd));
     write_jsonl(&summary.scores, rows)?;
-    write_selected(&config.data, format, &summary.selected, &chosen, |i| {
-        &samples[i].record
-    })?;
+    write_selected(
+        &config.data,
+        format,
+        &summary.selected,
+        &ranking.chosen,
+        |i| &samples[i].record,
+    )?;
+    Ok(summary)
+}
 
-    timings.total_s = started.elapsed().as_secs_f64();
-    let record = RunRecord {
-        tool: concat!("miwv ", env!("CARGO_PKG_VERSION")),
-        data,
+/// Sample `i`'s line of `scores.jsonl`.
+fn score_row(
+    i: usize,
+    dataset: &Dataset,
+    retrieval: &Retrieval,
+    outcome: &Outcome,
+    ranking: &Ranking,
+    with_ifd: bool,
+) -> ScoreRow {
+    let samples = &dataset.samples;
+    let (scores, usage) = (&outcome.scores[i], &outcome.usage[i]);
+    let n = retrieval.neighbours[i];
+    ScoreRow {
+        id: samples[i].id.clone(),
+        index: i,
+        miwv: scores.miwv,
+        loss_zero_shot: scores.loss_zero_shot,
+        loss_one_shot: scores.loss_one_shot,
+        reason: scores.reason,
+        neighbour_id: n.map(|n| samples[n.index].id.clone()),
+        neighbour_index: n.map(|n| n.index),
+        similarity: n.map(|n| n.similarity),
+        response_tokens: usage.response_tokens,
+        prompt_tokens_zero_shot: usage.prompt_tokens_zero_shot,
+        prompt_tokens_one_shot: usage.prompt_tokens_one_shot,
+        example_tokens_dropped: usage.example_tokens_dropped,
+        selected: Some(ranking.rank[i].is_some_and(|r| r <= ranking.wanted)),
+        rank: ranking.rank[i],
+        turns: samples[i].turns.len(),
+        ifd: with_ifd.then(|| Ifd::new(scores.loss_zero_shot, outcome.response_only[i])),
+    }
+}
+
+fn run_record(
+    config: &SelectConfig,
+    loaded: Loaded,
+    dataset: Dataset,
+    retrieval: Retrieval,
+    outcome: Outcome,
+    ranking: &Ranking,
+    timings: Timings,
+) -> RunRecord {
+    let samples = dataset.samples.len();
+    RunRecord {
+        tool: concat!("miwv ", env!("CARGO_PKG_VERSION")).into(),
+        data: loaded.data,
         data_truncated: dataset.truncated,
-        scoring_model,
+        scoring_model: loaded.scoring_model,
         embedder: retrieval.embedder,
         template_choice: config.template,
-        template_name: template.name().to_string(),
-        separator: template.separator(),
-        template,
-        read: &config.read,
+        template_name: loaded.template.name().to_string(),
+        separator: loaded.template.separator().into(),
+        template: loaded.template,
+        read: config.read.clone(),
         append_eos: config.append_eos,
         also_ifd: config.also_ifd,
         budget: match config.budget {
@@ -230,17 +362,15 @@ pub fn select_until(config: &SelectConfig, stop: &AtomicBool) -> Result<RunSumma
             },
         },
         context: config.sizes,
-        samples: samples.len(),
-        scored: ranked.len(),
-        unscorable: samples.len() - ranked.len(),
-        selected: chosen.len(),
+        samples,
+        scored: ranking.scored,
+        unscorable: samples - ranking.scored,
+        selected: ranking.chosen.len(),
         kv_reuse: config.kv_reuse,
         checkpoint_tokens: config.checkpoint_tokens,
         scoring: outcome.stats,
         timings,
-    };
-    write_json(&summary.run, &record)?;
-    Ok(summary)
+    }
 }
 
 /// Everything that changes a score, and nothing that does not (threads, the budget), so a
@@ -276,13 +406,13 @@ fn settings(
 /// Embeds the samples and finds each one's neighbour.
 fn retrieve(
     config: &SelectConfig,
-    model: &Model,
-    samples: &[Sample],
-    embed_file: Option<FileRecord>,
+    loaded: &Loaded,
+    dataset: &Dataset,
 ) -> Result<(Retrieval, Vec<f32>), Error> {
+    let samples = &dataset.samples;
     let separate;
     let embed_model = match &config.embed_model {
-        EmbedModel::Scoring => model,
+        EmbedModel::Scoring => &loaded.model,
         EmbedModel::File(path) => {
             separate = Model::load(path, config.gpu_layers)?;
             &separate
@@ -302,124 +432,36 @@ fn retrieve(
     let bar = Phase::spinner("neighbours", "nearest other sample by cosine (FAISS)");
     let neighbours = nearest_others(&vectors, dim)?;
     drop(bar);
-    let record = EmbedderRecord {
-        uses_scoring_model: embed_file.is_none(),
-        model: embed_file.map(|file| FileRecord {
+    let embedder = EmbedderRecord {
+        uses_scoring_model: loaded.embed_file.is_none(),
+        model: loaded.embed_file.clone().map(|file| FileRecord {
             gguf: Some(info),
             ..file
         }),
         prefix,
-        pooling: "mean",
+        pooling: "mean".into(),
         normalised: true,
-        index: "faiss Flat, inner product",
+        index: "faiss Flat, inner product".into(),
         max_tokens: embedder.max_tokens(),
     };
     let retrieval = Retrieval {
         dim,
         neighbours,
-        embedder: serde_json::to_value(record).expect("the record serialises"),
+        embedder,
     };
     Ok((retrieval, vectors))
 }
 
-#[derive(Debug, Default, Serialize)]
-struct Timings {
-    load_s: f64,
-    retrieval_s: f64,
-    scoring_s: f64,
-    total_s: f64,
-}
-
-#[derive(Serialize)]
-struct BudgetRecord {
-    ratio: Option<f64>,
-    count: Option<usize>,
-}
-
-#[derive(Serialize)]
-struct FileRecord {
-    path: PathBuf,
-    sha256: String,
-    bytes: u64,
-    #[serde(flatten)]
-    gguf: Option<ModelInfo>,
-}
-
-impl FileRecord {
-    fn of(path: &Path, gguf: Option<ModelInfo>) -> Result<Self, Error> {
-        let io = |source| Error::Io {
-            path: path.to_path_buf(),
-            source,
-        };
-        let (sha256, bytes) = file_sha256(path).map_err(io)?;
-        Ok(Self {
-            path: std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()),
-            sha256,
-            bytes,
-            gguf,
-        })
-    }
-}
-
-/// The sha256 (lowercase hex) and size of a file, read in 1 MiB pieces so a 7B model is
-/// never held in memory.
-///
-/// # Errors
-/// The I/O error.
-pub fn file_sha256(path: &Path) -> std::io::Result<(String, u64)> {
-    let mut file = std::fs::File::open(path)?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut bytes = 0u64;
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        bytes += n as u64;
-    }
-    let sha256 = hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    Ok((sha256, bytes))
-}
-
-#[derive(Serialize)]
-struct EmbedderRecord {
-    model: Option<FileRecord>,
-    uses_scoring_model: bool,
-    prefix: String,
-    pooling: &'static str,
-    normalised: bool,
-    index: &'static str,
-    max_tokens: usize,
-}
-
-#[derive(Serialize)]
-struct RunRecord<'a> {
-    tool: &'static str,
-    data: FileRecord,
-    data_truncated: Option<Truncation>,
-    scoring_model: FileRecord,
-    embedder: serde_json::Value,
-    template_choice: TemplateChoice,
-    template_name: String,
-    template: Template,
-    separator: &'static str,
-    read: &'a ReadOptions,
-    append_eos: bool,
-    also_ifd: bool,
-    budget: BudgetRecord,
-    context: ContextSizes,
-    samples: usize,
-    scored: usize,
-    unscorable: usize,
-    selected: usize,
-    kv_reuse: bool,
-    checkpoint_tokens: usize,
-    scoring: Stats,
-    timings: Timings,
+/// A file's record for `run.json`: canonical path, sha256 and size.
+fn file_record(path: &Path) -> Result<FileRecord, Error> {
+    let (sha256, bytes) = file_sha256(path).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok(FileRecord {
+        path: std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()),
+        sha256,
+        bytes,
+        gguf: None,
+    })
 }

@@ -7,18 +7,22 @@
 //! layout of every decode up front; this module builds the sequences, runs the plan and
 //! folds the log-probabilities into losses. At the plan's checkpoints the losses so far go to
 //! a [`Journal`], and a run that finds losses there resumes after them.
+//!
+//! [`score_samples`] reads as its phases: build the sequences, shape them for the planner,
+//! plan, account each sample's tokens, restore saved losses, decode step by step (copy,
+//! decode, gather, fold, checkpoint), and fold the losses into scores. It talks to the model
+//! only through a [`Decoder`].
 
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
+use crate::config::ContextSizes;
 use crate::dataset::Sample;
-use crate::engine::{ContextSizes, Item, Model, Scorer};
-use crate::neighbours::Neighbour;
-use crate::plan::{digest, schedule, tokens_of, Limits, OneShot, Shape, Step, Work};
-use crate::prompt::{Layout, ScoredSequence, Template, Unscorable};
-use crate::score::Scores;
-use crate::Error;
+use crate::decoder::{DecodeError, Decoder, Item};
+use crate::plan::{digest, schedule, tokens_of, Entry, Limits, OneShot, Shape, Step, Work};
+use crate::prompt::{Layout, ScoredSequence, Template, Tokenize};
+use crate::score::{Scores, Unscorable};
 
 /// How scoring is run.
 #[derive(Debug, Clone, Serialize)]
@@ -67,7 +71,7 @@ pub struct Usage {
 }
 
 /// Which pass of a sample a loss belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Pass {
     /// The sample's own prompt only.
@@ -105,13 +109,13 @@ pub trait Journal {
     ///
     /// # Errors
     /// When saved losses exist for a different plan or cannot be read.
-    fn start(&mut self, digest: &str, steps: usize) -> Result<Saved, Error>;
+    fn start(&mut self, digest: &str, steps: usize) -> Result<Saved, ScoringError>;
     /// Keeps the losses computed since the last checkpoint; `steps_done` counts the steps
     /// finished so far.
     ///
     /// # Errors
     /// When they cannot be stored durably.
-    fn save(&mut self, steps_done: usize, losses: &[Loss]) -> Result<(), Error>;
+    fn save(&mut self, steps_done: usize, losses: &[Loss]) -> Result<(), ScoringError>;
     /// Whether the user asked the run to stop.
     fn stop_requested(&self) -> bool;
 }
@@ -120,10 +124,10 @@ pub trait Journal {
 pub struct NoJournal;
 
 impl Journal for NoJournal {
-    fn start(&mut self, _: &str, _: usize) -> Result<Saved, Error> {
+    fn start(&mut self, _: &str, _: usize) -> Result<Saved, ScoringError> {
         Ok(Saved::default())
     }
-    fn save(&mut self, _: usize, _: &[Loss]) -> Result<(), Error> {
+    fn save(&mut self, _: usize, _: &[Loss]) -> Result<(), ScoringError> {
         Ok(())
     }
     fn stop_requested(&self) -> bool {
@@ -132,7 +136,7 @@ impl Journal for NoJournal {
 }
 
 /// What a scoring run did, for `run.json` and the benchmark.
-#[derive(Debug, Clone, Copy, Default, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct Stats {
     /// Planned decode steps.
     pub planned_steps: usize,
@@ -179,250 +183,385 @@ pub struct Progress {
     pub tokens: usize,
 }
 
-/// Scores every sample zero-shot and one-shot, resuming after what `journal` saved.
-/// `progress` is called once the plan is known and after every decode.
+/// Why scoring stopped before its end.
+#[derive(Debug, thiserror::Error)]
+pub enum ScoringError {
+    /// The decoder failed.
+    #[error(transparent)]
+    Decode(DecodeError),
+    /// The journal could not read or keep losses.
+    #[error(transparent)]
+    Journal(Box<dyn std::error::Error + Send + Sync>),
+    /// Saved losses do not fit this plan.
+    #[error("cannot resume: {0}")]
+    Resume(String),
+    /// The user stopped the run; what was saved is kept for resuming.
+    #[error("interrupted: {saved_steps} of {total_steps} decode steps are saved; run the same command again to resume")]
+    Interrupted {
+        /// Steps whose losses are saved.
+        saved_steps: usize,
+        /// Steps planned.
+        total_steps: usize,
+    },
+}
+
+/// Scores every sample zero-shot and one-shot (`examples[i]` is sample i's neighbour),
+/// resuming after what `journal` saved. `progress` is called once the plan is known and after
+/// every decode.
 ///
 /// # Errors
-/// Engine and journal failures; [`Error::Interrupted`] when the journal asks to stop.
-pub fn score_samples(
-    model: &Model,
+/// Decoder and journal failures; [`ScoringError::Interrupted`] when the journal asks to stop.
+pub fn score_samples<T: Tokenize>(
+    tokenizer: &T,
+    decoder: &mut dyn Decoder,
     samples: &[Sample],
-    neighbours: &[Option<Neighbour>],
+    examples: &[Option<usize>],
     options: &ScoringOptions,
     journal: &mut dyn Journal,
-    mut progress: impl FnMut(Progress),
-) -> Result<Outcome, Error> {
-    let max_len = options.sizes.ctx_per_sequence;
-    let layout = Layout::new(model, &options.template, options.append_eos);
-    let blocks: Vec<_> = samples.iter().map(|s| layout.block(s)).collect();
-
-    let mut usage = vec![Usage::default(); samples.len()];
-    let mut failed: Vec<Option<Unscorable>> = vec![None; samples.len()];
-    let mut zero: Vec<Option<ScoredSequence>> = Vec::with_capacity(samples.len());
-    let mut one: Vec<Option<ScoredSequence>> = Vec::with_capacity(samples.len());
-    for (i, block) in blocks.iter().enumerate() {
-        usage[i].response_tokens = block.response_len();
-        let z = layout.zero_shot(block, max_len);
-        let o = match (&z, neighbours[i]) {
-            (Err(reason), _) => Err(*reason),
-            (Ok(_), None) => Err(Unscorable::NoNeighbour),
-            (Ok(_), Some(n)) => layout.one_shot(Some(&blocks[n.index]), block, max_len),
-        };
-        if let Ok(z) = &z {
-            usage[i].prompt_tokens_zero_shot = z.target().start;
-        }
-        match o {
-            Ok((seq, cut)) => {
-                usage[i].prompt_tokens_one_shot = seq.target().start;
-                usage[i].example_tokens_dropped = cut;
-                one.push(Some(seq));
-            }
-            Err(reason) => {
-                failed[i] = Some(reason);
-                one.push(None);
-            }
-        }
-        zero.push(z.ok());
-    }
-    let alone: Vec<Option<ScoredSequence>> = blocks
-        .iter()
-        .map(|block| {
-            options
-                .response_only
-                .then(|| layout.response_only(block, max_len))
-                .flatten()
-        })
-        .collect();
-
-    // A prefix can be reused when the neighbour's zero-shot sequence is decoded and the
-    // example was not shortened to fit.
-    let reuse = options.held_slots() > 0;
-    let shapes: Vec<Shape> = (0..samples.len())
-        .map(|i| Shape {
-            zero_len: zero[i].as_ref().map(|s| s.tokens.len()),
-            one_shot: match (&one[i], neighbours[i]) {
-                (None, _) => OneShot::Skip,
-                (Some(seq), Some(n))
-                    if reuse && usage[i].example_tokens_dropped == 0 && zero[n.index].is_some() =>
-                {
-                    OneShot::Reuse {
-                        parent: n.index,
-                        suffix_len: seq.tokens.len()
-                            - zero[n.index].as_ref().map_or(0, |z| z.tokens.len()),
-                    }
-                }
-                (Some(seq), _) => OneShot::Whole {
-                    len: seq.tokens.len(),
-                },
-            },
-            alone_len: alone[i].as_ref().map(|s| s.tokens.len()),
-        })
-        .collect();
-    let steps = schedule(
-        &shapes,
-        Limits {
-            tokens: options.sizes.batch,
-            slots: options.sizes.parallel,
-            held: options.held_slots(),
-            checkpoint_tokens: options.checkpoint_tokens,
-        },
-    );
-    // What each sample's passes cost follows from the plan, whichever run decodes them.
-    for e in steps.iter().flat_map(|s| &s.entries) {
-        let i = match e.work {
-            Work::ZeroShot(i) | Work::OneShotWhole(i) | Work::ResponseOnly(i) => i,
-            Work::OneShotSuffix(i) => {
-                usage[i].reused_prefix = true;
-                i
-            }
-        };
-        usage[i].tokens_decoded += tokens_of(&shapes, e.work);
-    }
-
-    let mut zero_loss = vec![f32::NAN; samples.len()];
-    let mut one_loss = vec![f32::NAN; samples.len()];
-    let mut alone_loss = vec![f32::NAN; samples.len()];
+    progress: impl FnMut(Progress),
+) -> Result<Outcome, ScoringError> {
+    let layout = Layout::new(tokenizer, &options.template, options.append_eos);
+    let sequences = Sequences::build(&layout, samples, examples, options);
+    let shapes = sequences.shapes(examples, options.held_slots() > 0);
+    let steps = schedule(&shapes, options.limits());
+    let usage = sequences.usage(&steps, &shapes);
     let saved = journal.start(&digest(&steps), steps.len())?;
-    if saved.steps_done > steps.len()
-        || (saved.steps_done > 0 && !steps[saved.steps_done - 1].checkpoint)
-    {
-        return Err(Error::Resume(format!(
-            "saved losses end at step {} of {}, which is not a checkpoint of this plan",
-            saved.steps_done,
-            steps.len()
-        )));
+    let mut losses = Losses::restore(samples.len(), &steps, &saved)?;
+    let mut run = PlanRun {
+        decoder,
+        sequences: &sequences,
+        shapes: &shapes,
+        steps: &steps,
+    };
+    let stats = run.decode_from(saved.steps_done, &mut losses, journal, progress)?;
+    Ok(losses.fold(&sequences, usage, stats))
+}
+
+impl ScoringOptions {
+    fn limits(&self) -> Limits {
+        Limits {
+            tokens: self.sizes.batch,
+            slots: self.sizes.parallel,
+            held: self.held_slots(),
+            checkpoint_tokens: self.checkpoint_tokens,
+        }
     }
-    for loss in &saved.losses {
-        let slot = match loss.pass {
-            Pass::ZeroShot => zero_loss.get_mut(loss.sample),
-            Pass::OneShot => one_loss.get_mut(loss.sample),
-            Pass::ResponseOnly => alone_loss.get_mut(loss.sample),
+}
+
+/// Every sequence a run may decode, per sample, and why a sample has no one-shot pass.
+struct Sequences {
+    zero: Vec<Option<ScoredSequence>>,
+    one: Vec<Option<ScoredSequence>>,
+    alone: Vec<Option<ScoredSequence>>,
+    failed: Vec<Option<Unscorable>>,
+    /// Token counts known before planning (the decoded ones follow from the plan).
+    usage: Vec<Usage>,
+}
+
+impl Sequences {
+    fn build<T: Tokenize>(
+        layout: &Layout<T>,
+        samples: &[Sample],
+        examples: &[Option<usize>],
+        options: &ScoringOptions,
+    ) -> Self {
+        let max_len = options.sizes.ctx_per_sequence;
+        let blocks: Vec<_> = samples.iter().map(|s| layout.block(s)).collect();
+        let n = samples.len();
+        let mut built = Sequences {
+            zero: Vec::with_capacity(n),
+            one: Vec::with_capacity(n),
+            alone: Vec::with_capacity(n),
+            failed: vec![None; n],
+            usage: vec![Usage::default(); n],
         };
-        *slot.ok_or_else(|| {
-            Error::Resume(format!(
-                "saved loss for sample {} out of range",
-                loss.sample
-            ))
-        })? = loss.value;
+        for (i, block) in blocks.iter().enumerate() {
+            let usage = &mut built.usage[i];
+            usage.response_tokens = block.response_len();
+            let zero = layout.zero_shot(block, max_len);
+            let one = match (&zero, examples[i]) {
+                (Err(reason), _) => Err(*reason),
+                (Ok(_), None) => Err(Unscorable::NoNeighbour),
+                (Ok(_), Some(k)) => layout.one_shot(Some(&blocks[k]), block, max_len),
+            };
+            if let Ok(z) = &zero {
+                usage.prompt_tokens_zero_shot = z.target().start;
+            }
+            match one {
+                Ok((seq, cut)) => {
+                    usage.prompt_tokens_one_shot = seq.target().start;
+                    usage.example_tokens_dropped = cut;
+                    built.one.push(Some(seq));
+                }
+                Err(reason) => {
+                    built.failed[i] = Some(reason);
+                    built.one.push(None);
+                }
+            }
+            built.zero.push(zero.ok());
+            built.alone.push(
+                options
+                    .response_only
+                    .then(|| layout.response_only(block, max_len))
+                    .flatten(),
+            );
+        }
+        built
     }
 
-    let mut scorer = Scorer::new(model, options.sizes)?;
-    let mut stats = Stats {
-        planned_steps: steps.len(),
-        resumed_steps: saved.steps_done,
-        ..Stats::default()
-    };
-    let step_tokens = |step: &Step| -> usize {
+    /// What the planner needs of each sample. A prefix is reused when the neighbour's
+    /// zero-shot sequence is decoded and the example was not shortened to fit.
+    fn shapes(&self, examples: &[Option<usize>], reuse: bool) -> Vec<Shape> {
+        let len = |seq: &Option<ScoredSequence>| seq.as_ref().map(|s| s.tokens.len());
+        (0..self.zero.len())
+            .map(|i| Shape {
+                zero_len: len(&self.zero[i]),
+                one_shot: match (&self.one[i], examples[i]) {
+                    (None, _) => OneShot::Skip,
+                    (Some(seq), Some(k))
+                        if reuse
+                            && self.usage[i].example_tokens_dropped == 0
+                            && self.zero[k].is_some() =>
+                    {
+                        OneShot::Reuse {
+                            parent: k,
+                            suffix_len: seq.tokens.len() - len(&self.zero[k]).unwrap_or(0),
+                        }
+                    }
+                    (Some(seq), _) => OneShot::Whole {
+                        len: seq.tokens.len(),
+                    },
+                },
+                alone_len: len(&self.alone[i]),
+            })
+            .collect()
+    }
+
+    /// Each sample's usage, with what its passes cost under `steps` (the same whichever run
+    /// decodes them).
+    fn usage(&self, steps: &[Step], shapes: &[Shape]) -> Vec<Usage> {
+        let mut usage = self.usage.clone();
+        for e in steps.iter().flat_map(|s| &s.entries) {
+            let i = sample_of(e.work);
+            usage[i].reused_prefix |= matches!(e.work, Work::OneShotSuffix(_));
+            usage[i].tokens_decoded += tokens_of(shapes, e.work);
+        }
+        usage
+    }
+
+    /// The decoder's item for a planned entry: the whole sequence, or the suffix after the
+    /// parent's copied prefix.
+    fn item(&self, entry: &Entry, shapes: &[Shape]) -> Item<'_> {
+        let (seq, first_pos) = match entry.work {
+            Work::ZeroShot(i) => (&self.zero[i], 0),
+            Work::OneShotWhole(i) => (&self.one[i], 0),
+            Work::ResponseOnly(i) => (&self.alone[i], 0),
+            Work::OneShotSuffix(i) => match shapes[i].one_shot {
+                OneShot::Reuse { parent, .. } => (
+                    &self.one[i],
+                    shapes[parent].zero_len.expect("a reused parent is decoded"),
+                ),
+                _ => unreachable!("a suffix continues its parent"),
+            },
+        };
+        let seq = seq.as_ref().expect("planned work has a sequence");
+        let target = seq.target();
+        Item {
+            tokens: &seq.tokens[first_pos..],
+            first_pos,
+            slot: entry.slot,
+            scored: target.start - first_pos..target.end - first_pos,
+        }
+    }
+
+    /// The sequence whose loss a planned entry computes.
+    fn scored(&self, work: Work) -> &ScoredSequence {
+        let seq = match work {
+            Work::ZeroShot(i) => &self.zero[i],
+            Work::OneShotWhole(i) | Work::OneShotSuffix(i) => &self.one[i],
+            Work::ResponseOnly(i) => &self.alone[i],
+        };
+        seq.as_ref().expect("planned work has a sequence")
+    }
+}
+
+fn sample_of(work: Work) -> usize {
+    match work {
+        Work::ZeroShot(i)
+        | Work::OneShotWhole(i)
+        | Work::OneShotSuffix(i)
+        | Work::ResponseOnly(i) => i,
+    }
+}
+
+fn pass_of(work: Work) -> Pass {
+    match work {
+        Work::ZeroShot(_) => Pass::ZeroShot,
+        Work::OneShotWhole(_) | Work::OneShotSuffix(_) => Pass::OneShot,
+        Work::ResponseOnly(_) => Pass::ResponseOnly,
+    }
+}
+
+/// Every sample's loss per pass, NaN until computed.
+struct Losses {
+    zero: Vec<f32>,
+    one: Vec<f32>,
+    alone: Vec<f32>,
+}
+
+impl Losses {
+    /// The losses an earlier run saved, after checking they end at a checkpoint of `steps`.
+    fn restore(samples: usize, steps: &[Step], saved: &Saved) -> Result<Self, ScoringError> {
+        if saved.steps_done > steps.len()
+            || (saved.steps_done > 0 && !steps[saved.steps_done - 1].checkpoint)
+        {
+            return Err(ScoringError::Resume(format!(
+                "saved losses end at step {} of {}, which is not a checkpoint of this plan",
+                saved.steps_done,
+                steps.len()
+            )));
+        }
+        let mut losses = Losses {
+            zero: vec![f32::NAN; samples],
+            one: vec![f32::NAN; samples],
+            alone: vec![f32::NAN; samples],
+        };
+        for loss in &saved.losses {
+            *losses.get_mut(loss.sample, loss.pass).ok_or_else(|| {
+                ScoringError::Resume(format!(
+                    "saved loss for sample {} out of range",
+                    loss.sample
+                ))
+            })? = loss.value;
+        }
+        Ok(losses)
+    }
+
+    fn get_mut(&mut self, sample: usize, pass: Pass) -> Option<&mut f32> {
+        match pass {
+            Pass::ZeroShot => self.zero.get_mut(sample),
+            Pass::OneShot => self.one.get_mut(sample),
+            Pass::ResponseOnly => self.alone.get_mut(sample),
+        }
+    }
+
+    fn fold(self, sequences: &Sequences, usage: Vec<Usage>, stats: Stats) -> Outcome {
+        let scores = (0..self.zero.len())
+            .map(|i| match sequences.failed[i] {
+                Some(reason) => Scores::unscorable(reason, self.zero[i]),
+                None => Scores::from_losses(self.zero[i], self.one[i]),
+            })
+            .collect();
+        Outcome {
+            scores,
+            usage,
+            response_only: self.alone,
+            stats,
+        }
+    }
+}
+
+/// A plan being decoded.
+struct PlanRun<'a> {
+    decoder: &'a mut dyn Decoder,
+    sequences: &'a Sequences,
+    shapes: &'a [Shape],
+    steps: &'a [Step],
+}
+
+impl PlanRun<'_> {
+    fn step_tokens(&self, step: &Step) -> usize {
         step.entries
             .iter()
-            .map(|e| tokens_of(&shapes, e.work))
+            .map(|e| tokens_of(self.shapes, e.work))
             .sum()
-    };
-    let mut report = Progress {
-        steps_done: saved.steps_done,
-        steps: steps.len(),
-        tokens_done: steps[..saved.steps_done].iter().map(step_tokens).sum(),
-        tokens: steps.iter().map(step_tokens).sum(),
-    };
-    progress(report);
-    let (mut decoding, mut extracting) = (Duration::ZERO, Duration::ZERO);
-    let mut unsaved = Vec::new();
-    for (t, step) in steps.iter().enumerate().skip(saved.steps_done) {
-        if journal.stop_requested() {
-            return Err(Error::Interrupted {
-                saved_steps: t - unsaved_steps(&steps[..t]),
-                total_steps: steps.len(),
-            });
-        }
-        // llama.cpp puts sequences in one ubatch only when their ids follow each other in the
-        // batch (ascending, consecutive); the plan's entries are decoded in slot order.
-        let mut entries = step.entries.clone();
-        entries.sort_by_key(|e| e.slot);
-        let sequences: Vec<(&ScoredSequence, usize)> = entries
-            .iter()
-            .map(|e| {
-                let (seq, first_pos) = match e.work {
-                    Work::ZeroShot(i) => (zero[i].as_ref(), 0),
-                    Work::OneShotWhole(i) => (one[i].as_ref(), 0),
-                    Work::ResponseOnly(i) => (alone[i].as_ref(), 0),
-                    Work::OneShotSuffix(i) => match shapes[i].one_shot {
-                        OneShot::Reuse { parent, .. } => (
-                            one[i].as_ref(),
-                            shapes[parent].zero_len.expect("a reused parent is decoded"),
-                        ),
-                        _ => unreachable!("a suffix continues its parent"),
-                    },
-                };
-                (seq.expect("planned work has a sequence"), first_pos)
-            })
-            .collect();
-        let items: Vec<Item> = entries
-            .iter()
-            .zip(&sequences)
-            .map(|(e, &(seq, first_pos))| {
-                let target = seq.target();
-                Item {
-                    tokens: &seq.tokens[first_pos..],
-                    first_pos,
-                    slot: e.slot,
-                    copy_from: e.copy_from,
-                    scored: target.start - first_pos..target.end - first_pos,
-                }
-            })
-            .collect();
-        let clock = Instant::now();
-        let rows = scorer.decode_only(&items)?;
-        let decoded = Instant::now();
-        let log_probs = scorer.log_probs(&items, &rows);
-        decoding += decoded - clock;
-        extracting += decoded.elapsed();
-        scorer.free(&step.free_after);
-        for (((e, item), lps), (seq, _)) in
-            entries.iter().zip(&items).zip(&log_probs).zip(&sequences)
-        {
-            let (sample, pass, loss) = match e.work {
-                Work::ZeroShot(i) => (i, Pass::ZeroShot, &mut zero_loss[i]),
-                Work::OneShotWhole(i) | Work::OneShotSuffix(i) => {
-                    (i, Pass::OneShot, &mut one_loss[i])
-                }
-                Work::ResponseOnly(i) => (i, Pass::ResponseOnly, &mut alone_loss[i]),
-            };
-            *loss = seq.mean_loss(lps);
-            unsaved.push(Loss {
-                sample,
-                pass,
-                value: *loss,
-            });
-            stats.tokens_decoded += item.tokens.len();
-            stats.scored_rows += lps.len();
-            stats.prefix_copies += usize::from(e.copy_from.is_some());
-        }
-        stats.decodes += 1;
-        if step.checkpoint {
-            // An empty cache here is what a resumed run starts from.
-            scorer.clear();
-            journal.save(t + 1, &unsaved)?;
-            unsaved.clear();
-        }
-        report.steps_done = t + 1;
-        report.tokens_done += step_tokens(step);
-        progress(report);
     }
-    stats.decode_seconds = decoding.as_secs_f64();
-    stats.loss_seconds = extracting.as_secs_f64();
 
-    let scores = (0..samples.len())
-        .map(|i| match failed[i] {
-            Some(reason) => Scores::unscorable(reason, zero_loss[i]),
-            None => Scores::from_losses(zero_loss[i], one_loss[i]),
-        })
-        .collect();
-    Ok(Outcome {
-        scores,
-        usage,
-        response_only: alone_loss,
-        stats,
-    })
+    /// Decodes the plan from step `first` on, saving the losses at every checkpoint.
+    fn decode_from(
+        &mut self,
+        first: usize,
+        losses: &mut Losses,
+        journal: &mut dyn Journal,
+        mut progress: impl FnMut(Progress),
+    ) -> Result<Stats, ScoringError> {
+        let steps = self.steps;
+        let mut stats = Stats {
+            planned_steps: steps.len(),
+            resumed_steps: first,
+            ..Stats::default()
+        };
+        let mut report = Progress {
+            steps_done: first,
+            steps: steps.len(),
+            tokens_done: steps[..first].iter().map(|s| self.step_tokens(s)).sum(),
+            tokens: steps.iter().map(|s| self.step_tokens(s)).sum(),
+        };
+        progress(report);
+        let (mut decoding, mut extracting) = (Duration::ZERO, Duration::ZERO);
+        let mut unsaved = Vec::new();
+        for (t, step) in steps.iter().enumerate().skip(first) {
+            if journal.stop_requested() {
+                return Err(ScoringError::Interrupted {
+                    saved_steps: t - unsaved_steps(&steps[..t]),
+                    total_steps: steps.len(),
+                });
+            }
+            // llama.cpp puts sequences in one ubatch only when their ids follow each other in
+            // the batch (ascending, consecutive); the plan's entries are decoded in slot order.
+            let mut entries = step.entries.clone();
+            entries.sort_by_key(|e| e.slot);
+            let items: Vec<Item> = entries
+                .iter()
+                .map(|e| self.sequences.item(e, self.shapes))
+                .collect();
+
+            let clock = Instant::now();
+            for e in &entries {
+                if let Some(from) = e.copy_from {
+                    self.decoder
+                        .copy_slot(from, e.slot)
+                        .map_err(ScoringError::Decode)?;
+                }
+            }
+            self.decoder.decode(&items).map_err(ScoringError::Decode)?;
+            let decoded = Instant::now();
+            let log_probs = self.decoder.log_probs(&items);
+            decoding += decoded - clock;
+            extracting += decoded.elapsed();
+            for &slot in &step.free_after {
+                self.decoder.free_slot(slot);
+            }
+
+            for ((e, item), lps) in entries.iter().zip(&items).zip(&log_probs) {
+                let loss = Loss {
+                    sample: sample_of(e.work),
+                    pass: pass_of(e.work),
+                    value: self.sequences.scored(e.work).mean_loss(lps),
+                };
+                *losses
+                    .get_mut(loss.sample, loss.pass)
+                    .expect("planned samples exist") = loss.value;
+                unsaved.push(loss);
+                stats.tokens_decoded += item.tokens.len();
+                stats.scored_rows += lps.len();
+                stats.prefix_copies += usize::from(e.copy_from.is_some());
+            }
+            stats.decodes += 1;
+            if step.checkpoint {
+                // An empty cache here is what a resumed run starts from.
+                self.decoder.clear();
+                journal.save(t + 1, &unsaved)?;
+                unsaved.clear();
+            }
+            report.steps_done = t + 1;
+            report.tokens_done += self.step_tokens(step);
+            progress(report);
+        }
+        stats.decode_seconds = decoding.as_secs_f64();
+        stats.loss_seconds = extracting.as_secs_f64();
+        Ok(stats)
+    }
 }
 
 /// Steps after the last checkpoint in `steps`.

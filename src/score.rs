@@ -5,9 +5,7 @@
 //! value means a relevant example made the response *harder*, which marks a weakness worth
 //! training on.
 
-use serde::Serialize;
-
-use crate::prompt::Unscorable;
+use serde::{Deserialize, Serialize};
 
 /// log p(`token`) under the softmax of one row of logits.
 ///
@@ -73,6 +71,18 @@ pub fn mean_loss(log_probs: &[f32]) -> f32 {
         return f32::NAN;
     }
     -log_probs.iter().map(|&lp| f64::from(lp)).sum::<f64>() as f32 / log_probs.len() as f32
+}
+
+/// Why a sample cannot be scored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Unscorable {
+    /// The response has no tokens.
+    EmptyResponse,
+    /// The zero-shot sequence alone does not fit the context.
+    TooLong,
+    /// There is no other sample to use as the example.
+    NoNeighbour,
 }
 
 /// A sample's scores, or why it has none.

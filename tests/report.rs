@@ -1,21 +1,161 @@
-//! `miwv report` on a run directory made by hand: pictures, the page, and what happens when the
-//! dataset or the run's files are missing.
+//! `miwv report` on a run directory written through the output schema (`miwv::schema`, the types
+//! `select` writes): pictures, the page, and what happens when the dataset or the run's files
+//! are missing.
 
-mod common;
+// The binary needs the native code (llama.cpp); without it there is nothing to run.
+#![cfg(feature = "native")]
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use base64::Engine as _;
-use common::miwv;
+use miwv::config::ContextSizes;
+use miwv::dataset::ReadOptions;
+use miwv::output::{file_sha256, write_json, write_jsonl};
+use miwv::prompt::{Template, TemplateChoice};
+use miwv::scheduler::Stats;
+use miwv::schema::{
+    BudgetRecord, EmbedderRecord, FileRecord, Ifd, ModelInfo, RunRecord, ScoreRow, Timings,
+};
+use miwv::score::Unscorable;
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 
 const SAMPLES: usize = 14;
-/// Scored with MIWV falling with the index; these two are unscorable.
-const UNSCORABLE: [(usize, &str); 2] = [(5, "empty_response"), (9, "too_long")];
+/// Scored with MIWV falling with the index; these two are unscorable, with the names
+/// `scores.jsonl` and the page give their reasons.
+const UNSCORABLE: [(usize, Unscorable, &str); 2] = [
+    (5, Unscorable::EmptyResponse, "empty_response"),
+    (9, Unscorable::TooLong, "too_long"),
+];
+/// Selected: the two highest MIWV.
+const SELECTED: usize = 2;
 
 fn id(i: usize) -> String {
     format!("s{i:02}")
+}
+
+/// A GGUF as `run.json` records it.
+fn gguf_file(path: &str, name: &str, quantisation: &str) -> FileRecord {
+    FileRecord {
+        path: path.into(),
+        sha256: "0".repeat(64),
+        bytes: 80 << 20,
+        gguf: Some(ModelInfo {
+            name: Some(name.into()),
+            architecture: Some("llama".into()),
+            quantisation: Some(quantisation.into()),
+            parameters: 135_000_000,
+            vocab_size: 49_152,
+            context_train: 8192,
+            embedding_dim: 576,
+        }),
+    }
+}
+
+/// The `run.json` of a finished run over the dataset at `data`, every field set as `select`
+/// sets it.
+fn run_record(data: &Path) -> RunRecord {
+    let (sha256, bytes) = file_sha256(data).unwrap();
+    RunRecord {
+        tool: "miwv 0.1.0".into(),
+        data: FileRecord {
+            path: data.to_path_buf(),
+            sha256,
+            bytes,
+            gguf: None,
+        },
+        data_truncated: None,
+        scoring_model: gguf_file("/models/tiny.gguf", "Tiny Test Model", "Q4_1"),
+        embedder: EmbedderRecord {
+            model: Some(gguf_file("/models/embed.gguf", "Tiny Embedder", "F16")),
+            uses_scoring_model: false,
+            prefix: "search_document: ".into(),
+            pooling: "mean".into(),
+            normalised: true,
+            index: "IndexFlatIP".into(),
+            max_tokens: 512,
+        },
+        template_choice: TemplateChoice::Alpaca,
+        template_name: "alpaca".into(),
+        template: Template::Alpaca,
+        separator: "\n\n".into(),
+        read: ReadOptions::default(),
+        append_eos: true,
+        also_ifd: true,
+        budget: BudgetRecord {
+            ratio: Some(0.15),
+            count: None,
+        },
+        context: ContextSizes {
+            ctx_per_sequence: 2048,
+            parallel: 4,
+            batch: 2048,
+            ubatch: 512,
+            threads: 2,
+        },
+        samples: SAMPLES,
+        scored: SAMPLES - UNSCORABLE.len(),
+        unscorable: UNSCORABLE.len(),
+        selected: SELECTED,
+        kv_reuse: true,
+        checkpoint_tokens: 32_768,
+        scoring: Stats::default(),
+        timings: Timings::default(),
+    }
+}
+
+/// The rows of `scores.jsonl`: MIWV falling with the index, ranked, the top two selected, the
+/// `UNSCORABLE` ones with their reasons.
+fn score_rows() -> Vec<ScoreRow> {
+    let mut rank = 0;
+    (0..SAMPLES)
+        .map(|i| {
+            let unscored = ScoreRow {
+                id: id(i),
+                index: i,
+                miwv: f32::NAN,
+                loss_zero_shot: f32::NAN,
+                loss_one_shot: f32::NAN,
+                reason: None,
+                neighbour_id: None,
+                neighbour_index: None,
+                similarity: None,
+                response_tokens: 0,
+                prompt_tokens_zero_shot: 0,
+                prompt_tokens_one_shot: 0,
+                example_tokens_dropped: 0,
+                selected: Some(false),
+                rank: None,
+                turns: 1,
+                ifd: None,
+            };
+            if let Some(&(_, reason, _)) = UNSCORABLE.iter().find(|(u, ..)| *u == i) {
+                return ScoreRow {
+                    reason: Some(reason),
+                    ..unscored
+                };
+            }
+            rank += 1;
+            let miwv = 0.4 - 0.1 * i as f32;
+            let zero = 1.0 + 0.2 * i as f32;
+            let neighbour = (i + 1) % SAMPLES;
+            ScoreRow {
+                miwv,
+                loss_zero_shot: zero,
+                loss_one_shot: zero + miwv,
+                neighbour_id: Some(id(neighbour)),
+                neighbour_index: Some(neighbour),
+                similarity: Some(0.7),
+                response_tokens: 4,
+                prompt_tokens_zero_shot: 40,
+                prompt_tokens_one_shot: 90,
+                selected: Some(rank <= SELECTED),
+                rank: Some(rank),
+                ifd: Some(Ifd::new(zero, zero + 0.5)),
+                ..unscored
+            }
+        })
+        .collect()
 }
 
 /// A finished run's directory: `data.json`, and `out/` with scores.jsonl, selected.jsonl and
@@ -36,59 +176,27 @@ fn fixture(dir: &Path) -> PathBuf {
         })
         .collect();
     let data = dir.join("data.json");
-    let bytes = serde_json::to_vec_pretty(&records).unwrap();
-    std::fs::write(&data, &bytes).unwrap();
-    let sha: String = Sha256::digest(&bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    std::fs::write(&data, serde_json::to_vec_pretty(&records).unwrap()).unwrap();
 
     let out = dir.join("out");
     std::fs::create_dir(&out).unwrap();
-    let mut rank = 0;
-    let rows: Vec<Value> = (0..SAMPLES)
-        .map(|i| match UNSCORABLE.iter().find(|(u, _)| *u == i) {
-            Some((_, reason)) => json!({
-                "id": id(i), "index": i, "miwv": null, "loss_zero_shot": null,
-                "loss_one_shot": null, "reason": reason, "neighbour_id": null,
-                "neighbour_index": null, "similarity": null, "selected": false, "rank": null,
-            }),
-            None => {
-                rank += 1;
-                let miwv = 0.4 - 0.1 * i as f64;
-                let zero = 1.0 + 0.2 * i as f64;
-                json!({
-                    "id": id(i), "index": i, "miwv": miwv, "loss_zero_shot": zero,
-                    "loss_one_shot": zero + miwv, "reason": null,
-                    "neighbour_id": id((i + 1) % SAMPLES), "neighbour_index": (i + 1) % SAMPLES,
-                    "similarity": 0.7, "selected": rank <= 2, "rank": rank,
-                    // A field from a later version: ignored.
-                    "ifd": 0.9,
-                })
-            }
-        })
-        .collect();
-    let text: String = rows.iter().map(|r| format!("{r}\n")).collect();
-    std::fs::write(out.join("scores.jsonl"), text).unwrap();
+    write_jsonl(&out.join("scores.jsonl"), score_rows()).unwrap();
     std::fs::write(
         out.join("selected.jsonl"),
         format!("{}\n{}\n", records[0], records[1]),
     )
     .unwrap();
-    let run = json!({
-        "tool": "miwv 0.1.0",
-        "data": {"path": data, "sha256": sha, "bytes": bytes.len()},
-        "scoring_model": {"path": "/models/tiny.gguf", "name": "Tiny Test Model", "quantisation": "Q4_1"},
-        "template_name": "alpaca",
-        "budget": {"ratio": 0.15, "count": null},
-        "samples": SAMPLES, "scored": SAMPLES - 2, "unscorable": 2, "selected": 2,
-    });
-    std::fs::write(out.join("run.json"), run.to_string()).unwrap();
+    write_json(&out.join("run.json"), &run_record(&data)).unwrap();
     out
 }
 
 fn report(out: &Path, extra: &[&str]) -> std::process::Output {
-    miwv().arg("report").arg(out).args(extra).output().unwrap()
+    Command::new(env!("CARGO_BIN_EXE_miwv"))
+        .arg("report")
+        .arg(out)
+        .args(extra)
+        .output()
+        .unwrap()
 }
 
 /// Width, height and the number of distinct colours of a PNG.
@@ -153,6 +261,7 @@ fn report_draws_both_pictures_and_one_self_contained_page() {
 
     // Summary.
     assert!(html.contains("Tiny Test Model"));
+    assert!(html.contains("Tiny Embedder"));
     assert!(html.contains("alpaca"));
     assert!(html.contains(&dir.path().join("data.json").display().to_string()));
 
@@ -167,11 +276,14 @@ fn report_draws_both_pictures_and_one_self_contained_page() {
     let bottom = &html[html.find("Bottom 3 by MIWV").unwrap()..html.find("Unscorable (").unwrap()];
     assert!(bottom.contains(">s13<") && bottom.contains(">s11<") && !bottom.contains(">s09<"));
 
-    // Unscorable rows with their reasons.
+    // Unscorable rows with their reasons, named as in scores.jsonl.
     let unscorable = &html[html.find("Unscorable (2)").unwrap()..];
-    for (i, reason) in UNSCORABLE {
+    for (i, _, reason) in UNSCORABLE {
         assert!(unscorable.contains(&format!(">{}<", id(i))), "{unscorable}");
-        assert!(unscorable.contains(reason), "{unscorable}");
+        assert!(
+            unscorable.contains(&format!("<td>{reason}</td>")),
+            "{unscorable}"
+        );
     }
     assert!(unscorable.contains("Instruction number 5"));
 }
@@ -224,7 +336,9 @@ fn report_names_the_missing_file() {
         "nothing written for a failed report"
     );
 
-    std::fs::write(out.join("scores.jsonl"), "{\"id\": \"a\"}\nnot json\n").unwrap();
+    // A good row, then a line that is not one: the file and the bad line are named.
+    let good = serde_json::to_string(&score_rows()[0]).unwrap();
+    std::fs::write(out.join("scores.jsonl"), format!("{good}\nnot json\n")).unwrap();
     let result = report(&out, &[]);
     let stderr = String::from_utf8_lossy(&result.stderr);
     assert_eq!(result.status.code(), Some(1), "{stderr}");

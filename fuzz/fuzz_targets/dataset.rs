@@ -3,11 +3,6 @@
 
 #![no_main]
 
-// Only the reader is compiled, not miwv (which would build llama.cpp and FAISS under the
-// sanitizer). `read_dataset` is unused here.
-#[allow(dead_code)]
-#[path = "../../src/dataset.rs"]
-mod dataset;
 #[path = "../invariants.rs"]
 mod invariants;
 

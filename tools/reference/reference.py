@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Independent reference for miwv's scores: zero-shot loss, one-shot loss and MIWV computed with
 Hugging Face transformers in float32 on the CPU, one sequence at a time, no padding, no cache
-reuse, written straight from shared/spec/METHOD.md (it shares no code with the Rust side).
+reuse, written straight from docs/METHOD.md (it shares no code with the Rust side).
 
     reference.py --model HF_DIR --data DATA --neighbours SCORES_JSONL \\
         [--template alpaca|raw] [--ctx-size N] [--append-eos] [--bos auto|on|off] --out FILE
@@ -12,7 +12,7 @@ not redone: each sample's example is the `neighbour_index` of the same line of a
 scores.jsonl, so both sides score the same pairs. The output is one JSON line per input sample,
 in input order, with the field names of miwv's scores.jsonl.
 
-The token layout (METHOD.md, "Token accounting"):
+The token layout (docs/METHOD.md, "Token accounting"):
   block(s)   = tokens(prompt(s)) + tokens(output(s)) [+ EOS with --append-eos]
   zero-shot  = [BOS] block_i
   one-shot   = [BOS] block_k[dropped:] SEP block_i

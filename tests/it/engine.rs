@@ -1,10 +1,12 @@
 //! The engine on the real default model: token layout, batch equivalence, duplicate examples.
 
-mod common;
+use crate::common;
 
+use miwv::config::ContextSizes;
 use miwv::dataset::read_dataset;
-use miwv::engine::{ContextSizes, Model, Scorer};
+use miwv::engine::{Model, Scorer};
 use miwv::prompt::{ChatMarkup, Layout, Piece, ScoredSequence, Template, TemplateChoice, Tokenize};
+use miwv::run::resolve_template;
 use miwv::score::mean_loss;
 
 fn sizes(parallel: usize) -> ContextSizes {
@@ -27,7 +29,7 @@ fn segment_concatenation_decodes_back_to_the_exact_text() {
         TemplateChoice::Oda,
         TemplateChoice::Auto,
     ] {
-        let template = model.template(choice).unwrap();
+        let template = resolve_template(&model, choice).unwrap();
         let layout = Layout::new(&model, &template, false);
         for sample in &samples {
             let pieces = template.pieces(sample);
@@ -66,7 +68,7 @@ fn segment_concatenation_decodes_back_to_the_exact_text() {
 #[test]
 fn the_chat_model_template_comes_from_the_gguf_as_chatml() {
     let model = Model::load(&common::scoring_model(), 0).unwrap();
-    let Template::Chat(markup) = model.template(TemplateChoice::Auto).unwrap() else {
+    let Template::Chat(markup) = resolve_template(&model, TemplateChoice::Auto).unwrap() else {
         panic!("SmolLM2-Instruct has a chat template");
     };
     let mut chatml = ChatMarkup::chatml();
@@ -79,7 +81,7 @@ fn the_chat_model_template_comes_from_the_gguf_as_chatml() {
     assert_eq!(model.tokenize_markup("<|im_start|>").len(), 1);
     assert!(model.tokenize("<|im_start|>").len() > 1);
     assert_eq!(
-        model.template(TemplateChoice::Chatml).unwrap(),
+        resolve_template(&model, TemplateChoice::Chatml).unwrap(),
         Template::Chat(ChatMarkup::chatml())
     );
 }

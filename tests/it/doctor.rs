@@ -6,7 +6,7 @@
 //! pre-tokenizer of SmolLM2's published tokenizer.json: digits split one by one, then
 //! byte-level BPE. Tokenizing it is Hugging Face's code, independent of llama.cpp's.
 
-mod common;
+use crate::common;
 
 use common::miwv;
 use serde_json::Value;

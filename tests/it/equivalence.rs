@@ -1,11 +1,12 @@
 //! The scheduler gives the same scores whatever the layout: KV reuse on or off, other batch
 //! sizes, other thread counts, on the 200 real example samples.
 
-mod common;
+use crate::common;
 
+use miwv::config::ContextSizes;
 use miwv::dataset::read_dataset;
 use miwv::embed::{default_prefix, embed_samples};
-use miwv::engine::{ContextSizes, Embedder, Model};
+use miwv::engine::{Embedder, Model, Scorer};
 use miwv::neighbours::nearest_others;
 use miwv::prompt::Template;
 use miwv::scheduler::{score_samples, NoJournal, ScoringOptions};
@@ -47,7 +48,8 @@ fn reuse_batch_size_and_threads_do_not_change_the_selection() {
         let prefix = default_prefix(model.info().architecture.as_deref());
         let mut embedder = Embedder::new(&model, common::threads()).unwrap();
         let (vectors, dim) = embed_samples(&mut embedder, &samples, prefix, |_| {}).unwrap();
-        nearest_others(&vectors, dim).unwrap()
+        let found = nearest_others(&vectors, dim).unwrap();
+        found.iter().map(|n| n.map(|n| n.index)).collect::<Vec<_>>()
     };
     let model = Model::load(&common::scoring_model(), 0).unwrap();
     let run = |kv_reuse: bool, parallel: usize, batch: usize, ubatch: usize, threads: usize| {
@@ -65,8 +67,10 @@ fn reuse_batch_size_and_threads_do_not_change_the_selection() {
             response_only: false,
             checkpoint_tokens: miwv::config::DEFAULT_CHECKPOINT_TOKENS,
         };
+        let mut scorer = Scorer::new(&model, options.sizes).unwrap();
         let outcome = score_samples(
             &model,
+            &mut scorer,
             &samples,
             &neighbours,
             &options,

@@ -1,6 +1,6 @@
 //! `miwv select` end to end, and retrieval with the real embedding model and FAISS.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 
@@ -123,6 +123,56 @@ fn select_writes_scores_selection_and_run_record() {
     assert_eq!(run["scoring_model"]["architecture"], "llama");
     assert_eq!(run["embedder"]["model"]["architecture"], "nomic-bert");
     assert!(run["tool"].as_str().unwrap().starts_with("miwv "));
+
+    // The files read back through the one schema exactly as written...
+    let scores_text = std::fs::read_to_string(out.join("scores.jsonl")).unwrap();
+    let rows = miwv::schema::read_scores(&out.join("scores.jsonl")).unwrap();
+    let rewritten: String = rows
+        .iter()
+        .map(|r| serde_json::to_string(r).unwrap() + "\n")
+        .collect();
+    assert_eq!(rewritten, scores_text);
+    let record = miwv::schema::read_run(&out.join("run.json")).unwrap();
+    assert_eq!(serde_json::to_value(&record).unwrap(), run);
+    assert_eq!((record.samples, record.selected), (41, 4));
+
+    // ...and feed `compare` and `report` as they come: a run agrees fully with itself...
+    let comparison = dir.path().join("self.json");
+    let compared = miwv()
+        .args(["compare", out.to_str().unwrap(), out.to_str().unwrap()])
+        .args(["--json", comparison.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(compared.status.success(), "{compared:?}");
+    let comparison: Value =
+        serde_json::from_str(&std::fs::read_to_string(&comparison).unwrap()).unwrap();
+    assert_eq!(comparison["scored_in_both"], 41);
+    assert_eq!(comparison["spearman"], 1.0);
+    assert_eq!(comparison["miwv_difference"]["max_abs"], 0.0);
+    let overlaps = comparison["overlaps"].as_array().unwrap();
+    assert_eq!(overlaps.last().unwrap()["budget"], "the runs' own");
+    assert_eq!(overlaps.last().unwrap()["shared"], 4);
+    assert!(overlaps.iter().all(|o| o["overlap"] == 1.0), "{overlaps:?}");
+
+    // ...and its report shows the top sample with its text.
+    let reported = miwv()
+        .args(["report", out.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(reported.status.success(), "{reported:?}");
+    let html = std::fs::read_to_string(out.join("report/report.html")).unwrap();
+    let top = rows.iter().find(|r| r.rank == Some(1)).unwrap();
+    assert!(
+        html.contains(&top.id),
+        "the top sample {} is on the page",
+        top.id
+    );
+    let instruction = records[top.index]["instruction"].as_str().unwrap();
+    let start: String = instruction.chars().take(12).collect();
+    assert!(
+        html.contains(&miwv::report::escape_html(&start)),
+        "the page shows the top sample's prompt ({start:?})"
+    );
 }
 
 #[test]

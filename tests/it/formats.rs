@@ -2,15 +2,17 @@
 //! score every assistant turn, `--also ifd` adds consistent IFD numbers, progress bars appear
 //! only on a terminal, and the CLI's conventions (`-ngl`, completions) hold.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Command;
 
 use common::{miwv, read_jsonl};
+use miwv::config::ContextSizes;
 use miwv::dataset::{parse_dataset, Sample};
-use miwv::engine::{ContextSizes, Model, Scorer};
+use miwv::engine::{Model, Scorer};
 use miwv::prompt::{Layout, TemplateChoice};
+use miwv::run::resolve_template;
 use serde_json::Value;
 
 fn chat_examples(n: usize) -> Vec<Value> {
@@ -148,7 +150,7 @@ fn conversations_are_scored_per_turn_with_ifd_and_a_progress_bar_on_a_terminal()
 #[test]
 fn a_conversation_loss_is_the_token_weighted_mean_of_its_turns() {
     let model = Model::load(&common::scoring_model(), 0).unwrap();
-    let template = model.template(TemplateChoice::Auto).unwrap();
+    let template = resolve_template(&model, TemplateChoice::Auto).unwrap();
     let layout = Layout::new(&model, &template, false);
     let text = r#"{"messages": [{"role": "user", "content": "Name a primary colour."}, {"role": "assistant", "content": "Red is a primary colour."}, {"role": "user", "content": "And a secondary one?"}, {"role": "assistant", "content": "Green, which mixes blue and yellow."}]}"#;
     let chat = &parse_dataset(text.as_bytes(), Path::new("c.jsonl"))
@@ -387,7 +389,6 @@ fn gzip_jsonl_with_other_field_names_gives_a_gzip_selection() {
 /// the loss of its responses decoded alone in a fresh context.
 #[test]
 fn the_response_only_pass_matches_each_response_decoded_alone() {
-    use miwv::neighbours::Neighbour;
     use miwv::scheduler::{score_samples, NoJournal, ScoringOptions};
 
     let model = Model::load(&common::scoring_model(), 0).unwrap();
@@ -396,13 +397,8 @@ fn the_response_only_pass_matches_each_response_decoded_alone() {
         .unwrap()
         .samples;
     // Each sample's neighbour is the next one: the passes share decodes and reuse prefixes.
-    let neighbours: Vec<Option<Neighbour>> = (0..samples.len())
-        .map(|i| {
-            Some(Neighbour {
-                index: (i + 1) % samples.len(),
-                similarity: 0.5,
-            })
-        })
+    let neighbours: Vec<Option<usize>> = (0..samples.len())
+        .map(|i| Some((i + 1) % samples.len()))
         .collect();
     let sizes = |parallel| ContextSizes {
         ctx_per_sequence: 2048,
@@ -411,7 +407,7 @@ fn the_response_only_pass_matches_each_response_decoded_alone() {
         ubatch: 512,
         threads: common::threads(),
     };
-    let template = model.template(TemplateChoice::Chatml).unwrap();
+    let template = resolve_template(&model, TemplateChoice::Chatml).unwrap();
     let options = ScoringOptions {
         sizes: sizes(4),
         kv_reuse: true,
@@ -420,8 +416,10 @@ fn the_response_only_pass_matches_each_response_decoded_alone() {
         response_only: true,
         checkpoint_tokens: 1024,
     };
+    let mut scheduled = Scorer::new(&model, options.sizes).unwrap();
     let outcome = score_samples(
         &model,
+        &mut scheduled,
         &samples,
         &neighbours,
         &options,

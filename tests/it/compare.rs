@@ -1,9 +1,11 @@
-//! `miwv compare` on score files made by hand, so every reported number can be checked.
+//! `miwv compare` on score files made by hand (through the `scores.jsonl` row type `select`
+//! writes), so every reported number can be checked.
 
-mod common;
+use crate::common;
 
 use common::miwv;
-use serde_json::{json, Value};
+use miwv::schema::ScoreRow;
+use serde_json::Value;
 
 fn write_scores(path: &std::path::Path, rows: &[Value]) {
     let text: String = rows.iter().map(|r| format!("{r}\n")).collect();
@@ -11,13 +13,26 @@ fn write_scores(path: &std::path::Path, rows: &[Value]) {
 }
 
 fn row(id: &str, miwv: Option<f64>, zero: f64, selected: bool) -> Value {
-    json!({
-        "id": id,
-        "miwv": miwv,
-        "loss_zero_shot": zero,
-        "loss_one_shot": miwv.map(|m| zero + m),
-        "selected": selected,
-    })
+    let row = ScoreRow {
+        id: id.into(),
+        index: 0,
+        miwv: miwv.map_or(f32::NAN, |m| m as f32),
+        loss_zero_shot: zero as f32,
+        loss_one_shot: miwv.map_or(f32::NAN, |m| (zero + m) as f32),
+        reason: None,
+        neighbour_id: None,
+        neighbour_index: None,
+        similarity: None,
+        response_tokens: 1,
+        prompt_tokens_zero_shot: 1,
+        prompt_tokens_one_shot: 1,
+        example_tokens_dropped: 0,
+        selected: Some(selected),
+        rank: None,
+        turns: 1,
+        ifd: None,
+    };
+    serde_json::to_value(row).unwrap()
 }
 
 #[test]

@@ -2,7 +2,7 @@
 //! outputs of an uninterrupted run; Ctrl-C stops cleanly; a torn log line, a full disk and a
 //! change of settings are handled without losing or mixing work; no network is touched.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};

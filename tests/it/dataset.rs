@@ -5,14 +5,12 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 
-// `dataset` itself is how the shared invariants reach the reader (`super::dataset`).
 use miwv::dataset::{
-    self, parse_dataset, parse_dataset_with, read_dataset, Dataset, DatasetError, Fields, Location,
+    parse_dataset, parse_dataset_with, read_dataset, Dataset, DatasetError, Fields, Location,
     ReadOptions, Sample,
 };
 
-#[path = "../fuzz/invariants.rs"]
-mod invariants;
+use crate::invariants;
 
 fn parse(bytes: impl AsRef<[u8]>, name: &str) -> Result<Dataset, DatasetError> {
     parse_dataset(bytes.as_ref(), Path::new(name))
@@ -468,10 +466,10 @@ fn truncation_serializes_for_reports() {
 
 /// The cargo-fuzz seeds: an array, JSONL, a cut-off array, and Unicode with a byte-order mark.
 const SEEDS: [&[u8]; 4] = [
-    include_bytes!("../fuzz/seeds/array.json"),
-    include_bytes!("../fuzz/seeds/lines.jsonl"),
-    include_bytes!("../fuzz/seeds/truncated.json"),
-    include_bytes!("../fuzz/seeds/unicode.json"),
+    include_bytes!("../../fuzz/seeds/array.json"),
+    include_bytes!("../../fuzz/seeds/lines.jsonl"),
+    include_bytes!("../../fuzz/seeds/truncated.json"),
+    include_bytes!("../../fuzz/seeds/unicode.json"),
 ];
 
 #[test]

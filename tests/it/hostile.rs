@@ -2,7 +2,7 @@
 //! unwritable output. Each must end in a clear error and a non-zero exit (never an abort from
 //! inside llama.cpp), or in a run that records what it could not score.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Output;

@@ -1,0 +1,1069 @@
+//! The `miwv` command line, turned into checked settings in one fallible step.
+//!
+//! It lives in the library rather than the binary so that every flag, alias, default and bad
+//! value can be tested without starting a process or loading a model. [`parse`] rewrites
+//! llama.cpp's `-ngl`, lets clap parse, then checks every value and every relation between
+//! values ([`crate::config`] holds the checks) and builds the settings each subcommand runs
+//! with. Every failure is a [`clap::Error`]: it prints like clap's own, names the flag at
+//! fault and exits with code 2.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use clap::error::ErrorKind;
+use clap::{Args, CommandFactory, Parser, Subcommand};
+
+use crate::bench::BenchConfig;
+use crate::config::{self, ConfigError, ContextSizes, EmbedModel, SelectConfig};
+use crate::dataset::{Fields, ReadOptions};
+use crate::prompt::TemplateChoice;
+use crate::select::Budget;
+
+/// Pick the instruction-tuning samples a model learns most from (MIWV).
+#[derive(Parser)]
+#[command(
+    version,
+    about,
+    long_about = None,
+    after_help = "Exit codes: 0 done, 1 error (the message names the file, line and field), \
+                  2 bad command line, 130 stopped by Ctrl-C (rerun the same command to resume).\n\
+                  Short flags follow llama.cpp: -m model, -c context, -b batch, -t threads, \
+                  -ngl GPU layers."
+)]
+pub struct Cli {
+    /// Log more (-v: debug, -vv: trace, llama.cpp's log included). RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Score every sample and write the top share by MIWV.
+    #[command(after_help = "Examples:\n  \
+            miwv select examples/alpaca-mini.json -o out --ratio 0.1\n  \
+            miwv select train-00000-of-00001.parquet -m qwen2.5-7b-instruct-q4_k_m.gguf -ngl 999 -o out\n  \
+            miwv select sharegpt.jsonl.gz --first-turn --also ifd -n 1000 -o out\n  \
+            miwv select dolly.jsonl --input-field context --output-field response --template alpaca\n\n\
+            Rerun the same command to resume a stopped run; `miwv report out` draws the result.")]
+    Select(SelectArgs),
+    /// Measure scoring speed against llama.cpp's own prompt-processing ceiling.
+    #[command(
+        after_help = "Example:\n  python3 benches/fetch-data.py\n  miwv bench ~/.cache/miwv/data/sharegpt-first-turn.jsonl --sizes 50,100,200 -ngl 999"
+    )]
+    Bench(BenchArgs),
+    /// Compare two runs' scores: MIWV rank correlations, loss differences, selection overlap.
+    #[command(
+        after_help = "Example (what quantisation does to the selection):\n  miwv select data.json -m model.Q4_1.gguf -o q4\n  miwv select data.json -m model.F32.gguf -o f32\n  miwv compare q4 f32 --json drift.json"
+    )]
+    Compare(CompareArgs),
+    /// Check that the GGUF vocabulary tokenizes the data like the model's tokenizer.json.
+    #[command(
+        after_help = "Exits with 1 when any segment differs.\nExample:\n  miwv doctor examples/alpaca-mini.json --tokenizer tokenizer.json -m model.gguf"
+    )]
+    Doctor(DoctorArgs),
+    /// Print a shell completion script.
+    #[command(
+        after_help = "Example:\n  miwv completions bash > ~/.local/share/bash-completion/completions/miwv\n  miwv completions zsh > ~/.zfunc/_miwv"
+    )]
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Draw a finished run: MIWV histogram, loss scatter and an HTML page with the top samples.
+    #[command(
+        after_help = "Writes OUT_DIR/report/: miwv-histogram.png, losses-scatter.png and report.html (one \
+                      self-contained file).\nExample:\n  miwv select examples/alpaca-mini.json -o out\n  miwv report out"
+    )]
+    Report(ReportArgs),
+}
+
+#[derive(Args)]
+struct ReportArgs {
+    /// Output directory of a finished `miwv select` (holding scores.jsonl and run.json).
+    out_dir: PathBuf,
+    /// Samples listed from each end of the ranking.
+    #[arg(long, default_value_t = 20)]
+    top: usize,
+}
+
+#[derive(Args)]
+struct DoctorArgs {
+    /// Dataset whose prompts and responses are tokenized.
+    data: PathBuf,
+    /// The model's Hugging Face tokenizer.json.
+    #[arg(long)]
+    tokenizer: PathBuf,
+    /// GGUF model whose vocabulary is checked.
+    #[arg(short = 'm', long, default_value = crate::DEFAULT_MODEL)]
+    model: PathBuf,
+    /// Prompt template (its text is tokenized too).
+    #[arg(long, value_enum, default_value_t = TemplateChoice::Auto)]
+    template: TemplateChoice,
+    #[command(flatten)]
+    fields: FieldArgs,
+    /// Disagreements printed in full.
+    #[arg(long, default_value_t = 10)]
+    limit: usize,
+    /// Also write every disagreement as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct CompareArgs {
+    /// First scores.jsonl (or an output directory holding one).
+    a: PathBuf,
+    /// Second scores.jsonl (or an output directory holding one); samples are matched by id.
+    b: PathBuf,
+    /// Selection ratios whose top-k sets are compared.
+    #[arg(long, value_delimiter = ',', default_values_t = [0.01, 0.05, 0.10, 0.15])]
+    ratios: Vec<f64>,
+    /// Also write the comparison as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct SelectArgs {
+    /// Dataset: JSON array, JSON Lines (.jsonl, .jsonl.gz) or Parquet, of Alpaca records
+    /// {instruction, input?, output, id?} or conversations ({conversations: [{from, value}]}
+    /// or {messages: [{role, content}]}).
+    data: PathBuf,
+    /// Output directory for scores.jsonl, selected.jsonl and run.json.
+    #[arg(short, long, default_value = "miwv-out")]
+    out: PathBuf,
+    /// GGUF scoring model.
+    #[arg(short = 'm', long, default_value = crate::DEFAULT_MODEL)]
+    model: PathBuf,
+    /// GGUF embedding model for retrieval, or `self` to mean-pool the scoring model.
+    #[arg(long, default_value = crate::DEFAULT_EMBED_MODEL)]
+    embed_model: String,
+    /// Text put before each retrieval text [default: the embedder's convention, e.g.
+    /// "search_document: " for nomic-embed].
+    #[arg(long)]
+    embed_prefix: Option<String>,
+    /// Prompt template; `auto` is the model's own chat template when its GGUF has one,
+    /// otherwise alpaca.
+    #[arg(long, value_enum, default_value_t = TemplateChoice::Auto)]
+    template: TemplateChoice,
+    #[command(flatten)]
+    fields: FieldArgs,
+    /// Extra scores from one more pass: `ifd` adds L(y), IFD and the Superfiltering ratio.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    also: Vec<Also>,
+    /// Share of samples to keep, in (0, 1].
+    #[arg(short, long, default_value_t = 0.05, conflicts_with = "count")]
+    ratio: f64,
+    /// Exact number of samples to keep (instead of --ratio).
+    #[arg(short = 'n', long)]
+    count: Option<usize>,
+    /// End each response with the model's EOS token (scored with the response).
+    #[arg(long)]
+    append_eos: bool,
+    #[command(flatten)]
+    context: ContextArgs,
+    /// Decode every one-shot sequence whole instead of continuing the neighbour's cached
+    /// zero-shot pass (about 1.5x the tokens; for comparison).
+    #[arg(long)]
+    no_kv_reuse: bool,
+    /// Tokens decoded between durable checkpoints of the scores (an interrupted run loses at
+    /// most this much work; changing it changes the batch layout, so a resume keeps it).
+    #[arg(long, default_value_t = config::DEFAULT_CHECKPOINT_TOKENS)]
+    checkpoint_tokens: usize,
+}
+
+/// Extra scores.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Also {
+    /// L(y) from the responses alone; IFD = L(y|x)/L(y) and PPL(y|x)/PPL(y).
+    Ifd,
+}
+
+#[derive(Args)]
+struct FieldArgs {
+    /// Field holding the instruction.
+    #[arg(long, default_value = "instruction")]
+    instruction_field: String,
+    /// Field holding the optional input.
+    #[arg(long, default_value = "input")]
+    input_field: String,
+    /// Field holding the response.
+    #[arg(long, default_value = "output")]
+    output_field: String,
+    /// Field holding the sample id [default: id; the record's index when absent].
+    #[arg(long, default_value = "id")]
+    id_field: String,
+    /// Field holding a conversation's messages [default: `conversations` or `messages`,
+    /// whichever a record has].
+    #[arg(long)]
+    messages_field: Option<String>,
+    /// Score only each conversation's first exchange.
+    #[arg(long)]
+    first_turn: bool,
+}
+
+impl FieldArgs {
+    fn options(self) -> ReadOptions {
+        ReadOptions {
+            fields: Fields {
+                id: self.id_field,
+                instruction: self.instruction_field,
+                input: self.input_field,
+                output: self.output_field,
+                conversation: self.messages_field,
+            },
+            first_turn_only: self.first_turn,
+        }
+    }
+}
+
+#[derive(Args)]
+struct ContextArgs {
+    /// Longest sequence in tokens (example + target); each parallel sequence gets this much KV.
+    #[arg(short = 'c', long, default_value_t = 2048)]
+    ctx_size: usize,
+    /// KV slots: sequences decoded together and cached prefixes kept (half of them at most).
+    #[arg(long, default_value_t = 4)]
+    parallel: usize,
+    /// Most tokens per decode call (at least --ctx-size).
+    #[arg(short = 'b', long, default_value_t = 2048)]
+    batch_size: usize,
+    /// Most tokens per compute step.
+    #[arg(long = "ubatch-size", default_value_t = 512)]
+    ubatch_size: usize,
+    /// CPU threads [default: all cores].
+    #[arg(short = 't', long)]
+    threads: Option<usize>,
+    /// Layers to offload to the GPU, llama.cpp's -ngl (builds with the cuda, metal or vulkan
+    /// feature; 999 offloads all).
+    #[arg(long = "n-gpu-layers", visible_alias = "ngl", default_value_t = 0)]
+    n_gpu_layers: u32,
+}
+
+impl ContextArgs {
+    fn sizes(&self) -> ContextSizes {
+        ContextSizes {
+            ctx_per_sequence: self.ctx_size,
+            parallel: self.parallel,
+            batch: self.batch_size,
+            ubatch: self.ubatch_size,
+            threads: self
+                .threads
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from)),
+        }
+    }
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// Dataset in any format `select` reads; the first N records are used (see
+    /// benches/fetch-data.py).
+    data: PathBuf,
+    /// GGUF scoring model.
+    #[arg(short = 'm', long, default_value = crate::DEFAULT_MODEL)]
+    model: PathBuf,
+    /// GGUF embedding model for retrieval.
+    #[arg(long, default_value = crate::DEFAULT_EMBED_MODEL)]
+    embed_model: PathBuf,
+    /// Dataset sizes, comma-separated; the largest also runs without KV reuse.
+    #[arg(long, value_delimiter = ',', default_values_t = [50, 100, 200])]
+    sizes: Vec<usize>,
+    /// Prompt template (alpaca by default, so results compare with docs/PERFORMANCE.md).
+    #[arg(long, value_enum, default_value_t = TemplateChoice::Alpaca)]
+    template: TemplateChoice,
+    /// Full-batch decodes timed for each engine ceiling.
+    #[arg(long, default_value_t = 8)]
+    repeats: usize,
+    /// Also write the report as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    #[command(flatten)]
+    context: ContextArgs,
+}
+
+/// A checked command line: what to do, and how much to log.
+#[derive(Debug, Clone)]
+pub struct Invocation {
+    /// `-v` given this many times.
+    pub verbose: u8,
+    /// The subcommand with its checked settings.
+    pub action: Action,
+}
+
+/// A subcommand with its checked settings.
+#[derive(Debug, Clone)]
+pub enum Action {
+    /// `miwv select`.
+    Select(SelectConfig),
+    /// `miwv bench`.
+    Bench(BenchSettings),
+    /// `miwv compare`.
+    Compare(CompareSettings),
+    /// `miwv doctor`.
+    Doctor(DoctorSettings),
+    /// `miwv report`.
+    Report(ReportSettings),
+    /// `miwv completions`: print the script for this shell.
+    Completions(clap_complete::Shell),
+}
+
+/// `miwv bench`'s settings.
+#[derive(Debug, Clone)]
+pub struct BenchSettings {
+    /// What to measure. Its sizes are sorted and without repeats, as [`BenchConfig`] expects.
+    pub config: BenchConfig,
+    /// `--json`: also write the report here.
+    pub json: Option<PathBuf>,
+}
+
+/// `miwv compare`'s settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CompareSettings {
+    /// The first `scores.jsonl`, or an output directory holding one.
+    pub a: PathBuf,
+    /// The second.
+    pub b: PathBuf,
+    /// `--ratios`: each in (0, 1].
+    pub ratios: Vec<f64>,
+    /// `--json`: also write the comparison here.
+    pub json: Option<PathBuf>,
+}
+
+/// `miwv doctor`'s settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DoctorSettings {
+    /// The dataset.
+    pub data: PathBuf,
+    /// `--tokenizer`: the model's Hugging Face `tokenizer.json`.
+    pub tokenizer: PathBuf,
+    /// `-m`: the GGUF whose vocabulary is checked.
+    pub model: PathBuf,
+    /// `--template`.
+    pub template: TemplateChoice,
+    /// Field names and conversation handling.
+    pub read: ReadOptions,
+    /// `--limit`: disagreements printed in full (0 prints the counts alone).
+    pub limit: usize,
+    /// `--json`: also write every disagreement here.
+    pub json: Option<PathBuf>,
+}
+
+/// `miwv report`'s settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReportSettings {
+    /// The finished run's output directory.
+    pub out_dir: PathBuf,
+    /// `--top`: samples listed from each end of the ranking, at least 1.
+    pub top: usize,
+}
+
+/// Parses and checks a command line (`args` starts with the program name).
+///
+/// # Errors
+/// A [`clap::Error`] for anything clap refuses (an unknown flag, a value of the wrong type,
+/// `--help` and `--version` too) and for every value or relation [`crate::config`] refuses;
+/// [`clap::Error::exit`] prints it and exits with 2 (0 for help and version).
+pub fn parse<I, T>(args: I) -> Result<Invocation, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString>,
+{
+    let cli = Cli::try_parse_from(llama_cpp_flags(args.into_iter().map(Into::into)))?;
+    let action = match cli.command {
+        Command::Select(args) => Action::Select(args.check()?),
+        Command::Bench(args) => Action::Bench(args.check()?),
+        Command::Compare(args) => Action::Compare(args.check()?),
+        Command::Doctor(args) => Action::Doctor(args.check()),
+        Command::Report(args) => Action::Report(args.check()?),
+        Command::Completions { shell } => Action::Completions(shell),
+    };
+    Ok(Invocation {
+        verbose: cli.verbose,
+        action,
+    })
+}
+
+/// Writes the completion script for `shell`.
+pub fn write_completions(shell: clap_complete::Shell, out: &mut dyn std::io::Write) {
+    clap_complete::generate(shell, &mut Cli::command(), "miwv", out);
+}
+
+/// llama.cpp's multi-letter short flags (`-ngl 99`, `-ngl=99`), which clap does not parse, as
+/// the long flags they stand for.
+fn llama_cpp_flags(args: impl Iterator<Item = OsString>) -> Vec<OsString> {
+    args.map(|arg| match arg.to_str() {
+        Some("-ngl") => "--n-gpu-layers".into(),
+        Some(s) if s.starts_with("-ngl=") => format!("--n-gpu-layers={}", &s[5..]).into(),
+        _ => arg,
+    })
+    .collect()
+}
+
+/// A refused value of `subcommand`, as clap reports its own (usage included, exit code 2).
+fn invalid(subcommand: &str) -> impl Fn(ConfigError) -> clap::Error + '_ {
+    move |e| {
+        let mut cli = Cli::command();
+        cli.build();
+        match cli.find_subcommand_mut(subcommand) {
+            Some(sub) => sub.error(ErrorKind::ValueValidation, e),
+            None => cli.error(ErrorKind::ValueValidation, e),
+        }
+    }
+}
+
+impl SelectArgs {
+    fn check(self) -> Result<SelectConfig, clap::Error> {
+        let config = SelectConfig {
+            data: self.data,
+            read: self.fields.options(),
+            out_dir: self.out,
+            model: self.model,
+            embed_model: match self.embed_model.as_str() {
+                "self" => EmbedModel::Scoring,
+                path => EmbedModel::File(path.into()),
+            },
+            embed_prefix: self.embed_prefix,
+            template: self.template,
+            budget: self.count.map_or(Budget::Ratio(self.ratio), Budget::Count),
+            append_eos: self.append_eos,
+            also_ifd: self.also.contains(&Also::Ifd),
+            sizes: self.context.sizes(),
+            gpu_layers: self.context.n_gpu_layers,
+            kv_reuse: !self.no_kv_reuse,
+            checkpoint_tokens: self.checkpoint_tokens,
+        };
+        config.validate().map_err(invalid("select"))?;
+        Ok(config)
+    }
+}
+
+impl BenchArgs {
+    fn check(self) -> Result<BenchSettings, clap::Error> {
+        let context = self.context.sizes();
+        config::check_bench(&self.sizes, self.repeats)
+            .and_then(|()| config::check_sizes(&context))
+            .map_err(invalid("bench"))?;
+        let mut sizes = self.sizes;
+        sizes.sort_unstable();
+        sizes.dedup();
+        Ok(BenchSettings {
+            config: BenchConfig {
+                data: self.data,
+                model: self.model,
+                embed_model: self.embed_model,
+                sizes,
+                context,
+                gpu_layers: self.context.n_gpu_layers,
+                template: self.template,
+                ceiling_repeats: self.repeats,
+            },
+            json: self.json,
+        })
+    }
+}
+
+impl CompareArgs {
+    fn check(self) -> Result<CompareSettings, clap::Error> {
+        config::check_compare_ratios(&self.ratios).map_err(invalid("compare"))?;
+        Ok(CompareSettings {
+            a: self.a,
+            b: self.b,
+            ratios: self.ratios,
+            json: self.json,
+        })
+    }
+}
+
+impl DoctorArgs {
+    /// Nothing to refuse: any `--limit` is fine, 0 printing the counts alone.
+    fn check(self) -> DoctorSettings {
+        DoctorSettings {
+            data: self.data,
+            tokenizer: self.tokenizer,
+            model: self.model,
+            template: self.template,
+            read: self.fields.options(),
+            limit: self.limit,
+            json: self.json,
+        }
+    }
+}
+
+impl ReportArgs {
+    fn check(self) -> Result<ReportSettings, clap::Error> {
+        config::check_top(self.top).map_err(invalid("report"))?;
+        Ok(ReportSettings {
+            out_dir: self.out_dir,
+            top: self.top,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(args: &[&str]) -> Result<Invocation, clap::Error> {
+        parse(std::iter::once("miwv").chain(args.iter().copied()))
+    }
+
+    fn ok(args: &[&str]) -> Invocation {
+        run(args).unwrap_or_else(|e| panic!("{args:?} refused: {e}"))
+    }
+
+    fn select(extra: &[&str]) -> SelectConfig {
+        let args: Vec<&str> = ["select", "d.json"].iter().chain(extra).copied().collect();
+        match ok(&args).action {
+            Action::Select(config) => config,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn bench(extra: &[&str]) -> BenchSettings {
+        let args: Vec<&str> = ["bench", "d.json"].iter().chain(extra).copied().collect();
+        match ok(&args).action {
+            Action::Bench(settings) => settings,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn compare(extra: &[&str]) -> CompareSettings {
+        let args: Vec<&str> = ["compare", "a", "b"].iter().chain(extra).copied().collect();
+        match ok(&args).action {
+            Action::Compare(settings) => settings,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn doctor(extra: &[&str]) -> DoctorSettings {
+        let args: Vec<&str> = ["doctor", "d.json", "--tokenizer", "t.json"]
+            .iter()
+            .chain(extra)
+            .copied()
+            .collect();
+        match ok(&args).action {
+            Action::Doctor(settings) => settings,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn report(extra: &[&str]) -> ReportSettings {
+        let args: Vec<&str> = ["report", "out"].iter().chain(extra).copied().collect();
+        match ok(&args).action {
+            Action::Report(settings) => settings,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// Asserts that `args` is refused as a bad command line (exit code 2) whose message holds
+    /// every one of `parts`; returns the message.
+    fn refused(args: &[&str], parts: &[&str]) -> String {
+        let e = match run(args) {
+            Ok(invocation) => panic!("{args:?} accepted: {invocation:?}"),
+            Err(e) => e,
+        };
+        let message = e.to_string();
+        assert_eq!(e.exit_code(), 2, "{args:?}: {message}");
+        for part in parts {
+            assert!(
+                message.contains(part),
+                "{args:?}: `{part}` missing: {message}"
+            );
+        }
+        message
+    }
+
+    fn cores() -> usize {
+        std::thread::available_parallelism().map_or(1, usize::from)
+    }
+
+    #[test]
+    fn select_defaults() {
+        let c = select(&[]);
+        assert_eq!(c.data, PathBuf::from("d.json"));
+        assert_eq!(c.out_dir, PathBuf::from("miwv-out"));
+        assert_eq!(c.model, PathBuf::from(crate::DEFAULT_MODEL));
+        assert_eq!(
+            c.embed_model,
+            EmbedModel::File(crate::DEFAULT_EMBED_MODEL.into())
+        );
+        assert_eq!(c.embed_prefix, None);
+        assert_eq!(c.template, TemplateChoice::Auto);
+        assert_eq!(c.read, ReadOptions::default());
+        assert_eq!(c.budget, Budget::Ratio(0.05));
+        assert!(!c.append_eos);
+        assert!(!c.also_ifd);
+        assert_eq!(
+            c.sizes,
+            ContextSizes {
+                ctx_per_sequence: 2048,
+                parallel: 4,
+                batch: 2048,
+                ubatch: 512,
+                threads: cores(),
+            }
+        );
+        assert_eq!(c.gpu_layers, 0);
+        assert!(c.kv_reuse);
+        assert_eq!(c.checkpoint_tokens, config::DEFAULT_CHECKPOINT_TOKENS);
+    }
+
+    #[test]
+    fn select_paths_models_and_template() {
+        for flag in ["-o", "--out"] {
+            assert_eq!(select(&[flag, "dir"]).out_dir, PathBuf::from("dir"));
+        }
+        for flag in ["-m", "--model"] {
+            assert_eq!(select(&[flag, "x.gguf"]).model, PathBuf::from("x.gguf"));
+        }
+        assert_eq!(
+            select(&["--embed-model", "e.gguf"]).embed_model,
+            EmbedModel::File("e.gguf".into())
+        );
+        assert_eq!(
+            select(&["--embed-model", "self"]).embed_model,
+            EmbedModel::Scoring
+        );
+        assert_eq!(
+            select(&["--embed-prefix", "query: "])
+                .embed_prefix
+                .as_deref(),
+            Some("query: ")
+        );
+        for (name, choice) in [
+            ("auto", TemplateChoice::Auto),
+            ("model", TemplateChoice::Model),
+            ("chatml", TemplateChoice::Chatml),
+            ("alpaca", TemplateChoice::Alpaca),
+            ("raw", TemplateChoice::Raw),
+            ("oda", TemplateChoice::Oda),
+        ] {
+            assert_eq!(select(&["--template", name]).template, choice);
+        }
+    }
+
+    #[test]
+    fn select_fields_and_switches() {
+        let c = select(&[
+            "--instruction-field",
+            "q",
+            "--input-field",
+            "context",
+            "--output-field",
+            "response",
+            "--id-field",
+            "key",
+            "--messages-field",
+            "turns",
+            "--first-turn",
+        ]);
+        assert_eq!(
+            c.read,
+            ReadOptions {
+                fields: Fields {
+                    id: "key".into(),
+                    instruction: "q".into(),
+                    input: "context".into(),
+                    output: "response".into(),
+                    conversation: Some("turns".into()),
+                },
+                first_turn_only: true,
+            }
+        );
+        assert!(select(&["--append-eos"]).append_eos);
+        assert!(select(&["--also", "ifd"]).also_ifd);
+        assert!(select(&["--also=ifd"]).also_ifd);
+        assert!(!select(&["--no-kv-reuse"]).kv_reuse);
+        assert_eq!(
+            select(&["--checkpoint-tokens", "100"]).checkpoint_tokens,
+            100
+        );
+    }
+
+    #[test]
+    fn select_budget() {
+        for flag in ["-r", "--ratio"] {
+            assert_eq!(select(&[flag, "0.25"]).budget, Budget::Ratio(0.25));
+        }
+        assert_eq!(select(&["-r", "1"]).budget, Budget::Ratio(1.0));
+        for flag in ["-n", "--count"] {
+            assert_eq!(select(&[flag, "7"]).budget, Budget::Count(7));
+        }
+    }
+
+    #[test]
+    fn context_flags_and_aliases() {
+        for flag in ["-c", "--ctx-size"] {
+            let s = select(&[flag, "1024", "-b", "1024"]).sizes;
+            assert_eq!(s.ctx_per_sequence, 1024);
+        }
+        assert_eq!(select(&["--parallel", "8"]).sizes.parallel, 8);
+        for flag in ["-b", "--batch-size"] {
+            assert_eq!(select(&[flag, "4096"]).sizes.batch, 4096);
+        }
+        assert_eq!(select(&["--ubatch-size", "256"]).sizes.ubatch, 256);
+        for flag in ["-t", "--threads"] {
+            assert_eq!(select(&[flag, "3"]).sizes.threads, 3);
+        }
+        for args in [
+            &["-ngl", "99"][..],
+            &["-ngl=99"],
+            &["--ngl", "99"],
+            &["--ngl=99"],
+            &["--n-gpu-layers", "99"],
+            &["--n-gpu-layers=99"],
+        ] {
+            assert_eq!(select(args).gpu_layers, 99, "{args:?}");
+        }
+    }
+
+    #[test]
+    fn verbose_counts_anywhere() {
+        assert_eq!(ok(&["select", "d.json"]).verbose, 0);
+        assert_eq!(ok(&["select", "d.json", "-v"]).verbose, 1);
+        assert_eq!(ok(&["-vv", "select", "d.json"]).verbose, 2);
+        assert_eq!(ok(&["select", "-v", "d.json", "--verbose"]).verbose, 2);
+        assert_eq!(ok(&["report", "out", "-vv"]).verbose, 2);
+    }
+
+    #[test]
+    fn bench_defaults_and_flags() {
+        let b = bench(&[]);
+        assert_eq!(b.json, None);
+        let c = b.config;
+        assert_eq!(c.data, PathBuf::from("d.json"));
+        assert_eq!(c.model, PathBuf::from(crate::DEFAULT_MODEL));
+        assert_eq!(c.embed_model, PathBuf::from(crate::DEFAULT_EMBED_MODEL));
+        assert_eq!(c.sizes, [50, 100, 200]);
+        assert_eq!(c.template, TemplateChoice::Alpaca);
+        assert_eq!(c.ceiling_repeats, 8);
+        assert_eq!(c.gpu_layers, 0);
+        assert_eq!(c.context, select(&[]).sizes);
+
+        let c = bench(&[
+            "-m",
+            "s.gguf",
+            "--embed-model",
+            "e.gguf",
+            "--sizes",
+            "20,10",
+            "--template",
+            "chatml",
+            "--repeats",
+            "2",
+            "--json",
+            "b.json",
+            "-c",
+            "512",
+            "--parallel",
+            "2",
+            "-b",
+            "1024",
+            "--ubatch-size",
+            "128",
+            "-t",
+            "2",
+        ]);
+        assert_eq!(c.json, Some(PathBuf::from("b.json")));
+        assert_eq!(c.config.model, PathBuf::from("s.gguf"));
+        assert_eq!(c.config.embed_model, PathBuf::from("e.gguf"));
+        assert_eq!(c.config.sizes, [10, 20], "sorted");
+        assert_eq!(c.config.template, TemplateChoice::Chatml);
+        assert_eq!(c.config.ceiling_repeats, 2);
+        assert_eq!(
+            c.config.context,
+            ContextSizes {
+                ctx_per_sequence: 512,
+                parallel: 2,
+                batch: 1024,
+                ubatch: 128,
+                threads: 2,
+            }
+        );
+        assert_eq!(
+            bench(&["--model", "m.gguf"]).config.model,
+            PathBuf::from("m.gguf")
+        );
+        assert_eq!(bench(&["--sizes", "5,5,3"]).config.sizes, [3, 5]);
+    }
+
+    /// The bug this module was written for: `bench -ngl 99` was parsed and then dropped.
+    #[test]
+    fn bench_passes_gpu_layers_on() {
+        for args in [
+            &["-ngl", "99"][..],
+            &["-ngl=99"],
+            &["--ngl", "99"],
+            &["--n-gpu-layers", "99"],
+        ] {
+            assert_eq!(bench(args).config.gpu_layers, 99, "{args:?}");
+        }
+    }
+
+    #[test]
+    fn compare_doctor_report_and_completions() {
+        let c = compare(&[]);
+        assert_eq!(
+            c,
+            CompareSettings {
+                a: "a".into(),
+                b: "b".into(),
+                ratios: vec![0.01, 0.05, 0.10, 0.15],
+                json: None,
+            }
+        );
+        let c = compare(&["--ratios", "0.2,1", "--json", "c.json"]);
+        assert_eq!(c.ratios, [0.2, 1.0]);
+        assert_eq!(c.json, Some(PathBuf::from("c.json")));
+
+        let d = doctor(&[]);
+        assert_eq!(
+            d,
+            DoctorSettings {
+                data: "d.json".into(),
+                tokenizer: "t.json".into(),
+                model: crate::DEFAULT_MODEL.into(),
+                template: TemplateChoice::Auto,
+                read: ReadOptions::default(),
+                limit: 10,
+                json: None,
+            }
+        );
+        let d = doctor(&[
+            "-m",
+            "x.gguf",
+            "--template",
+            "raw",
+            "--output-field",
+            "response",
+            "--first-turn",
+            "--limit",
+            "0",
+            "--json",
+            "d.json",
+        ]);
+        assert_eq!(d.model, PathBuf::from("x.gguf"));
+        assert_eq!(d.template, TemplateChoice::Raw);
+        assert_eq!(d.read.fields.output, "response");
+        assert!(d.read.first_turn_only);
+        assert_eq!(d.limit, 0, "--limit 0 prints the counts alone");
+        assert_eq!(d.json, Some(PathBuf::from("d.json")));
+        assert_eq!(
+            doctor(&["--model", "y.gguf"]).model,
+            PathBuf::from("y.gguf")
+        );
+        refused(&["doctor", "d.json"], &["--tokenizer"]);
+
+        assert_eq!(
+            report(&[]),
+            ReportSettings {
+                out_dir: "out".into(),
+                top: 20,
+            }
+        );
+        assert_eq!(report(&["--top", "3"]).top, 3);
+
+        assert!(matches!(
+            ok(&["completions", "zsh"]).action,
+            Action::Completions(clap_complete::Shell::Zsh)
+        ));
+        let mut script = Vec::new();
+        write_completions(clap_complete::Shell::Bash, &mut script);
+        let script = String::from_utf8(script).unwrap();
+        for word in ["select", "--n-gpu-layers", "--ctx-size", "--also"] {
+            assert!(script.contains(word), "{word} missing");
+        }
+    }
+
+    #[test]
+    fn bad_select_values_name_their_flag() {
+        let cases: &[(&[&str], &[&str])] = &[
+            (&["-r", "0"], &["--ratio must be in (0, 1], got 0"]),
+            (&["--ratio", "1.5"], &["--ratio must be in (0, 1], got 1.5"]),
+            (&["--ratio", "NaN"], &["--ratio must be in (0, 1], got NaN"]),
+            (&["--ratio", "-0.5"], &["--ratio must be in (0, 1]"]),
+            (&["-r", "x"], &["'x'", "--ratio"]),
+            (&["-r", "0.1", "-n", "5"], &["--ratio", "--count"]),
+            (&["-n", "0"], &["--count must be at least 1"]),
+            (&["-n", "-3"], &["-3"]),
+            (&["--template", "nope"], &["'nope'", "--template"]),
+            (&["--also", "ppl"], &["'ppl'", "--also"]),
+            (
+                &["--checkpoint-tokens", "0"],
+                &["--checkpoint-tokens must be at least 1"],
+            ),
+            (&["-ngl", "abc"], &["'abc'", "--n-gpu-layers"]),
+            (&["-ngl=-1"], &["'-1'", "--n-gpu-layers"]),
+            (&["--unknown"], &["--unknown"]),
+        ];
+        for (extra, parts) in cases {
+            let args: Vec<&str> = ["select", "d.json"].iter().chain(*extra).copied().collect();
+            refused(&args, parts);
+        }
+        refused(&["select"], &["<DATA>"]);
+    }
+
+    /// Each size relation llama.cpp relies on, refused naming the flags involved, for both
+    /// subcommands that take them.
+    #[test]
+    fn bad_sizes_name_their_flags() {
+        let cases: &[(&[&str], &[&str])] = &[
+            (&["-c", "8"], &["--ctx-size must be at least 16, got 8"]),
+            (
+                &["--ctx-size", "15", "-b", "16"],
+                &["--ctx-size must be at least 16"],
+            ),
+            (&["--parallel", "0"], &["--parallel must be 1..=256, got 0"]),
+            (
+                &["--parallel", "257"],
+                &["--parallel must be 1..=256, got 257"],
+            ),
+            (
+                &["-c", "4096"],
+                &["--batch-size (2048) must be at least --ctx-size (4096)"],
+            ),
+            (
+                &["-b", "8193"],
+                &["--batch-size (8193) cannot exceed --ctx-size x --parallel (8192)"],
+            ),
+            (
+                &["-c", "1024", "--parallel", "1", "--batch-size", "2048"],
+                &["--batch-size (2048) cannot exceed --ctx-size x --parallel (1024)"],
+            ),
+            (
+                &["--ubatch-size", "0"],
+                &["--ubatch-size must be 1..=--batch-size (2048), got 0"],
+            ),
+            (
+                &["--ubatch-size", "4096"],
+                &["--ubatch-size must be 1..=--batch-size (2048), got 4096"],
+            ),
+            (&["-t", "0"], &["--threads must be at least 1"]),
+            (&["--threads", "0"], &["--threads must be at least 1"]),
+            (
+                &["-c", "4294967296", "-b", "4294967296", "--parallel", "1"],
+                &["--ctx-size x --parallel (4294967296) exceeds llama.cpp's limit"],
+            ),
+        ];
+        for sub in ["select", "bench"] {
+            for (extra, parts) in cases {
+                let args: Vec<&str> = [sub, "d.json"].iter().chain(*extra).copied().collect();
+                let message = refused(&args, parts);
+                assert!(
+                    message.contains(&format!("miwv {sub}")),
+                    "the usage is the subcommand's: {message}"
+                );
+            }
+        }
+        // The edges are fine.
+        let s = select(&[
+            "-c",
+            "16",
+            "-b",
+            "16",
+            "--ubatch-size",
+            "16",
+            "--parallel",
+            "1",
+        ])
+        .sizes;
+        assert_eq!((s.ctx_per_sequence, s.batch, s.ubatch), (16, 16, 16));
+        assert_eq!(select(&["--parallel", "256"]).sizes.parallel, 256);
+        assert_eq!(select(&["-b", "8192"]).sizes.batch, 8192);
+    }
+
+    #[test]
+    fn bad_bench_compare_and_report_values_name_their_flag() {
+        refused(&["bench", "d.json", "--sizes="], &["--sizes"]);
+        refused(&["bench", "d.json", "--sizes", ""], &["--sizes"]);
+        refused(
+            &["bench", "d.json", "--sizes", "1,10"],
+            &["--sizes must each be at least 2", "got 1"],
+        );
+        refused(
+            &["bench", "d.json", "--sizes", "0"],
+            &["--sizes must each be at least 2"],
+        );
+        refused(&["bench", "d.json", "--sizes", "a,b"], &["'a'", "--sizes"]);
+        refused(
+            &["bench", "d.json", "--repeats", "0"],
+            &["--repeats must be at least 1"],
+        );
+        refused(
+            &["bench", "d.json", "-ngl", "abc"],
+            &["'abc'", "--n-gpu-layers"],
+        );
+        refused(
+            &["bench", "d.json", "--template", "nope"],
+            &["'nope'", "--template"],
+        );
+        refused(&["bench", "d.json", "-n", "5"], &["-n"]);
+
+        refused(
+            &["compare", "a", "b", "--ratios", "0.1,1.5"],
+            &["--ratios must be in (0, 1], got 1.5"],
+        );
+        refused(
+            &["compare", "a", "b", "--ratios", "0"],
+            &["--ratios must be in (0, 1], got 0"],
+        );
+        refused(
+            &["compare", "a", "b", "--ratios", "NaN"],
+            &["--ratios must be in (0, 1], got NaN"],
+        );
+        refused(&["compare", "a", "b", "--ratios="], &["--ratios"]);
+
+        refused(
+            &["report", "out", "--top", "0"],
+            &["--top must be at least 1"],
+        );
+        refused(&["report", "out", "--top", "-1"], &["-1"]);
+        refused(&["completions", "tcsh"], &["'tcsh'"]);
+    }
+
+    #[test]
+    fn help_and_version_are_not_failures() {
+        for args in [
+            &["--help"][..],
+            &["select", "--help"],
+            &["help", "bench"],
+            &["--version"],
+        ] {
+            let e = run(args).expect_err("help and version end the parse");
+            assert_eq!(e.exit_code(), 0, "{args:?}");
+        }
+        let help = run(&["bench", "--help"]).unwrap_err().to_string();
+        for flag in [
+            "--n-gpu-layers",
+            "--ngl",
+            "--sizes",
+            "--repeats",
+            "-c, --ctx-size",
+        ] {
+            assert!(help.contains(flag), "{flag} missing from bench --help");
+        }
+    }
+
+    #[test]
+    fn only_whole_ngl_arguments_are_rewritten() {
+        let rewritten = llama_cpp_flags(
+            ["miwv", "-ngl", "1", "-ngl=2", "-nglx", "--ngl", "x-ngl"]
+                .into_iter()
+                .map(OsString::from),
+        );
+        assert_eq!(
+            rewritten,
+            [
+                "miwv",
+                "--n-gpu-layers",
+                "1",
+                "--n-gpu-layers=2",
+                "-nglx",
+                "--ngl",
+                "x-ngl"
+            ]
+        );
+    }
+}

@@ -1,0 +1,104 @@
+//! The command line end to end through the built binary, without loading any model: bad values
+//! exit with 2 naming their flag, help works, and logs to a file carry no colour codes.
+
+// The binary needs the native code (llama.cpp); without it there is nothing to run.
+#![cfg(feature = "native")]
+
+use std::process::{Command, Output, Stdio};
+
+fn miwv(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_miwv"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// Asserts exit code 2 and a message on stderr holding every one of `parts`, and no output.
+fn assert_bad_command_line(args: &[&str], parts: &[&str]) {
+    let output = miwv(args);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+    for part in parts {
+        assert!(
+            stderr.contains(part),
+            "{args:?}: `{part}` missing: {stderr}"
+        );
+    }
+    assert!(output.stdout.is_empty(), "{args:?}");
+}
+
+#[test]
+fn bad_values_exit_with_2_naming_the_flag() {
+    assert_bad_command_line(
+        &["select", "x.json", "--ratio", "1.5"],
+        &["--ratio must be in (0, 1], got 1.5", "Usage: miwv select"],
+    );
+    assert_bad_command_line(
+        &["bench", "x.json", "-ngl", "abc"],
+        &["'abc'", "--n-gpu-layers"],
+    );
+    assert_bad_command_line(
+        &["select", "x.json", "-c", "8"],
+        &["--ctx-size must be at least 16, got 8"],
+    );
+    assert_bad_command_line(
+        &["bench", "x.json", "-c", "8"],
+        &["--ctx-size must be at least 16, got 8"],
+    );
+    assert_bad_command_line(
+        &["report", "out", "--top", "0"],
+        &["--top must be at least 1"],
+    );
+}
+
+#[test]
+fn help_still_works() {
+    for args in [&["--help"][..], &["select", "--help"], &["help", "bench"]] {
+        let output = miwv(args);
+        assert!(output.status.success(), "{args:?}");
+        let help = String::from_utf8_lossy(&output.stdout);
+        assert!(help.contains("Usage: miwv"), "{args:?}: {help}");
+    }
+    let top = String::from_utf8_lossy(&miwv(&["--help"]).stdout).into_owned();
+    assert!(top.contains("Exit codes"), "{top}");
+    let bench = String::from_utf8_lossy(&miwv(&["bench", "--help"]).stdout).into_owned();
+    assert!(bench.contains("--n-gpu-layers"), "{bench}");
+}
+
+/// A run whose stderr is a file logs plain text. The dataset is cut off (a warning) and read
+/// (an info line); the missing scoring model then stops the run before anything is loaded.
+#[test]
+fn logs_to_a_file_have_no_colour_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("cut.jsonl");
+    std::fs::write(
+        &data,
+        "{\"instruction\": \"a\", \"output\": \"b\"}\n\
+         {\"instruction\": \"c\", \"output\": \"d\"}\n\
+         {\"instruction\": \"e\", \"out",
+    )
+    .unwrap();
+    let log = dir.path().join("log.txt");
+    let status = Command::new(env!("CARGO_BIN_EXE_miwv"))
+        .arg("select")
+        .arg(&data)
+        .arg("-o")
+        .arg(dir.path().join("out"))
+        .args(["-m"])
+        .arg(dir.path().join("missing.gguf"))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .status()
+        .unwrap();
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(
+        log.contains("WARN") && log.contains("INFO"),
+        "no log lines: {log}"
+    );
+    assert!(log.contains("missing.gguf"), "{log}");
+    assert!(
+        !log.contains("\x1b["),
+        "colour codes in a log file: {log:?}"
+    );
+}

@@ -1,0 +1,21 @@
+//! The integration tests, in one binary so that llama.cpp, FAISS and Arrow are linked once.
+//!
+//! Fast tests need no model: the dataset reader (`dataset`), the command line (`cli`), the
+//! scheduler on a fake decoder (`scheduler`), `compare` and `report` on files written through
+//! the output schema. The others run the real default models, fetched by
+//! `ggml-models/fetch.py` (`scripts/test.sh` does it).
+
+mod common;
+#[path = "../../fuzz/invariants.rs"]
+mod invariants;
+
+mod compare;
+mod crash;
+mod dataset;
+mod doctor;
+mod engine;
+mod equivalence;
+mod formats;
+mod hostile;
+mod scheduler;
+mod select;

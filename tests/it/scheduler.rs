@@ -1,0 +1,356 @@
+//! The scheduler driven by a deterministic fake decoder: planning, KV reuse, checkpoints,
+//! resume, interrupts and decoder failures, in milliseconds and without model weights.
+//!
+//! The fake keeps each slot's tokens as a real KV cache would and gives every scored token a
+//! log-probability that depends on everything before it in its slot. A plan that continued a
+//! slot at the wrong position, copied into a busy slot or lost a prefix would change the
+//! losses (or be refused), so equal losses mean the plan kept the cache right.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use miwv::config::ContextSizes;
+use miwv::dataset::{read_dataset, Sample};
+use miwv::decoder::{DecodeError, Decoder, Item};
+use miwv::prompt::{Template, Token, Tokenize};
+use miwv::resume::RunState;
+use miwv::scheduler::{score_samples, NoJournal, Outcome, ScoringError, ScoringOptions};
+use miwv::score::Unscorable;
+
+/// Bytes as tokens: enough to give every sample a distinct, realistic-length sequence.
+struct ByteTokenizer;
+
+impl Tokenize for ByteTokenizer {
+    fn tokenize(&self, text: &str) -> Vec<Token> {
+        text.bytes().map(|b| Token::from(b) + 3).collect()
+    }
+    fn tokenize_markup(&self, text: &str) -> Vec<Token> {
+        self.tokenize(text)
+    }
+    fn bos(&self) -> Option<Token> {
+        Some(1)
+    }
+    fn eos(&self) -> Option<Token> {
+        Some(2)
+    }
+}
+
+/// A decoder whose "model" is a hash of the context: `log p(next | context)` is a fixed
+/// function of the exact token history in the slot.
+struct FakeDecoder<'a> {
+    sizes: ContextSizes,
+    /// Per slot, the rolling hash of every prefix decoded into it (its "KV cache").
+    slots: Vec<Vec<u64>>,
+    last: Vec<Vec<f32>>,
+    decodes: usize,
+    /// Set this flag after that many decodes (a user's Ctrl-C).
+    stop_after: Option<(usize, &'a AtomicBool)>,
+    /// Fail the decode with this number (1-based).
+    fail_at: Option<usize>,
+}
+
+impl<'a> FakeDecoder<'a> {
+    fn new(sizes: ContextSizes) -> Self {
+        FakeDecoder {
+            sizes,
+            slots: vec![Vec::new(); sizes.parallel],
+            last: Vec::new(),
+            decodes: 0,
+            stop_after: None,
+            fail_at: None,
+        }
+    }
+}
+
+fn extend(hash: u64, token: Token) -> u64 {
+    (hash ^ token as u64).wrapping_mul(0x0100_0000_01b3)
+}
+
+fn log_prob(context: u64, next: Token) -> f32 {
+    let h = extend(context, next).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 40;
+    -((h % 8192) as f32) / 1024.0 - 0.01
+}
+
+impl Decoder for FakeDecoder<'_> {
+    fn copy_slot(&mut self, from: usize, to: usize) -> Result<(), DecodeError> {
+        if !self.slots[to].is_empty() {
+            return Err(format!("copy into slot {to}, which is in use").into());
+        }
+        self.slots[to] = self.slots[from].clone();
+        Ok(())
+    }
+
+    fn decode(&mut self, items: &[Item]) -> Result<(), DecodeError> {
+        self.decodes += 1;
+        if self.fail_at == Some(self.decodes) {
+            return Err("the device went away".into());
+        }
+        let tokens: usize = items.iter().map(|i| i.tokens.len()).sum();
+        if tokens > self.sizes.batch {
+            return Err(format!("{tokens} tokens in one decode").into());
+        }
+        self.last.clear();
+        for item in items {
+            let slot = &mut self.slots[item.slot];
+            if slot.len() != item.first_pos {
+                return Err(format!(
+                    "slot {} holds {} tokens, the item continues at {}",
+                    item.slot,
+                    slot.len(),
+                    item.first_pos
+                )
+                .into());
+            }
+            if item.first_pos + item.tokens.len() > self.sizes.ctx_per_sequence {
+                return Err("past the context".into());
+            }
+            let mut hash = slot.last().copied().unwrap_or(0xcbf2_9ce4_8422_2325);
+            let mut row = Vec::new();
+            for (offset, &token) in item.tokens.iter().enumerate() {
+                if item.scored.contains(&offset) {
+                    row.push(log_prob(hash, token));
+                }
+                hash = extend(hash, token);
+                slot.push(hash);
+            }
+            self.last.push(row);
+        }
+        if let Some((after, flag)) = self.stop_after {
+            if self.decodes >= after {
+                flag.store(true, Ordering::SeqCst);
+            }
+        }
+        Ok(())
+    }
+
+    fn log_probs(&self, _: &[Item]) -> Vec<Vec<f32>> {
+        self.last.clone()
+    }
+
+    fn free_slot(&mut self, slot: usize) {
+        self.slots[slot].clear();
+    }
+
+    fn clear(&mut self) {
+        self.slots.iter_mut().for_each(Vec::clear);
+    }
+}
+
+fn samples() -> Vec<Sample> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/alpaca-mini.json");
+    read_dataset(&path).unwrap().samples
+}
+
+/// Neighbours with hubs (every fifth sample is many samples' example) and a few without one.
+fn examples(n: usize) -> Vec<Option<usize>> {
+    (0..n)
+        .map(|i| match i % 7 {
+            0 => None,
+            1 | 2 => Some((i / 5 * 5 + 5) % n),
+            _ => Some((i * 13 + 1) % n),
+        })
+        .map(|k| k.filter(|&k| k < n))
+        .enumerate()
+        .map(|(i, k)| k.filter(|&k| k != i))
+        .collect()
+}
+
+fn options(kv_reuse: bool, checkpoint_tokens: usize) -> ScoringOptions {
+    ScoringOptions {
+        sizes: ContextSizes {
+            ctx_per_sequence: 1024,
+            parallel: 4,
+            batch: 2048,
+            ubatch: 512,
+            threads: 1,
+        },
+        kv_reuse,
+        template: Template::Alpaca,
+        append_eos: true,
+        response_only: true,
+        checkpoint_tokens,
+    }
+}
+
+fn score(options: &ScoringOptions) -> Outcome {
+    let samples = samples();
+    let mut decoder = FakeDecoder::new(options.sizes);
+    score_samples(
+        &ByteTokenizer,
+        &mut decoder,
+        &samples,
+        &examples(samples.len()),
+        options,
+        &mut NoJournal,
+        |_| {},
+    )
+    .unwrap()
+}
+
+/// Losses as exact bits, NaN included, for equality checks.
+fn bits(outcome: &Outcome) -> Vec<[u32; 4]> {
+    outcome
+        .scores
+        .iter()
+        .zip(&outcome.response_only)
+        .map(|(s, alone)| [s.loss_zero_shot, s.loss_one_shot, s.miwv, *alone].map(f32::to_bits))
+        .collect()
+}
+
+#[test]
+fn reusing_the_neighbours_cache_gives_the_losses_of_whole_sequences() {
+    let reuse = score(&options(true, 4096));
+    let whole = score(&options(false, 4096));
+    assert_eq!(bits(&reuse), bits(&whole));
+    assert!(reuse.stats.prefix_copies > 50, "{:?}", reuse.stats);
+    assert_eq!(whole.stats.prefix_copies, 0);
+    assert!(reuse.stats.tokens_decoded < whole.stats.tokens_decoded);
+    let scored = reuse.scores.iter().filter(|s| s.miwv.is_finite()).count();
+    assert!(scored > 150, "{scored} scored");
+    for (score, example) in reuse.scores.iter().zip(examples(200)) {
+        assert_eq!(score.miwv.is_finite(), score.reason.is_none());
+        if example.is_none() {
+            assert_eq!(score.reason, Some(Unscorable::NoNeighbour));
+        }
+    }
+    // Checkpoints only change where the cache empties, never a loss.
+    assert_eq!(bits(&score(&options(true, 1 << 30))), bits(&reuse));
+}
+
+/// Each sample's (sample, pass) losses in `losses.jsonl`, counted.
+fn logged(out: &Path) -> HashMap<(u64, String), usize> {
+    let text = std::fs::read_to_string(out.join("checkpoint/losses.jsonl")).unwrap();
+    let mut seen = HashMap::new();
+    for line in text.lines().skip(1) {
+        let commit: serde_json::Value = serde_json::from_str(line).unwrap();
+        for loss in commit["losses"].as_array().unwrap() {
+            let key = (
+                loss["sample"].as_u64().unwrap(),
+                loss["pass"].as_str().unwrap().to_string(),
+            );
+            *seen.entry(key).or_insert(0) += 1;
+        }
+    }
+    seen
+}
+
+#[test]
+fn a_run_interrupted_after_any_decode_resumes_to_the_same_scores() {
+    let options = options(true, 3000);
+    let reference = score(&options);
+    let planned = reference.stats.planned_steps;
+    assert!(planned > 20, "{planned} steps");
+    let samples = samples();
+    let examples = examples(samples.len());
+    let settings = serde_json::json!({"test": 1});
+    for stop_after in 1..planned {
+        let dir = tempfile::tempdir().unwrap();
+        let state = RunState::open(dir.path(), &settings).unwrap();
+        let stop = AtomicBool::new(false);
+        let mut decoder = FakeDecoder::new(options.sizes);
+        decoder.stop_after = Some((stop_after, &stop));
+        let first = score_samples(
+            &ByteTokenizer,
+            &mut decoder,
+            &samples,
+            &examples,
+            &options,
+            &mut state.loss_log(&stop),
+            |_| {},
+        );
+        let Err(ScoringError::Interrupted {
+            saved_steps,
+            total_steps,
+        }) = first
+        else {
+            panic!("stop after {stop_after}: not interrupted: {first:?}");
+        };
+        assert_eq!(total_steps, planned);
+        assert!(saved_steps <= stop_after, "{saved_steps} > {stop_after}");
+
+        let go_on = AtomicBool::new(false);
+        let mut decoder = FakeDecoder::new(options.sizes);
+        let resumed = score_samples(
+            &ByteTokenizer,
+            &mut decoder,
+            &samples,
+            &examples,
+            &options,
+            &mut state.loss_log(&go_on),
+            |_| {},
+        )
+        .unwrap();
+        assert_eq!(bits(&resumed), bits(&reference), "stop after {stop_after}");
+        assert_eq!(resumed.stats.resumed_steps, saved_steps);
+        assert_eq!(resumed.stats.decodes, planned - saved_steps);
+        let log = logged(dir.path());
+        assert!(log.values().all(|&n| n == 1), "a loss logged twice");
+        // Every pass that was decoded is logged: each finite loss of the reference run.
+        let decoded_passes: usize = bits(&reference)
+            .iter()
+            .map(|b| {
+                [b[0], b[1], b[3]]
+                    .iter()
+                    .filter(|&&x| f32::from_bits(x).is_finite())
+                    .count()
+            })
+            .sum();
+        assert_eq!(log.len(), decoded_passes, "stop after {stop_after}");
+    }
+}
+
+#[test]
+fn a_decoder_failure_keeps_the_checkpoints_and_the_rerun_completes() {
+    let options = options(true, 3000);
+    let reference = score(&options);
+    let samples = samples();
+    let examples = examples(samples.len());
+    let dir = tempfile::tempdir().unwrap();
+    let state = RunState::open(dir.path(), &serde_json::json!({})).unwrap();
+    let stop = AtomicBool::new(false);
+    let mut failing = FakeDecoder::new(options.sizes);
+    failing.fail_at = Some(reference.stats.planned_steps / 2);
+    let failed = score_samples(
+        &ByteTokenizer,
+        &mut failing,
+        &samples,
+        &examples,
+        &options,
+        &mut state.loss_log(&stop),
+        |_| {},
+    )
+    .unwrap_err();
+    assert!(
+        failed.to_string().contains("the device went away"),
+        "{failed}"
+    );
+    let mut decoder = FakeDecoder::new(options.sizes);
+    let rerun = score_samples(
+        &ByteTokenizer,
+        &mut decoder,
+        &samples,
+        &examples,
+        &options,
+        &mut state.loss_log(&stop),
+        |_| {},
+    )
+    .unwrap();
+    assert!(rerun.stats.resumed_steps > 0);
+    assert_eq!(bits(&rerun), bits(&reference));
+
+    // Losses saved for another plan (another checkpoint interval) are refused, not mixed in.
+    let mut decoder = FakeDecoder::new(options.sizes);
+    let other = score_samples(
+        &ByteTokenizer,
+        &mut decoder,
+        &samples,
+        &examples,
+        &self::options(true, 5000),
+        &mut state.loss_log(&stop),
+        |_| {},
+    )
+    .unwrap_err();
+    assert!(matches!(other, ScoringError::Resume(_)), "{other}");
+    assert!(other.to_string().contains("different plan"), "{other}");
+}
