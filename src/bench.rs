@@ -194,72 +194,25 @@ pub fn run(config: &BenchConfig) -> Result<Report, Error> {
         .iter()
         .max()
         .ok_or_else(|| Error::Bench("no sizes".into()))?;
-    let (_, dataset) = read_samples(&config.data, &ReadOptions::default())?;
-    let mut samples = dataset.samples;
-    if samples.len() < largest {
-        return Err(Error::Bench(format!(
-            "{}: {} records, fewer than the largest size {largest}",
-            config.data.display(),
-            samples.len()
-        )));
-    }
-    samples.truncate(largest);
-
-    let vectors = {
-        let embed_model = Model::load(&config.embed_model, config.gpu_layers)?;
-        let prefix = default_prefix(embed_model.info().architecture.as_deref());
-        let mut embedder = Embedder::new(&embed_model, config.context.threads)?;
-        embed_samples(&mut embedder, &samples, prefix, |_| {})?
-    };
+    let samples = first_samples(config, largest)?;
+    let (vectors, dim) = embed_all(config, &samples)?;
     let model = Model::load(&config.model, config.gpu_layers)?;
     let template = resolve_template(&model, config.template)?;
+    let bench = Bench {
+        config,
+        model: &model,
+        template: &template,
+        samples: &samples,
+        vectors: &vectors,
+        dim,
+    };
 
-    let options = |kv_reuse| ScoringOptions {
-        sizes: config.context,
-        kv_reuse,
-        template: template.clone(),
-        append_eos: false,
-        response_only: false,
-        checkpoint_tokens: crate::config::DEFAULT_CHECKPOINT_TOKENS,
-    };
-    let score = |n: usize, kv_reuse: bool| -> Result<Run, Error> {
-        let (vectors, dim) = (&vectors.0[..n * vectors.1], vectors.1);
-        let examples: Vec<Option<usize>> = nearest_others(vectors, dim)?
-            .into_iter()
-            .map(|found| found.map(|k| k.index))
-            .collect();
-        reset_peak_rss();
-        let clock = Instant::now();
-        let mut scorer = Scorer::new(&model, config.context)?;
-        let outcome = score_samples(
-            &model,
-            &mut scorer,
-            &samples[..n],
-            &examples,
-            &options(kv_reuse),
-            &mut NoJournal,
-            |_| {},
-        )?;
-        let seconds = clock.elapsed().as_secs_f64();
-        let s = outcome.stats;
-        Ok(Run {
-            samples: n,
-            kv_reuse,
-            seconds,
-            tokens_per_s: s.tokens_decoded as f64 / seconds,
-            samples_per_s: n as f64 / seconds,
-            tokens_per_sample: s.tokens_decoded as f64 / n as f64,
-            logit_share: s.scored_rows as f64 / s.tokens_decoded as f64,
-            peak_rss_mib: peak_rss_mib(),
-            stats: s,
-        })
-    };
     let mut with_reuse = Vec::new();
     for &n in &config.sizes {
-        with_reuse.push(score(n, true)?);
+        with_reuse.push(bench.score(n, true)?);
         tracing::info!("scored {n} samples with reuse");
     }
-    let without_reuse = score(largest, false)?;
+    let without_reuse = bench.score(largest, false)?;
     let share = with_reuse.last().map_or(0.0, |r| r.logit_share);
 
     let tokens = ceiling_tokens(&model, &samples, &template, 512);
@@ -286,6 +239,82 @@ pub fn run(config: &BenchConfig) -> Result<Report, Error> {
         with_reuse,
         without_reuse,
     })
+}
+
+/// The dataset's first `n` samples.
+fn first_samples(config: &BenchConfig, n: usize) -> Result<Vec<Sample>, Error> {
+    let (_, dataset) = read_samples(&config.data, &ReadOptions::default())?;
+    let mut samples = dataset.samples;
+    if samples.len() < n {
+        return Err(Error::Bench(format!(
+            "{}: {} records, fewer than the largest size {n}",
+            config.data.display(),
+            samples.len()
+        )));
+    }
+    samples.truncate(n);
+    Ok(samples)
+}
+
+/// Every sample's retrieval embedding, rows of the returned width.
+fn embed_all(config: &BenchConfig, samples: &[Sample]) -> Result<(Vec<f32>, usize), Error> {
+    let embed_model = Model::load(&config.embed_model, config.gpu_layers)?;
+    let prefix = default_prefix(embed_model.info().architecture.as_deref());
+    let mut embedder = Embedder::new(&embed_model, config.context.threads)?;
+    Ok(embed_samples(&mut embedder, samples, prefix, |_| {})?)
+}
+
+/// What every timed scoring run shares.
+struct Bench<'a> {
+    config: &'a BenchConfig,
+    model: &'a Model,
+    template: &'a Template,
+    samples: &'a [Sample],
+    vectors: &'a [f32],
+    dim: usize,
+}
+
+impl Bench<'_> {
+    /// Scores the first `n` samples (neighbours among those `n`) and times it.
+    fn score(&self, n: usize, kv_reuse: bool) -> Result<Run, Error> {
+        let examples: Vec<Option<usize>> = nearest_others(&self.vectors[..n * self.dim], self.dim)?
+            .into_iter()
+            .map(|found| found.map(|k| k.index))
+            .collect();
+        let options = ScoringOptions {
+            sizes: self.config.context,
+            kv_reuse,
+            template: self.template.clone(),
+            append_eos: false,
+            response_only: false,
+            checkpoint_tokens: crate::config::DEFAULT_CHECKPOINT_TOKENS,
+        };
+        reset_peak_rss();
+        let clock = Instant::now();
+        let mut scorer = Scorer::new(self.model, self.config.context)?;
+        let outcome = score_samples(
+            self.model,
+            &mut scorer,
+            &self.samples[..n],
+            &examples,
+            &options,
+            &mut NoJournal,
+            |_| {},
+        )?;
+        let seconds = clock.elapsed().as_secs_f64();
+        let s = outcome.stats;
+        Ok(Run {
+            samples: n,
+            kv_reuse,
+            seconds,
+            tokens_per_s: s.tokens_decoded as f64 / seconds,
+            samples_per_s: n as f64 / seconds,
+            tokens_per_sample: s.tokens_decoded as f64 / n as f64,
+            logit_share: s.scored_rows as f64 / s.tokens_decoded as f64,
+            peak_rss_mib: peak_rss_mib(),
+            stats: s,
+        })
+    }
 }
 
 /// `len` real tokens: the dataset's blocks, concatenated.

@@ -133,6 +133,40 @@ pub struct Comparison {
 /// # Errors
 /// [`CompareError::Mismatch`] when the files do not hold the same ids.
 pub fn compare(a: &ScoreFile, b: &ScoreFile, ratios: &[f64]) -> Result<Comparison, CompareError> {
+    let order = match_ids(a, b)?;
+    let in_a_order = |values: &[f32]| order.iter().map(|&j| values[j]).collect::<Vec<f32>>();
+    let b_miwv = in_a_order(&b.miwv);
+    let b_selected = b
+        .selected
+        .as_ref()
+        .map(|s| order.iter().map(|&j| s[j]).collect::<Vec<bool>>());
+
+    let both: Vec<usize> = (0..a.ids.len())
+        .filter(|&i| !a.miwv[i].is_nan() && !b_miwv[i].is_nan())
+        .collect();
+    let x: Vec<f64> = both.iter().map(|&i| f64::from(a.miwv[i])).collect();
+    let y: Vec<f64> = both.iter().map(|&i| f64::from(b_miwv[i])).collect();
+    Ok(Comparison {
+        a: a.path.clone(),
+        b: b.path.clone(),
+        samples: a.ids.len(),
+        scored_in_both: both.len(),
+        spearman: spearman(&x, &y),
+        kendall_tau_b: kendall_tau_b(&x, &y),
+        miwv_difference: difference(&a.miwv, &b_miwv).unwrap_or(Difference {
+            samples: 0,
+            mean_abs: f64::NAN,
+            max_abs: f64::NAN,
+            above_0_01: 0,
+        }),
+        loss_zero_shot_difference: difference(&a.loss_zero_shot, &in_a_order(&b.loss_zero_shot)),
+        loss_one_shot_difference: difference(&a.loss_one_shot, &in_a_order(&b.loss_one_shot)),
+        overlaps: overlaps(a, &b_miwv, b_selected.as_deref(), ratios),
+    })
+}
+
+/// For each of `a`'s rows, the position of the row with the same id in `b`.
+fn match_ids(a: &ScoreFile, b: &ScoreFile) -> Result<Vec<usize>, CompareError> {
     let mismatch = |problem: String| CompareError::Mismatch {
         a: a.path.clone(),
         b: b.path.clone(),
@@ -145,15 +179,13 @@ pub fn compare(a: &ScoreFile, b: &ScoreFile, ratios: &[f64]) -> Result<Compariso
             b.ids.len()
         )));
     }
-    // b's rows in a's order.
     let position: std::collections::HashMap<&str, usize> = b
         .ids
         .iter()
         .enumerate()
         .map(|(i, id)| (id.as_str(), i))
         .collect();
-    let order: Vec<usize> = a
-        .ids
+    a.ids
         .iter()
         .map(|id| {
             position
@@ -161,67 +193,53 @@ pub fn compare(a: &ScoreFile, b: &ScoreFile, ratios: &[f64]) -> Result<Compariso
                 .copied()
                 .ok_or_else(|| mismatch(format!("id {id:?} is only in the first")))
         })
-        .collect::<Result<_, _>>()?;
-    let in_a_order = |values: &[f32]| order.iter().map(|&j| values[j]).collect::<Vec<f32>>();
-    let b_miwv = in_a_order(&b.miwv);
+        .collect()
+}
 
-    let both: Vec<usize> = (0..a.ids.len())
-        .filter(|&i| !a.miwv[i].is_nan() && !b_miwv[i].is_nan())
-        .collect();
-    let x: Vec<f64> = both.iter().map(|&i| f64::from(a.miwv[i])).collect();
-    let y: Vec<f64> = both.iter().map(|&i| f64::from(b_miwv[i])).collect();
-
+/// Top-k overlaps at each ratio, then of the runs' own selections when both recorded one;
+/// `b_miwv` and `b_selected` are in `a`'s order.
+fn overlaps(
+    a: &ScoreFile,
+    b_miwv: &[f32],
+    b_selected: Option<&[bool]>,
+    ratios: &[f64],
+) -> Vec<Overlap> {
     let n = a.ids.len();
     let mut overlaps: Vec<Overlap> = ratios
         .iter()
         .map(|&r| {
             let count = Budget::Ratio(r).count(n);
             let top_a = top_by_score(&a.miwv, count);
-            let top_b = top_by_score(&b_miwv, count);
+            let top_b = top_by_score(b_miwv, count);
             overlap(format!("{}%", r * 100.0), &top_a, &top_b)
         })
         .collect();
-    if let (Some(sel_a), Some(sel_b)) = (&a.selected, &b.selected) {
+    if let (Some(sel_a), Some(sel_b)) = (&a.selected, b_selected) {
         let chosen = |selected: &[bool]| -> Vec<usize> {
             (0..selected.len()).filter(|&i| selected[i]).collect()
         };
-        let sel_b: Vec<bool> = order.iter().map(|&j| sel_b[j]).collect();
         overlaps.push(overlap(
             "the runs' own".into(),
             &chosen(sel_a),
-            &chosen(&sel_b),
+            &chosen(sel_b),
         ));
     }
-    let difference = |xs: &[f32], ys: &[f32]| {
-        let pairs: Vec<f64> = xs
-            .iter()
-            .zip(ys)
-            .filter(|(x, y)| !x.is_nan() && !y.is_nan())
-            .map(|(x, y)| f64::from((x - y).abs()))
-            .collect();
-        (!pairs.is_empty()).then(|| Difference {
-            samples: pairs.len(),
-            mean_abs: pairs.iter().sum::<f64>() / pairs.len() as f64,
-            max_abs: pairs.iter().copied().fold(0.0, f64::max),
-            above_0_01: pairs.iter().filter(|&&d| d > 0.01).count(),
-        })
-    };
-    Ok(Comparison {
-        a: a.path.clone(),
-        b: b.path.clone(),
-        samples: n,
-        scored_in_both: both.len(),
-        spearman: spearman(&x, &y),
-        kendall_tau_b: kendall_tau_b(&x, &y),
-        miwv_difference: difference(&a.miwv, &b_miwv).unwrap_or(Difference {
-            samples: 0,
-            mean_abs: f64::NAN,
-            max_abs: f64::NAN,
-            above_0_01: 0,
-        }),
-        loss_zero_shot_difference: difference(&a.loss_zero_shot, &in_a_order(&b.loss_zero_shot)),
-        loss_one_shot_difference: difference(&a.loss_one_shot, &in_a_order(&b.loss_one_shot)),
-        overlaps,
+    overlaps
+}
+
+/// Mean and largest |x - y| over the pairs defined on both sides; `None` when there is none.
+fn difference(xs: &[f32], ys: &[f32]) -> Option<Difference> {
+    let pairs: Vec<f64> = xs
+        .iter()
+        .zip(ys)
+        .filter(|(x, y)| !x.is_nan() && !y.is_nan())
+        .map(|(x, y)| f64::from((x - y).abs()))
+        .collect();
+    (!pairs.is_empty()).then(|| Difference {
+        samples: pairs.len(),
+        mean_abs: pairs.iter().sum::<f64>() / pairs.len() as f64,
+        max_abs: pairs.iter().copied().fold(0.0, f64::max),
+        above_0_01: pairs.iter().filter(|&&d| d > 0.01).count(),
     })
 }
 

@@ -13,7 +13,7 @@
 //! decode, gather, fold, checkpoint), and fold the losses into scores. It talks to the model
 //! only through a [`Decoder`].
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
@@ -498,7 +498,6 @@ impl PlanRun<'_> {
             tokens: steps.iter().map(|s| self.step_tokens(s)).sum(),
         };
         progress(report);
-        let (mut decoding, mut extracting) = (Duration::ZERO, Duration::ZERO);
         let mut unsaved = Vec::new();
         for (t, step) in steps.iter().enumerate().skip(first) {
             if journal.stop_requested() {
@@ -507,47 +506,12 @@ impl PlanRun<'_> {
                     total_steps: steps.len(),
                 });
             }
-            // llama.cpp puts sequences in one ubatch only when their ids follow each other in
-            // the batch (ascending, consecutive); the plan's entries are decoded in slot order.
-            let mut entries = step.entries.clone();
-            entries.sort_by_key(|e| e.slot);
-            let items: Vec<Item> = entries
-                .iter()
-                .map(|e| self.sequences.item(e, self.shapes))
-                .collect();
-
-            let clock = Instant::now();
-            for e in &entries {
-                if let Some(from) = e.copy_from {
-                    self.decoder
-                        .copy_slot(from, e.slot)
-                        .map_err(ScoringError::Decode)?;
-                }
-            }
-            self.decoder.decode(&items).map_err(ScoringError::Decode)?;
-            let decoded = Instant::now();
-            let log_probs = self.decoder.log_probs(&items);
-            decoding += decoded - clock;
-            extracting += decoded.elapsed();
-            for &slot in &step.free_after {
-                self.decoder.free_slot(slot);
-            }
-
-            for ((e, item), lps) in entries.iter().zip(&items).zip(&log_probs) {
-                let loss = Loss {
-                    sample: sample_of(e.work),
-                    pass: pass_of(e.work),
-                    value: self.sequences.scored(e.work).mean_loss(lps),
-                };
+            for loss in self.decode_step(step, &mut stats)? {
                 *losses
                     .get_mut(loss.sample, loss.pass)
                     .expect("planned samples exist") = loss.value;
                 unsaved.push(loss);
-                stats.tokens_decoded += item.tokens.len();
-                stats.scored_rows += lps.len();
-                stats.prefix_copies += usize::from(e.copy_from.is_some());
             }
-            stats.decodes += 1;
             if step.checkpoint {
                 // An empty cache here is what a resumed run starts from.
                 self.decoder.clear();
@@ -558,9 +522,52 @@ impl PlanRun<'_> {
             report.tokens_done += self.step_tokens(step);
             progress(report);
         }
-        stats.decode_seconds = decoding.as_secs_f64();
-        stats.loss_seconds = extracting.as_secs_f64();
         Ok(stats)
+    }
+
+    /// One planned step through the decoder: copy the parents' caches, decode, gather the
+    /// scored log-probabilities, free the slots the step is done with, and compute each
+    /// entry's loss.
+    fn decode_step(&mut self, step: &Step, stats: &mut Stats) -> Result<Vec<Loss>, ScoringError> {
+        // llama.cpp puts sequences in one ubatch only when their ids follow each other in the
+        // batch (ascending, consecutive); the plan's entries are decoded in slot order.
+        let mut entries = step.entries.clone();
+        entries.sort_by_key(|e| e.slot);
+        let items: Vec<Item> = entries
+            .iter()
+            .map(|e| self.sequences.item(e, self.shapes))
+            .collect();
+
+        let clock = Instant::now();
+        for e in &entries {
+            if let Some(from) = e.copy_from {
+                self.decoder
+                    .copy_slot(from, e.slot)
+                    .map_err(ScoringError::Decode)?;
+            }
+        }
+        self.decoder.decode(&items).map_err(ScoringError::Decode)?;
+        let decoded = Instant::now();
+        let log_probs = self.decoder.log_probs(&items);
+        stats.decode_seconds += (decoded - clock).as_secs_f64();
+        stats.loss_seconds += decoded.elapsed().as_secs_f64();
+        for &slot in &step.free_after {
+            self.decoder.free_slot(slot);
+        }
+
+        stats.decodes += 1;
+        let mut losses = Vec::with_capacity(entries.len());
+        for ((e, item), lps) in entries.iter().zip(&items).zip(&log_probs) {
+            losses.push(Loss {
+                sample: sample_of(e.work),
+                pass: pass_of(e.work),
+                value: self.sequences.scored(e.work).mean_loss(lps),
+            });
+            stats.tokens_decoded += item.tokens.len();
+            stats.scored_rows += lps.len();
+            stats.prefix_copies += usize::from(e.copy_from.is_some());
+        }
+        Ok(losses)
     }
 }
 
