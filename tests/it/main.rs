@@ -17,5 +17,6 @@ mod engine;
 mod equivalence;
 mod formats;
 mod hostile;
+mod report;
 mod scheduler;
 mod select;

@@ -2,9 +2,6 @@
 //! `select` writes): pictures, the page, and what happens when the dataset or the run's files
 //! are missing.
 
-// The binary needs the native code (llama.cpp); without it there is nothing to run.
-#![cfg(feature = "native")]
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
