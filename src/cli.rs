@@ -883,11 +883,11 @@ mod tests {
             (&["-r", "0"], &["--ratio must be in (0, 1], got 0"]),
             (&["--ratio", "1.5"], &["--ratio must be in (0, 1], got 1.5"]),
             (&["--ratio", "NaN"], &["--ratio must be in (0, 1], got NaN"]),
-            (&["--ratio", "-0.5"], &["--ratio must be in (0, 1]"]),
+            (&["--ratio=-0.5"], &["--ratio must be in (0, 1], got -0.5"]),
             (&["-r", "x"], &["'x'", "--ratio"]),
             (&["-r", "0.1", "-n", "5"], &["--ratio", "--count"]),
             (&["-n", "0"], &["--count must be at least 1"]),
-            (&["-n", "-3"], &["-3"]),
+            (&["-n=-3"], &["'-3'", "--count"]),
             (&["--template", "nope"], &["'nope'", "--template"]),
             (&["--also", "ppl"], &["'ppl'", "--also"]),
             (
@@ -1019,7 +1019,7 @@ mod tests {
             &["report", "out", "--top", "0"],
             &["--top must be at least 1"],
         );
-        refused(&["report", "out", "--top", "-1"], &["-1"]);
+        refused(&["report", "out", "--top=-1"], &["'-1'", "--top"]);
         refused(&["completions", "tcsh"], &["'tcsh'"]);
     }
 

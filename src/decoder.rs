@@ -2,7 +2,7 @@
 //!
 //! The scheduler plans and folds; a [`Decoder`] only decodes what it is told, in KV slots it is
 //! told to use, and hands back the log-probabilities of the scored tokens. llama.cpp implements
-//! it in [`crate::engine`]; a deterministic stand-in can implement it to test planning, resume,
+//! it in the `engine` module; a deterministic stand-in can implement it to test planning, resume,
 //! interrupts and sharding in milliseconds, without model weights.
 
 use std::ops::Range;

@@ -272,8 +272,8 @@ impl<'a> Planner<'a> {
         self.close(filling)
     }
 
-    /// 1. Children of decoded parents, each in a slot of its own with a copy of the parent's
-    /// cache; a parent whose last child is placed frees its slot after the step.
+    /// First, children of decoded parents, each in a slot of its own with a copy of the
+    /// parent's cache; a parent whose last child is placed frees its slot after the step.
     fn continue_children(&mut self, filling: &mut Filling) {
         for h in self.held.iter_mut() {
             while let Some(&child) = self.children[h.parent].get(h.next_child) {
@@ -305,8 +305,8 @@ impl<'a> Planner<'a> {
         });
     }
 
-    /// 2. New parents, each holding its slot until its children are done; one slot always
-    /// stays free for a child.
+    /// Second, new parents, each holding its slot until its children are done; one slot
+    /// always stays free for a child.
     fn start_parents(&mut self, filling: &mut Filling) {
         while self.held.len() + filling.step.free_after.len() < self.limits.held {
             let Some(&parent) = self.parents.front() else {
@@ -335,7 +335,7 @@ impl<'a> Planner<'a> {
         }
     }
 
-    /// 3. Independent sequences in the slots and tokens left, the largest that fits first.
+    /// Last, independent sequences in the slots and tokens left, the largest that fits first.
     fn add_independent(&mut self, filling: &mut Filling) {
         while let Some(&slot) = self.free_slots.first() {
             let Some(&item) = self
