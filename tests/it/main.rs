@@ -9,6 +9,7 @@ mod common;
 #[path = "../../fuzz/invariants.rs"]
 mod invariants;
 
+mod cli;
 mod compare;
 mod crash;
 mod dataset;

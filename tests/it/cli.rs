@@ -1,9 +1,6 @@
 //! The command line end to end through the built binary, without loading any model: bad values
 //! exit with 2 naming their flag, help works, and logs to a file carry no colour codes.
 
-// The binary needs the native code (llama.cpp); without it there is nothing to run.
-#![cfg(feature = "native")]
-
 use std::process::{Command, Output, Stdio};
 
 fn miwv(args: &[&str]) -> Output {
