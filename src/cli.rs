@@ -18,6 +18,7 @@ use crate::config::{self, ConfigError, ContextSizes, EmbedModel, SelectConfig};
 use crate::dataset::{Fields, ReadOptions};
 use crate::prompt::TemplateChoice;
 use crate::select::Budget;
+use crate::shard::Shard;
 
 /// Pick the instruction-tuning samples a model learns most from (MIWV).
 #[derive(Parser)]
@@ -48,11 +49,32 @@ enum Command {
             miwv select dolly.jsonl --input-field context --output-field response --template alpaca\n\n\
             Rerun the same command to resume a stopped run; `miwv report out` draws the result.")]
     Select(SelectArgs),
+    /// Stage 1 of a staged run: embed (a shard of) the samples into the run directory.
+    #[command(after_help = "`select` in four stages over one run directory, for clusters:\n  \
+            miwv embed DATA --out RUN [select's flags] --shard K/N   (N processes, any order)\n  \
+            miwv neighbours RUN                                      (once, after every embed shard)\n  \
+            miwv score RUN --shard K/N                               (M processes, any order)\n  \
+            miwv merge RUN                                           (once: scores.jsonl, selection, run.json)\n\n\
+            K counts from 0. With --shards N alone, K comes from SLURM_ARRAY_TASK_ID, JOB_COMPLETION_INDEX or RANK.\n\
+            A shard that stopped resumes when run again; a finished one is skipped.")]
+    Embed(EmbedArgs),
+    /// Stage 2: find every sample's neighbour from all embedding shards.
+    Neighbours(NeighboursArgs),
+    /// Stage 3: score (a shard of) the samples.
+    Score(ScoreArgs),
+    /// Stage 4: gather every score shard into scores.jsonl, the selection and run.json.
+    Merge(MergeArgs),
     /// Measure scoring speed against llama.cpp's own prompt-processing ceiling.
     #[command(
         after_help = "Example:\n  python3 benches/fetch-data.py\n  miwv bench ~/.cache/miwv/data/sharegpt-first-turn.jsonl --sizes 50,100,200 -ngl 999"
     )]
     Bench(BenchArgs),
+    /// Measure the neighbour search (exact and approximate indexes) on synthetic vectors.
+    #[command(after_help = "Examples:\n  \
+            miwv bench-neighbours --sizes 10000,100000\n  \
+            miwv bench-neighbours --sizes 1000000 --index auto --index IVF4096,PQ96 --nprobe 4,8,16 --json nb.json\n\n\
+            The vectors are written to a temporary file (N x dim x 4 bytes) and read back block by block.")]
+    BenchNeighbours(BenchNeighboursArgs),
     /// Compare two runs' scores: MIWV rank correlations, loss differences, selection overlap.
     #[command(
         after_help = "Example (what quantisation does to the selection):\n  miwv select data.json -m model.Q4_1.gguf -o q4\n  miwv select data.json -m model.F32.gguf -o f32\n  miwv compare q4 f32 --json drift.json"
@@ -77,6 +99,75 @@ enum Command {
                       self-contained file).\nExample:\n  miwv select examples/alpaca-mini.json -o out\n  miwv report out"
     )]
     Report(ReportArgs),
+}
+
+/// Which shard this process is: `--shard K/N`, or `--shards N` with K from the environment.
+#[derive(Args)]
+struct ShardArgs {
+    /// This process's shard: K/N with K from 0 to N-1 (e.g. 3/8).
+    #[arg(long, value_parser = parse_shard, conflicts_with = "shards")]
+    shard: Option<Shard>,
+    /// The shard count N, the index coming from SLURM_ARRAY_TASK_ID, JOB_COMPLETION_INDEX or
+    /// RANK.
+    #[arg(long)]
+    shards: Option<usize>,
+}
+
+fn parse_shard(s: &str) -> Result<Shard, String> {
+    s.parse()
+}
+
+impl ShardArgs {
+    /// The shard, the whole stage when neither flag is given.
+    fn check(
+        self,
+        subcommand: &str,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<Shard, clap::Error> {
+        let fail = |e: String| invalid(subcommand)(ConfigError::new(format!("--shards: {e}")));
+        match (self.shard, self.shards) {
+            (Some(shard), _) => Ok(shard),
+            (None, Some(count)) => Shard::from_environment(count, lookup).map_err(fail),
+            (None, None) => Ok(Shard::WHOLE),
+        }
+    }
+}
+
+#[derive(Args)]
+struct EmbedArgs {
+    #[command(flatten)]
+    select: SelectArgs,
+    #[command(flatten)]
+    shard: ShardArgs,
+}
+
+#[derive(Args)]
+struct NeighboursArgs {
+    /// The run directory (`--out` of `miwv embed`).
+    run: PathBuf,
+}
+
+#[derive(Args)]
+struct ScoreArgs {
+    /// The run directory (`--out` of `miwv embed`).
+    run: PathBuf,
+    #[command(flatten)]
+    shard: ShardArgs,
+    /// CPU threads [default: the run's].
+    #[arg(short = 't', long)]
+    threads: Option<usize>,
+}
+
+#[derive(Args)]
+struct MergeArgs {
+    /// The run directory (`--out` of `miwv embed`).
+    run: PathBuf,
+    /// Share of samples to keep, in (0, 1] [default: the run's].
+    #[arg(short, long, conflicts_with = "count")]
+    ratio: Option<f64>,
+    /// Exact number of samples to keep [default: the run's].
+    #[arg(short = 'n', long)]
+    count: Option<usize>,
 }
 
 #[derive(Args)]
@@ -283,6 +374,39 @@ struct BenchArgs {
     context: ContextArgs,
 }
 
+#[derive(Args)]
+struct BenchNeighboursArgs {
+    /// Numbers of vectors, comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = [10_000, 100_000, 1_000_000])]
+    sizes: Vec<usize>,
+    /// Width of the vectors.
+    #[arg(long, default_value_t = 768)]
+    dim: usize,
+    /// Index to measure: `auto` or a FAISS index_factory string such as IVF4096,SQ8 (repeat
+    /// the flag for several) [default: auto].
+    #[arg(long = "index")]
+    indexes: Vec<String>,
+    /// Inverted lists probed per query, comma-separated to compare several (IVF indexes and
+    /// auto) [default: the index's own].
+    #[arg(long, value_delimiter = ',')]
+    nprobe: Vec<u32>,
+    /// Exact search (which grows with N²) runs for sizes up to this.
+    #[arg(long, default_value_t = 100_000)]
+    exact_max: usize,
+    /// Queries in an approximate index's recall sample.
+    #[arg(long, default_value_t = 1000)]
+    recall_queries: usize,
+    /// Seed of the synthetic vectors.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Directory for the temporary vector files [default: the system's temporary directory].
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Also write the report as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
 /// A checked command line: what to do, and how much to log.
 #[derive(Debug, Clone)]
 pub struct Invocation {
@@ -297,8 +421,18 @@ pub struct Invocation {
 pub enum Action {
     /// `miwv select`.
     Select(SelectConfig),
+    /// `miwv embed`: the run's settings and this process's shard.
+    Embed(SelectConfig, Shard),
+    /// `miwv neighbours RUN`.
+    Neighbours(PathBuf),
+    /// `miwv score RUN`: the shard and a thread count overriding the run's.
+    Score(PathBuf, Shard, Option<usize>),
+    /// `miwv merge RUN`, with a budget overriding the run's.
+    Merge(PathBuf, Option<Budget>),
     /// `miwv bench`.
     Bench(BenchSettings),
+    /// `miwv bench-neighbours`.
+    BenchNeighbours(BenchNeighboursSettings),
     /// `miwv compare`.
     Compare(CompareSettings),
     /// `miwv doctor`.
@@ -314,6 +448,15 @@ pub enum Action {
 pub struct BenchSettings {
     /// What to measure. Its sizes are sorted and without repeats, as [`BenchConfig`] expects.
     pub config: BenchConfig,
+    /// `--json`: also write the report here.
+    pub json: Option<PathBuf>,
+}
+
+/// `miwv bench-neighbours`' settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BenchNeighboursSettings {
+    /// What to measure; sizes sorted and without repeats.
+    pub config: crate::neighbour_bench::NeighbourBenchConfig,
     /// `--json`: also write the report here.
     pub json: Option<PathBuf>,
 }
@@ -373,7 +516,33 @@ where
     let cli = Cli::try_parse_from(llama_cpp_flags(args.into_iter().map(Into::into)))?;
     let action = match cli.command {
         Command::Select(args) => Action::Select(args.check()?),
+        Command::Embed(args) => {
+            let shard = args.shard.check("embed", |name| std::env::var(name).ok())?;
+            Action::Embed(args.select.check()?, shard)
+        }
+        Command::Neighbours(args) => Action::Neighbours(args.run),
+        Command::Score(args) => {
+            if args.threads == Some(0) {
+                return Err(invalid("score")(ConfigError::new(
+                    "--threads must be at least 1".into(),
+                )));
+            }
+            let shard = args.shard.check("score", |name| std::env::var(name).ok())?;
+            Action::Score(args.run, shard, args.threads)
+        }
+        Command::Merge(args) => {
+            let budget = match (args.ratio, args.count) {
+                (Some(r), _) => Some(Budget::Ratio(r)),
+                (None, Some(c)) => Some(Budget::Count(c)),
+                (None, None) => None,
+            };
+            if let Some(budget) = budget {
+                config::check_budget(budget).map_err(invalid("merge"))?;
+            }
+            Action::Merge(args.run, budget)
+        }
         Command::Bench(args) => Action::Bench(args.check()?),
+        Command::BenchNeighbours(args) => Action::BenchNeighbours(args.check()?),
         Command::Compare(args) => Action::Compare(args.check()?),
         Command::Doctor(args) => Action::Doctor(args.check()),
         Command::Report(args) => Action::Report(args.check()?),
@@ -458,6 +627,67 @@ impl BenchArgs {
                 gpu_layers: self.context.n_gpu_layers,
                 template: self.template,
                 ceiling_repeats: self.repeats,
+            },
+            json: self.json,
+        })
+    }
+}
+
+impl BenchNeighboursArgs {
+    fn check(self) -> Result<BenchNeighboursSettings, clap::Error> {
+        use crate::neighbours::IndexOptions;
+        let fail = |message: String| {
+            let mut cli = Cli::command();
+            cli.build();
+            match cli.find_subcommand_mut("bench-neighbours") {
+                Some(sub) => sub.error(ErrorKind::ValueValidation, message),
+                None => cli.error(ErrorKind::ValueValidation, message),
+            }
+        };
+        if self.sizes.iter().any(|&n| n < 2) {
+            return Err(fail("--sizes: each size must be at least 2".into()));
+        }
+        if self.dim == 0 {
+            return Err(fail("--dim: must be at least 1".into()));
+        }
+        let names = if self.indexes.is_empty() {
+            vec!["auto".to_string()]
+        } else {
+            self.indexes
+        };
+        let mut indexes = Vec::new();
+        for index in names {
+            let options = IndexOptions {
+                index,
+                nprobe: None,
+                recall_queries: self.recall_queries,
+            };
+            options.validate().map_err(|e| fail(format!("--index: {e}")))?;
+            let probes = options.index == "auto" || options.index.contains("IVF");
+            if self.nprobe.is_empty() || !probes {
+                indexes.push(options);
+                continue;
+            }
+            for &nprobe in &self.nprobe {
+                let options = IndexOptions {
+                    nprobe: Some(nprobe),
+                    ..options.clone()
+                };
+                options.validate().map_err(|e| fail(format!("--{e}")))?;
+                indexes.push(options);
+            }
+        }
+        let mut sizes = self.sizes;
+        sizes.sort_unstable();
+        sizes.dedup();
+        Ok(BenchNeighboursSettings {
+            config: crate::neighbour_bench::NeighbourBenchConfig {
+                sizes,
+                dim: self.dim,
+                indexes,
+                exact_max: self.exact_max,
+                seed: self.seed,
+                dir: self.dir.unwrap_or_else(std::env::temp_dir),
             },
             json: self.json,
         })

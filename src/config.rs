@@ -31,7 +31,8 @@ pub struct ContextSizes {
 }
 
 /// Which model embeds the samples for retrieval.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum EmbedModel {
     /// The scoring model itself, mean-pooled.
     Scoring,
@@ -40,7 +41,7 @@ pub enum EmbedModel {
 }
 
 /// Everything `miwv select` needs.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SelectConfig {
     /// The dataset (JSON array, JSON Lines, gzip-compressed JSON Lines or Parquet).
     pub data: PathBuf,
@@ -77,6 +78,27 @@ pub struct SelectConfig {
 #[error("{0}")]
 pub struct ConfigError(String);
 
+impl ConfigError {
+    /// An error whose message names the flag at fault.
+    pub fn new(message: String) -> Self {
+        ConfigError(message)
+    }
+}
+
+/// Checks `--ratio` or `--count`.
+///
+/// # Errors
+/// [`ConfigError`] naming the flag.
+pub fn check_budget(budget: Budget) -> Result<(), ConfigError> {
+    match budget {
+        Budget::Ratio(r) => check_ratio("--ratio", r),
+        Budget::Count(0) => Err(ConfigError(
+            "--count must be at least 1 (0 would select nothing)".into(),
+        )),
+        Budget::Count(_) => Ok(()),
+    }
+}
+
 impl SelectConfig {
     /// Checks every setting and every relation between them.
     ///
@@ -86,15 +108,7 @@ impl SelectConfig {
     /// # Errors
     /// [`ConfigError`] naming the flag at fault.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        match self.budget {
-            Budget::Ratio(r) => check_ratio("--ratio", r)?,
-            Budget::Count(0) => {
-                return Err(ConfigError(
-                    "--count must be at least 1 (0 would select nothing)".into(),
-                ))
-            }
-            Budget::Count(_) => {}
-        }
+        check_budget(self.budget)?;
         if self.checkpoint_tokens == 0 {
             return Err(ConfigError("--checkpoint-tokens must be at least 1".into()));
         }

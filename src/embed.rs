@@ -3,9 +3,13 @@
 //!
 //! Vectors are mean-pooled by llama.cpp and L2-normalised here, so inner product is cosine.
 
+use std::ops::Range;
+
 use crate::dataset::Sample;
 use crate::engine::{Embedder, EngineError};
 use crate::plan::{pack, Capacity};
+use crate::prompt::Token;
+use crate::shard::Shard;
 
 /// The task prefix an embedding architecture expects, when it expects one.
 ///
@@ -40,30 +44,81 @@ pub fn embed_samples(
     embedder: &mut Embedder,
     samples: &[Sample],
     prefix: &str,
-    mut progress: impl FnMut(usize),
+    progress: impl FnMut(usize),
 ) -> Result<(Vec<f32>, usize), EngineError> {
-    let tokens: Vec<_> = samples
-        .iter()
-        .map(|s| embedder.tokenize(&format!("{prefix}{}", s.retrieval_text())))
-        .collect();
-    let lengths: Vec<usize> = tokens.iter().map(Vec::len).collect();
-    let capacity = Capacity {
-        tokens: embedder.max_batch_tokens(),
-        sequences: embedder.max_sequences(),
-    };
-    let mut rows: Vec<Vec<f32>> = vec![Vec::new(); samples.len()];
-    let mut done = 0;
-    for batch in pack(&lengths, capacity) {
-        done += batch.len();
-        let texts: Vec<Vec<_>> = batch.iter().map(|&i| tokens[i].clone()).collect();
-        for (&i, mut vector) in batch.iter().zip(embedder.embed(&texts)?) {
-            l2_normalise(&mut vector);
-            rows[i] = vector;
-        }
-        progress(done);
+    let batches = EmbeddingBatches::plan(embedder, samples, prefix);
+    let embedded = batches.embed(embedder, 0..batches.len(), progress)?;
+    let dim = embedded.first().map_or(0, |(_, v)| v.len());
+    let mut rows = vec![0.0; samples.len() * dim];
+    for (i, vector) in embedded {
+        rows[i * dim..(i + 1) * dim].copy_from_slice(&vector);
     }
-    let dim = rows.first().map_or(0, Vec::len);
-    Ok((rows.concat(), dim))
+    Ok((rows, dim))
+}
+
+/// Every sample's retrieval tokens, packed into the decode batches that embed them. The
+/// batches depend only on the texts and the embedder, so a shard embedding some of them gets
+/// the same numbers as one process embedding all (llama.cpp's results depend on the batch).
+pub struct EmbeddingBatches {
+    tokens: Vec<Vec<Token>>,
+    batches: Vec<Vec<usize>>,
+}
+
+impl EmbeddingBatches {
+    /// Tokenises every sample's retrieval text (after `prefix`) and packs the batches.
+    pub fn plan(embedder: &Embedder, samples: &[Sample], prefix: &str) -> Self {
+        let tokens: Vec<_> = samples
+            .iter()
+            .map(|s| embedder.tokenize(&format!("{prefix}{}", s.retrieval_text())))
+            .collect();
+        let lengths: Vec<usize> = tokens.iter().map(Vec::len).collect();
+        let capacity = Capacity {
+            tokens: embedder.max_batch_tokens(),
+            sequences: embedder.max_sequences(),
+        };
+        let batches = pack(&lengths, capacity);
+        EmbeddingBatches { tokens, batches }
+    }
+
+    /// Batches planned.
+    pub fn len(&self) -> usize {
+        self.batches.len()
+    }
+
+    /// Whether there is nothing to embed.
+    pub fn is_empty(&self) -> bool {
+        self.batches.is_empty()
+    }
+
+    /// The batches `shard` embeds: a contiguous range holding about its share of the tokens.
+    pub fn shard(&self, shard: Shard) -> Range<usize> {
+        shard.split(self.batches.len(), |b| {
+            self.batches[b].iter().map(|&i| self.tokens[i].len()).sum()
+        })
+    }
+
+    /// Embeds the batches in `range`; returns (sample index, normalised vector) in batch
+    /// order. `progress` gets the number of samples embedded so far after each batch.
+    ///
+    /// # Errors
+    /// Engine failures, including a model that produces no embeddings.
+    pub fn embed(
+        &self,
+        embedder: &mut Embedder,
+        range: Range<usize>,
+        mut progress: impl FnMut(usize),
+    ) -> Result<Vec<(usize, Vec<f32>)>, EngineError> {
+        let mut embedded = Vec::new();
+        for batch in &self.batches[range] {
+            let texts: Vec<Vec<Token>> = batch.iter().map(|&i| self.tokens[i].clone()).collect();
+            for (&i, mut vector) in batch.iter().zip(embedder.embed(&texts)?) {
+                l2_normalise(&mut vector);
+                embedded.push((i, vector));
+            }
+            progress(embedded.len());
+        }
+        Ok(embedded)
+    }
 }
 
 #[cfg(test)]

@@ -35,6 +35,7 @@ pub mod output;
 pub mod progress;
 pub mod resume;
 pub mod schema;
+pub mod shard;
 // Reading finished runs.
 pub mod compare;
 pub mod report;
@@ -52,6 +53,8 @@ pub mod embed;
 pub mod engine;
 #[cfg(feature = "native")]
 pub mod neighbours;
+#[cfg(feature = "native")]
+pub mod neighbour_bench;
 #[cfg(feature = "native")]
 pub mod run;
 

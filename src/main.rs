@@ -17,7 +17,17 @@ fn main() -> ExitCode {
     init_logging(invocation.verbose);
     let result = match invocation.action {
         Action::Select(config) => run_select(&config),
+        Action::Embed(config, shard) => stage(miwv::run::stages::embed(&config, shard)),
+        Action::Neighbours(run) => stage(miwv::run::stages::neighbours(&run)),
+        Action::Score(run, shard, threads) => {
+            stop_on_ctrl_c();
+            stage(miwv::run::stages::score(&run, shard, threads, &STOP))
+        }
+        Action::Merge(run, budget) => {
+            miwv::run::stages::merge(&run, budget).map(|summary| print_summary(&summary))
+        }
         Action::Bench(settings) => run_bench(settings),
+        Action::BenchNeighbours(settings) => run_bench_neighbours(settings),
         Action::Compare(settings) => run_compare(settings),
         Action::Doctor(settings) => run_doctor(settings),
         Action::Report(settings) => run_report(settings),
@@ -75,6 +85,16 @@ fn stop_on_ctrl_c() {
 fn run_select(config: &SelectConfig) -> Result<(), miwv::Error> {
     stop_on_ctrl_c();
     let summary = miwv::run::select_until(config, &STOP)?;
+    print_summary(&summary);
+    Ok(())
+}
+
+fn stage(result: Result<miwv::run::stages::StageSummary, miwv::Error>) -> Result<(), miwv::Error> {
+    println!("{}", result?.message);
+    Ok(())
+}
+
+fn print_summary(summary: &miwv::run::RunSummary) {
     println!(
         "scored {} of {} samples; selected {}",
         summary.scored, summary.samples, summary.selected_count
@@ -82,11 +102,19 @@ fn run_select(config: &SelectConfig) -> Result<(), miwv::Error> {
     println!("scores:   {}", summary.scores.display());
     println!("selected: {}", summary.selected.display());
     println!("run:      {}", summary.run.display());
-    Ok(())
 }
 
 fn run_bench(settings: BenchSettings) -> Result<(), miwv::Error> {
     let report = miwv::bench::run(&settings.config)?;
+    print!("{}", report.render());
+    if let Some(path) = settings.json {
+        miwv::output::write_json(&path, &report)?;
+    }
+    Ok(())
+}
+
+fn run_bench_neighbours(settings: miwv::cli::BenchNeighboursSettings) -> Result<(), miwv::Error> {
+    let report = miwv::neighbour_bench::run(&settings.config)?;
     print!("{}", report.render());
     if let Some(path) = settings.json {
         miwv::output::write_json(&path, &report)?;

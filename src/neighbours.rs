@@ -1,87 +1,920 @@
 //! Finding each sample's most similar *other* sample with FAISS.
 //!
-//! Exact inner-product search over L2-normalised vectors is cosine similarity. FAISS batches
-//! all queries into one BLAS product and is the path to approximate and GPU indexes for very
-//! large datasets.
+//! Inner product over L2-normalised vectors is cosine similarity. The rules hold for every
+//! index and size:
+//!
+//! - a sample is never its own neighbour, and a dataset of one sample has none;
+//! - similarities within [`TIE`] are ties, which go to the lowest index;
+//! - samples whose retrieval texts are identical (equal hashes, passed by the caller) are
+//!   grouped first: each copy's neighbour is the lowest-index *other* copy, with similarity
+//!   1.0, without any search. Only one vector per distinct text is indexed and only texts
+//!   without a copy are searched, so 10,000 copies of one instruction cost O(N).
+//!
+//! Two paths, chosen by [`IndexOptions`] (`auto` by default, see [`IndexPlan::resolve`]):
+//!
+//! - **exact** (`Flat`): every distinct vector in one FAISS `IndexFlatIP`, queries in blocks
+//!   (one BLAS product per block), k = min(N, 4) and, for the rare row whose tie reaches the
+//!   k-th result, a wider search of that row. O(N²·D): minutes at 100K × 768, hours at 1M.
+//! - **approximate** (any other `index_factory` string, e.g. `IVF4096_HNSW32,SQ8`): the index
+//!   is trained on a random sample, filled block by block and searched for a few candidates
+//!   per query; the candidates are re-ranked with exact dot products against the original
+//!   vectors, so every reported similarity is exact and the tie rule applies to them. Its
+//!   recall@1 against exact search is measured on a random sample of the run's own queries.
+//!
+//! Vectors come from a [`VectorSource`]: a slice in memory ([`SliceVectors`]) or a file of
+//! little-endian `f32` rows read block by block ([`FileVectors`], the run's `embeddings.f32`),
+//! so an approximate search holds only the index's compressed codes, one block of vectors and
+//! the training sample, never all N vectors.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use faiss::index::IndexImpl;
+use faiss::{FlatIndex, Index, MetricType};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
 
 use crate::schema::Neighbour;
-use faiss::index::IndexImpl;
-use faiss::{Index, MetricType};
 
-/// FAISS failed.
+/// Retrieval failed: FAISS, reading the vectors, or an index setting that cannot be used.
 #[derive(Debug, thiserror::Error)]
-#[error("FAISS: {0}")]
-pub struct NeighbourError(String);
+pub enum NeighbourError {
+    /// FAISS refused or failed.
+    #[error("FAISS: {0}")]
+    Faiss(String),
+    /// The vector file cannot be read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The vector file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// Inconsistent input or settings (the message names which).
+    #[error("neighbours: {0}")]
+    Invalid(String),
+}
+
+fn faiss_error(context: &str) -> impl Fn(faiss::error::Error) -> NeighbourError + '_ {
+    move |e| NeighbourError::Faiss(format!("{context}: {e}"))
+}
 
 /// Similarities closer than this are ties, broken by the lower index: BLAS blocking can give
 /// identical vectors dot products that differ in the last bits.
-const TIE: f32 = 1e-6;
+pub const TIE: f32 = 1e-6;
 
-/// For every row of `vectors` (`dim` wide, normalised), the most similar other row; ties go to
-/// the lowest index. `None` when the dataset has a single sample.
+/// Up to this many distinct vectors, `auto` searches exactly (`Flat`); above it, an inverted
+/// file index. Measured on a 2-core AMD EPYC (docs/PERFORMANCE.md, "Neighbours at scale"):
+/// exact search of 50,000 × 768 takes about as long as the approximate pipeline with its
+/// training and recall check, and exact time grows with N².
+pub const AUTO_EXACT_MAX: usize = 50_000;
+
+/// Inverted lists probed per query when `auto` picks an inverted-file index and no `nprobe`
+/// is given (recall@1 ≥ 0.95 on the benchmark's clustered vectors; docs/PERFORMANCE.md).
+pub const AUTO_NPROBE: u32 = 8;
+
+/// Training vectors per inverted list (FAISS asks for 30 to 256; k-means time grows with it).
+pub const TRAIN_PER_LIST: usize = 40;
+
+/// Candidates fetched from an approximate index per query and re-ranked exactly.
+const CANDIDATES: usize = 8;
+
+/// Rows per block when vectors are read, added or searched.
+const BLOCK: usize = 16_384;
+
+/// Rows per block of the exact block-wise search used for recall and fall-backs.
+const EXACT_BLOCK: usize = 32_768;
+
+/// Where the normalised vectors come from: rows `0..len()`, `dim()` wide.
+pub trait VectorSource: Sync {
+    /// Width of a row.
+    fn dim(&self) -> usize;
+    /// Number of rows.
+    fn len(&self) -> usize;
+    /// Whether there are no rows.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Copies rows `start..start + out.len() / dim()` into `out`.
+    ///
+    /// # Errors
+    /// [`NeighbourError::Io`] when the rows cannot be read.
+    fn read_rows(&self, start: usize, out: &mut [f32]) -> Result<(), NeighbourError>;
+}
+
+/// Vectors already in memory: `dim`-wide rows, one after another.
+#[derive(Debug, Clone, Copy)]
+pub struct SliceVectors<'a> {
+    vectors: &'a [f32],
+    dim: usize,
+}
+
+impl<'a> SliceVectors<'a> {
+    /// Rows of `dim` values.
+    ///
+    /// # Errors
+    /// [`NeighbourError::Invalid`] when `dim` is 0 or does not divide the length.
+    pub fn new(vectors: &'a [f32], dim: usize) -> Result<Self, NeighbourError> {
+        if dim == 0 || vectors.len() % dim != 0 {
+            return Err(NeighbourError::Invalid(format!(
+                "{} values are not rows of {dim}",
+                vectors.len()
+            )));
+        }
+        Ok(SliceVectors { vectors, dim })
+    }
+}
+
+impl VectorSource for SliceVectors<'_> {
+    fn dim(&self) -> usize {
+        self.dim
+    }
+    fn len(&self) -> usize {
+        self.vectors.len() / self.dim
+    }
+    fn read_rows(&self, start: usize, out: &mut [f32]) -> Result<(), NeighbourError> {
+        let from = start * self.dim;
+        let rows = self.vectors.get(from..from + out.len()).ok_or_else(|| {
+            NeighbourError::Invalid(format!("rows from {start} are past the end"))
+        })?;
+        out.copy_from_slice(rows);
+        Ok(())
+    }
+}
+
+/// Vectors in a file of little-endian `f32` rows (the run's `embeddings.f32`), read with
+/// positioned reads as they are needed: nothing is kept in memory.
+#[derive(Debug)]
+pub struct FileVectors {
+    file: std::fs::File,
+    path: PathBuf,
+    dim: usize,
+    len: usize,
+}
+
+impl FileVectors {
+    /// Opens `path` as rows of `dim` values.
+    ///
+    /// # Errors
+    /// [`NeighbourError::Io`] when it cannot be opened; [`NeighbourError::Invalid`] when its
+    /// size is not a whole number of rows.
+    pub fn open(path: &Path, dim: usize) -> Result<Self, NeighbourError> {
+        let io = |source| NeighbourError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let file = std::fs::File::open(path).map_err(io)?;
+        let bytes = file.metadata().map_err(io)?.len();
+        let row = (dim * 4) as u64;
+        if dim == 0 || bytes % row != 0 {
+            return Err(NeighbourError::Invalid(format!(
+                "{}: {bytes} bytes are not rows of {dim} f32 values",
+                path.display()
+            )));
+        }
+        Ok(FileVectors {
+            file,
+            path: path.to_path_buf(),
+            dim,
+            len: (bytes / row) as usize,
+        })
+    }
+
+    #[cfg(unix)]
+    fn read_at(&self, bytes: &mut [u8], offset: u64) -> std::io::Result<()> {
+        std::os::unix::fs::FileExt::read_exact_at(&self.file, bytes, offset)
+    }
+
+    #[cfg(windows)]
+    fn read_at(&self, mut bytes: &mut [u8], mut offset: u64) -> std::io::Result<()> {
+        while !bytes.is_empty() {
+            match std::os::windows::fs::FileExt::seek_read(&self.file, bytes, offset)? {
+                0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+                n => {
+                    bytes = &mut bytes[n..];
+                    offset += n as u64;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl VectorSource for FileVectors {
+    fn dim(&self) -> usize {
+        self.dim
+    }
+    fn len(&self) -> usize {
+        self.len
+    }
+    fn read_rows(&self, start: usize, out: &mut [f32]) -> Result<(), NeighbourError> {
+        const CHUNK: usize = 1 << 16;
+        let mut bytes = vec![0u8; (out.len() * 4).min(CHUNK)];
+        let mut offset = (start * self.dim * 4) as u64;
+        for values in out.chunks_mut(CHUNK / 4) {
+            let bytes = &mut bytes[..values.len() * 4];
+            self.read_at(bytes, offset)
+                .map_err(|source| NeighbourError::Io {
+                    path: self.path.clone(),
+                    source,
+                })?;
+            for (v, b) in values.iter_mut().zip(bytes.chunks_exact(4)) {
+                *v = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+            }
+            offset += bytes.len() as u64;
+        }
+        Ok(())
+    }
+}
+
+/// Which index finds the neighbours. `Default` is `auto` with the automatic `nprobe`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IndexOptions {
+    /// `auto`, or a FAISS `index_factory` string: `Flat` (exact), `IVF4096,SQ8`,
+    /// `IVF4096_HNSW32,SQ8`, `IVF4096,PQ96`, `IVF4096,Flat`, `HNSW32`, ...
+    pub index: String,
+    /// Inverted lists probed per query (IVF indexes only); `None`: [`AUTO_NPROBE`] for IVF
+    /// indexes, FAISS's own default (1) for a factory string without an explicit value.
+    pub nprobe: Option<u32>,
+    /// Queries whose exact neighbour is computed to measure an approximate index's recall@1
+    /// (0: do not measure).
+    pub recall_queries: usize,
+}
+
+impl Default for IndexOptions {
+    fn default() -> Self {
+        IndexOptions {
+            index: "auto".into(),
+            nprobe: None,
+            recall_queries: 1000,
+        }
+    }
+}
+
+impl IndexOptions {
+    /// Exact search, whatever the size.
+    pub fn exact() -> Self {
+        IndexOptions {
+            index: "Flat".into(),
+            ..IndexOptions::default()
+        }
+    }
+
+    /// Checks what can be checked before the vectors exist (the factory string itself is
+    /// checked by FAISS once the width is known).
+    ///
+    /// # Errors
+    /// A message naming the bad value: an empty index string, `nprobe` 0, or `nprobe` with
+    /// an index that is neither `auto` nor an inverted file.
+    pub fn validate(&self) -> Result<(), String> {
+        let index = self.index.trim();
+        if index.is_empty() {
+            return Err("index: expected `auto` or a FAISS index_factory string".into());
+        }
+        if self.nprobe == Some(0) {
+            return Err("nprobe: must be at least 1".into());
+        }
+        if self.nprobe.is_some() && index != "auto" && !index.contains("IVF") {
+            return Err(format!(
+                "nprobe: applies to inverted-file (IVF) indexes, not `{index}`"
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The index actually used for `n` distinct vectors.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexPlan {
+    /// The `index_factory` string.
+    pub factory: String,
+    /// Exact search (`Flat`).
+    pub exact: bool,
+    /// Inverted lists probed per query, when set.
+    pub nprobe: Option<u32>,
+    /// Vectors the index is trained on (0: no training).
+    pub train: usize,
+}
+
+impl IndexPlan {
+    /// The plan for `n` distinct vectors: `auto` is `Flat` up to [`AUTO_EXACT_MAX`], and above
+    /// it `IVF{L}_HNSW32,SQ8` with L the power of two nearest 4·√n (1,024 lists at 65K,
+    /// 4,096 at 1M), trained on [`TRAIN_PER_LIST`] vectors per list, probing [`AUTO_NPROBE`]
+    /// lists. An explicit IVF string is trained on the same number per list.
+    pub fn resolve(options: &IndexOptions, n: usize) -> IndexPlan {
+        let index = options.index.trim();
+        let factory = if index == "auto" {
+            if n <= AUTO_EXACT_MAX {
+                "Flat".to_string()
+            } else {
+                format!("IVF{}_HNSW32,SQ8", auto_lists(n))
+            }
+        } else {
+            index.to_string()
+        };
+        let exact = factory == "Flat";
+        let lists = inverted_lists(&factory);
+        let nprobe = match lists {
+            Some(_) => Some(options.nprobe.unwrap_or(AUTO_NPROBE)),
+            None => None,
+        };
+        let train = match lists {
+            _ if exact => 0,
+            // FAISS warns below 39 per list; PQ codebooks want 256 × 39 at least.
+            Some(lists) => n.min((lists * TRAIN_PER_LIST).max(10_000)),
+            None => n.min(100_000),
+        };
+        IndexPlan {
+            factory,
+            exact,
+            nprobe,
+            train,
+        }
+    }
+}
+
+/// The power of two nearest 4·√n, at least 16.
+fn auto_lists(n: usize) -> usize {
+    let target = 4.0 * (n as f64).sqrt();
+    let power = target.log2().round().max(4.0) as u32;
+    1usize << power
+}
+
+/// The number of inverted lists in an `index_factory` string (`IVF4096,...` gives 4096).
+fn inverted_lists(factory: &str) -> Option<usize> {
+    let at = factory.find("IVF")? + 3;
+    let digits: String = factory[at..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().ok()
+}
+
+/// A step of [`find_neighbours`], for progress reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    /// Training the index on a sample (vectors read / to read).
+    Train,
+    /// Adding the distinct vectors (added / to add).
+    Add,
+    /// Searching the queries (searched / to search).
+    Search,
+    /// Exact search of the recall sample (database rows scanned / all).
+    Recall,
+}
+
+/// How the neighbours were found, for `run.json` and the log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IndexReport {
+    /// The index used.
+    pub plan: IndexPlan,
+    /// Samples.
+    pub samples: usize,
+    /// Distinct retrieval texts: the vectors in the index.
+    pub distinct: usize,
+    /// Samples whose neighbour is an identical text (found without search).
+    pub duplicates: usize,
+    /// Samples searched (distinct texts without a copy).
+    pub searched: usize,
+    /// Queries whose approximate candidates held no other sample, searched exactly instead.
+    pub fallbacks: usize,
+    /// Share of the recall sample whose neighbour is an exact nearest neighbour (its
+    /// similarity within [`TIE`] of the best); 1 by construction for exact search.
+    pub recall_at_1: Option<f64>,
+    /// Queries in the recall sample.
+    pub recall_queries: usize,
+    /// Seconds training the index.
+    pub train_s: f64,
+    /// Seconds adding the vectors.
+    pub add_s: f64,
+    /// Seconds searching and re-ranking.
+    pub search_s: f64,
+    /// Seconds measuring recall.
+    pub recall_s: f64,
+}
+
+/// Each sample's neighbour and how it was found.
+#[derive(Debug, Clone)]
+pub struct Neighbours {
+    /// For every sample, its most similar other sample; `None` when it is alone.
+    pub found: Vec<Option<Neighbour>>,
+    /// The index used, its cost and its measured recall.
+    pub report: IndexReport,
+}
+
+/// For every row of `vectors` (`dim` wide, normalised), the most similar other row by exact
+/// search; ties go to the lowest index, bit-identical rows are each other's neighbours with
+/// similarity 1. `None` when the dataset has a single sample. All rows are in memory; for a
+/// large dataset use [`find_neighbours`] with a [`FileVectors`] and text hashes.
 ///
 /// # Errors
-/// [`NeighbourError`] when FAISS fails.
+/// [`NeighbourError`] when FAISS fails or `dim` does not divide the length.
 pub fn nearest_others(
     vectors: &[f32],
     dim: usize,
 ) -> Result<Vec<Option<Neighbour>>, NeighbourError> {
-    let n = vectors.len().checked_div(dim).unwrap_or(0);
-    if n < 2 {
-        return Ok(vec![None; n]);
+    if vectors.is_empty() {
+        return Ok(Vec::new());
     }
-    let fail = |e: faiss::error::Error| NeighbourError(e.to_string());
-    let mut index: IndexImpl =
-        faiss::index_factory(dim as u32, "Flat", MetricType::InnerProduct).map_err(fail)?;
-    index.add(vectors).map_err(fail)?;
-    // The query itself, an exact duplicate or two, and a margin to see a tie end.
-    let mut k = n.min(4);
-    let result = index.search(vectors, k).map_err(fail)?;
-    let mut found: Vec<Option<Neighbour>> = (0..n)
-        .map(|i| {
-            best_other(
-                i,
-                &result.labels[i * k..(i + 1) * k],
-                &result.distances[i * k..(i + 1) * k],
-            )
+    let hashes: Vec<u64> = vectors
+        .chunks_exact(dim.max(1))
+        .map(|row| {
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            row.iter().for_each(|v| v.to_bits().hash(&mut hasher));
+            hasher.finish()
         })
         .collect();
-    // Rows whose tie may continue past the k results are searched again, wider.
-    let mut unsettled: Vec<usize> = (0..n)
-        .filter(|&i| tie_reaches_end(&result.distances[i * k..(i + 1) * k], found[i]))
-        .collect();
-    while !unsettled.is_empty() && k < n {
-        k = (k * 4).min(n);
-        for i in std::mem::take(&mut unsettled) {
-            let row = index
-                .search(&vectors[i * dim..(i + 1) * dim], k)
-                .map_err(fail)?;
-            found[i] = best_other(i, &row.labels, &row.distances);
-            if tie_reaches_end(&row.distances, found[i]) {
-                unsettled.push(i);
+    let source = SliceVectors::new(vectors, dim)?;
+    let found = find_neighbours(&source, &hashes, &IndexOptions::exact(), &mut |_, _, _| {})?;
+    Ok(found.found)
+}
+
+/// Every sample's most similar other sample (see the module notes for the rules).
+///
+/// `hashes` holds one hash of each sample's retrieval text (equal texts, equal hashes);
+/// `progress` is called with each stage's work done and total.
+///
+/// # Errors
+/// [`NeighbourError`] when the hashes do not match the vectors, the index string is refused
+/// by FAISS, FAISS fails or the vectors cannot be read.
+pub fn find_neighbours(
+    source: &dyn VectorSource,
+    hashes: &[u64],
+    options: &IndexOptions,
+    progress: &mut dyn FnMut(Stage, usize, usize),
+) -> Result<Neighbours, NeighbourError> {
+    let n = source.len();
+    if hashes.len() != n {
+        return Err(NeighbourError::Invalid(format!(
+            "{} text hashes for {n} vectors",
+            hashes.len()
+        )));
+    }
+    options.validate().map_err(NeighbourError::Invalid)?;
+    let groups = group_copies(hashes);
+    let mut found = groups.found;
+    let plan = IndexPlan::resolve(options, groups.distinct.len());
+    let mut report = IndexReport {
+        plan: plan.clone(),
+        samples: n,
+        distinct: groups.distinct.len(),
+        duplicates: n - groups.queries.len(),
+        searched: groups.queries.len(),
+        fallbacks: 0,
+        recall_at_1: None,
+        recall_queries: 0,
+        train_s: 0.0,
+        add_s: 0.0,
+        search_s: 0.0,
+        recall_s: 0.0,
+    };
+    // A single distinct text: its copies have each other, a lone sample has no neighbour.
+    if groups.queries.is_empty() || groups.distinct.len() < 2 {
+        return Ok(Neighbours { found, report });
+    }
+    let db = Database {
+        source,
+        rows: &groups.distinct,
+    };
+    if plan.exact {
+        exact_search(&db, &groups.queries, &mut found, &mut report, progress)?;
+        report.recall_at_1 = Some(1.0);
+    } else {
+        approximate_search(&db, &groups.queries, &mut found, &mut report, progress)?;
+        if options.recall_queries > 0 {
+            let started = Instant::now();
+            let sample = random_subset(&groups.queries, options.recall_queries, 0x5eed_2ec4);
+            let exact = exact_nearest(&db, &sample, &mut |done, total| {
+                progress(Stage::Recall, done, total)
+            })?;
+            let approximate: Vec<Option<Neighbour>> = sample.iter().map(|&q| found[q]).collect();
+            report.recall_at_1 = Some(recall_at_1(&approximate, &exact));
+            report.recall_queries = sample.len();
+            report.recall_s = started.elapsed().as_secs_f64();
+        }
+    }
+    tracing::info!(
+        index = %plan.factory,
+        nprobe = ?plan.nprobe,
+        distinct = report.distinct,
+        duplicates = report.duplicates,
+        recall_at_1 = ?report.recall_at_1,
+        "neighbours found"
+    );
+    Ok(Neighbours { found, report })
+}
+
+/// The share of `found` whose neighbour is an exact nearest neighbour: the same sample as
+/// `exact`, or one as similar within [`TIE`]. Rows where `exact` has none do not count.
+pub fn recall_at_1(found: &[Option<Neighbour>], exact: &[Option<Neighbour>]) -> f64 {
+    let (mut hits, mut total) = (0usize, 0usize);
+    for (f, e) in found.iter().zip(exact) {
+        if let Some(e) = e {
+            total += 1;
+            if f.is_some_and(|f| f.index == e.index || f.similarity >= e.similarity - TIE) {
+                hits += 1;
             }
         }
     }
-    Ok(found)
+    if total == 0 {
+        1.0
+    } else {
+        hits as f64 / total as f64
+    }
 }
 
-fn best_other(query: usize, labels: &[faiss::Idx], similarities: &[f32]) -> Option<Neighbour> {
+/// Samples grouped by identical text.
+struct Groups {
+    /// The first sample of each distinct text, ascending: the indexed vectors.
+    distinct: Vec<usize>,
+    /// Distinct texts without a copy, ascending: the samples searched.
+    queries: Vec<usize>,
+    /// Neighbours settled by copies.
+    found: Vec<Option<Neighbour>>,
+}
+
+fn group_copies(hashes: &[u64]) -> Groups {
+    let mut first: HashMap<u64, usize> = HashMap::with_capacity(hashes.len());
+    let mut found: Vec<Option<Neighbour>> = vec![None; hashes.len()];
+    let mut distinct = Vec::new();
+    for (i, &hash) in hashes.iter().enumerate() {
+        match first.entry(hash) {
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(i);
+                distinct.push(i);
+            }
+            std::collections::hash_map::Entry::Occupied(slot) => {
+                let original = *slot.get();
+                found[i] = Some(Neighbour {
+                    index: original,
+                    similarity: 1.0,
+                });
+                // Samples come in increasing order: the first copy seen is the lowest.
+                if found[original].is_none() {
+                    found[original] = Some(Neighbour {
+                        index: i,
+                        similarity: 1.0,
+                    });
+                }
+            }
+        }
+    }
+    let queries = distinct
+        .iter()
+        .copied()
+        .filter(|&i| found[i].is_none())
+        .collect();
+    Groups {
+        distinct,
+        queries,
+        found,
+    }
+}
+
+/// The indexed vectors: the distinct samples of a source. Index labels are positions in
+/// `rows`, which is ascending, so the lower label is the lower sample index.
+struct Database<'a> {
+    source: &'a dyn VectorSource,
+    rows: &'a [usize],
+}
+
+impl Database<'_> {
+    fn dim(&self) -> usize {
+        self.source.dim()
+    }
+
+    fn sample(&self, label: faiss::Idx) -> Option<usize> {
+        label.get().and_then(|l| self.rows.get(l as usize)).copied()
+    }
+}
+
+/// The rows `samples` (ascending) of `source`, one after another, read in contiguous runs.
+fn gather(
+    source: &dyn VectorSource,
+    samples: &[usize],
+    out: &mut Vec<f32>,
+) -> Result<(), NeighbourError> {
+    let dim = source.dim();
+    out.clear();
+    out.resize(samples.len() * dim, 0.0);
+    let mut at = 0;
+    while at < samples.len() {
+        let mut end = at + 1;
+        while end < samples.len() && samples[end] == samples[end - 1] + 1 {
+            end += 1;
+        }
+        source.read_rows(samples[at], &mut out[at * dim..end * dim])?;
+        at = end;
+    }
+    Ok(())
+}
+
+/// Adds every database vector to `index`, block by block.
+fn add_all(
+    db: &Database,
+    index: &mut impl Index,
+    progress: &mut dyn FnMut(Stage, usize, usize),
+) -> Result<(), NeighbourError> {
+    let mut block = Vec::new();
+    for (b, rows) in db.rows.chunks(BLOCK).enumerate() {
+        gather(db.source, rows, &mut block)?;
+        index.add(&block).map_err(faiss_error("add"))?;
+        progress(Stage::Add, b * BLOCK + rows.len(), db.rows.len());
+    }
+    Ok(())
+}
+
+/// Query blocks: `BLOCK` rows (a multiple of FAISS's 4,096-query BLAS block, so each block is
+/// computed exactly as one call over all queries would), with a tail shorter than FAISS's
+/// BLAS threshold (20 queries) joined to the block before it.
+fn query_blocks(queries: &[usize]) -> Vec<&[usize]> {
+    let mut blocks: Vec<&[usize]> = queries.chunks(BLOCK).collect();
+    if blocks.len() > 1 && blocks[blocks.len() - 1].len() < 20 {
+        blocks.pop();
+        let start = (blocks.len() - 1) * BLOCK;
+        *blocks.last_mut().expect("two blocks") = &queries[start..];
+    }
+    blocks
+}
+
+fn exact_search(
+    db: &Database,
+    queries: &[usize],
+    found: &mut [Option<Neighbour>],
+    report: &mut IndexReport,
+    progress: &mut dyn FnMut(Stage, usize, usize),
+) -> Result<(), NeighbourError> {
+    let dim = db.dim();
+    let n = db.rows.len();
+    let started = Instant::now();
+    let mut index: IndexImpl = faiss::index_factory(dim as u32, "Flat", MetricType::InnerProduct)
+        .map_err(faiss_error("Flat"))?;
+    add_all(db, &mut index, progress)?;
+    report.add_s = started.elapsed().as_secs_f64();
+    let started = Instant::now();
+    // The query itself, an exact duplicate or two, and a margin to see a tie end.
+    let k = n.min(4);
+    let mut unsettled = Vec::new();
+    let mut block = Vec::new();
+    let mut done = 0;
+    for rows in query_blocks(queries) {
+        gather(db.source, rows, &mut block)?;
+        let result = index.search(&block, k).map_err(faiss_error("search"))?;
+        for (q, &sample) in rows.iter().enumerate() {
+            let labels = &result.labels[q * k..(q + 1) * k];
+            let similarities = &result.distances[q * k..(q + 1) * k];
+            found[sample] = best_other(sample, db, labels, similarities);
+            if tie_reaches_end(similarities, found[sample]) {
+                unsettled.push(sample);
+            }
+        }
+        done += rows.len();
+        progress(Stage::Search, done, queries.len());
+    }
+    // Rows whose tie may continue past the k results are searched again, wider.
+    let mut k = k;
+    let mut row = vec![0.0; dim];
+    while !unsettled.is_empty() && k < n {
+        k = (k * 4).min(n);
+        for sample in std::mem::take(&mut unsettled) {
+            db.source.read_rows(sample, &mut row)?;
+            let result = index.search(&row, k).map_err(faiss_error("search"))?;
+            found[sample] = best_other(sample, db, &result.labels, &result.distances);
+            if tie_reaches_end(&result.distances, found[sample]) {
+                unsettled.push(sample);
+            }
+        }
+    }
+    report.search_s = started.elapsed().as_secs_f64();
+    Ok(())
+}
+
+fn approximate_search(
+    db: &Database,
+    queries: &[usize],
+    found: &mut [Option<Neighbour>],
+    report: &mut IndexReport,
+    progress: &mut dyn FnMut(Stage, usize, usize),
+) -> Result<(), NeighbourError> {
+    let plan = report.plan.clone();
+    let dim = db.dim();
+    let started = Instant::now();
+    let mut index: IndexImpl =
+        faiss::index_factory(dim as u32, &plan.factory, MetricType::InnerProduct)
+            .map_err(faiss_error(&plan.factory))?;
+    if !index.is_trained() {
+        let sample = random_subset(db.rows, plan.train.max(1), 0x7a1_0001);
+        progress(Stage::Train, 0, sample.len());
+        let mut vectors = Vec::new();
+        gather(db.source, &sample, &mut vectors)?;
+        index.train(&vectors).map_err(faiss_error("train"))?;
+        progress(Stage::Train, sample.len(), sample.len());
+    }
+    if let Some(nprobe) = plan.nprobe {
+        faiss::index::autotune::ParameterSpace::new()
+            .and_then(|space| space.set_index_parameter(&index, "nprobe", f64::from(nprobe)))
+            .map_err(faiss_error("nprobe"))?;
+    }
+    report.train_s = started.elapsed().as_secs_f64();
+
+    let started = Instant::now();
+    add_all(db, &mut index, progress)?;
+    report.add_s = started.elapsed().as_secs_f64();
+
+    let started = Instant::now();
+    let k = CANDIDATES.min(db.rows.len());
+    let mut block = Vec::new();
+    let mut missing = Vec::new();
+    let mut done = 0;
+    for rows in query_blocks(queries) {
+        gather(db.source, rows, &mut block)?;
+        let result = index.search(&block, k).map_err(faiss_error("search"))?;
+        let best: Vec<Option<Neighbour>> = rows
+            .par_iter()
+            .enumerate()
+            .map_init(
+                || vec![0.0f32; dim],
+                |candidate, (q, &sample)| {
+                    rerank(
+                        db,
+                        sample,
+                        &block[q * dim..(q + 1) * dim],
+                        &result.labels[q * k..(q + 1) * k],
+                        candidate,
+                    )
+                },
+            )
+            .collect::<Result<_, _>>()?;
+        for (&sample, best) in rows.iter().zip(best) {
+            found[sample] = best;
+            if best.is_none() {
+                missing.push(sample);
+            }
+        }
+        done += rows.len();
+        progress(Stage::Search, done, queries.len());
+    }
+    // Candidates that held no other sample (empty probed lists): search those exactly.
+    if !missing.is_empty() {
+        let exact = exact_nearest(db, &missing, &mut |_, _| {})?;
+        for (&sample, best) in missing.iter().zip(exact) {
+            found[sample] = best;
+        }
+    }
+    report.fallbacks = missing.len();
+    report.search_s = started.elapsed().as_secs_f64();
+    Ok(())
+}
+
+/// The best of an approximate index's candidates for `sample`, by exact dot products.
+fn rerank(
+    db: &Database,
+    sample: usize,
+    query: &[f32],
+    labels: &[faiss::Idx],
+    candidate: &mut [f32],
+) -> Result<Option<Neighbour>, NeighbourError> {
+    let mut best: Option<Neighbour> = None;
+    for &label in labels {
+        let Some(other) = db.sample(label) else {
+            continue;
+        };
+        if other == sample {
+            continue;
+        }
+        db.source.read_rows(other, candidate)?;
+        best = Some(better(
+            best,
+            Neighbour {
+                index: other,
+                similarity: dot(query, candidate),
+            },
+        ));
+    }
+    Ok(best)
+}
+
+/// `next` if it is more similar than `best` beyond a tie, or tied with a lower index.
+fn better(best: Option<Neighbour>, next: Neighbour) -> Neighbour {
+    match best {
+        Some(best)
+            if !(next.similarity > best.similarity + TIE
+                || ((next.similarity - best.similarity).abs() <= TIE
+                    && next.index < best.index)) =>
+        {
+            best
+        }
+        _ => next,
+    }
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    // Eight running sums, which the compiler keeps in vector registers.
+    let mut sums = [0.0f32; 8];
+    let (a8, a_rest) = a.split_at(a.len() / 8 * 8);
+    let (b8, b_rest) = b.split_at(a8.len());
+    for (x, y) in a8.chunks_exact(8).zip(b8.chunks_exact(8)) {
+        for l in 0..8 {
+            sums[l] += x[l] * y[l];
+        }
+    }
+    let tail: f32 = a_rest.iter().zip(b_rest).map(|(x, y)| x * y).sum();
+    sums.iter().sum::<f32>() + tail
+}
+
+/// The exact neighbour of each of `queries` (ascending samples) among all database vectors,
+/// scanning the database in blocks: one `IndexFlatIP` of `EXACT_BLOCK` rows at a time, so
+/// memory stays bounded whatever the size. `progress` gets the database rows scanned.
+fn exact_nearest(
+    db: &Database,
+    queries: &[usize],
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Vec<Option<Neighbour>>, NeighbourError> {
+    let dim = db.dim();
+    let mut query_vectors = Vec::new();
+    gather(db.source, queries, &mut query_vectors)?;
+    let mut best: Vec<Option<Neighbour>> = vec![None; queries.len()];
+    let mut index = FlatIndex::new_ip(dim as u32).map_err(faiss_error("Flat"))?;
+    let mut block = Vec::new();
+    let mut scanned = 0;
+    for rows in db.rows.chunks(EXACT_BLOCK) {
+        gather(db.source, rows, &mut block)?;
+        index.reset().map_err(faiss_error("reset"))?;
+        index.add(&block).map_err(faiss_error("add"))?;
+        let k = rows.len().min(CANDIDATES);
+        let result = index
+            .search(&query_vectors, k)
+            .map_err(faiss_error("search"))?;
+        for (q, &sample) in queries.iter().enumerate() {
+            for (label, &similarity) in result.labels[q * k..(q + 1) * k]
+                .iter()
+                .zip(&result.distances[q * k..(q + 1) * k])
+            {
+                let Some(other) = label.get().map(|l| rows[l as usize]) else {
+                    continue;
+                };
+                if other != sample {
+                    best[q] = Some(better(
+                        best[q],
+                        Neighbour {
+                            index: other,
+                            similarity,
+                        },
+                    ));
+                }
+            }
+        }
+        scanned += rows.len();
+        progress(scanned, db.rows.len());
+    }
+    Ok(best)
+}
+
+/// `count` of `items` chosen at random (a fixed seed), in ascending order; all of them when
+/// there are no more.
+fn random_subset(items: &[usize], count: usize, seed: u64) -> Vec<usize> {
+    if count >= items.len() {
+        return items.to_vec();
+    }
+    let mut state = seed;
+    let mut pool: Vec<usize> = items.to_vec();
+    // A partial Fisher-Yates shuffle: the first `count` places are a uniform sample.
+    for i in 0..count {
+        let j = i + (splitmix64(&mut state) % (pool.len() - i) as u64) as usize;
+        pool.swap(i, j);
+    }
+    pool.truncate(count);
+    pool.sort_unstable();
+    pool
+}
+
+/// SplitMix64: a small, fast generator with a fixed sequence per seed.
+pub(crate) fn splitmix64(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+fn best_other(
+    query: usize,
+    db: &Database,
+    labels: &[faiss::Idx],
+    similarities: &[f32],
+) -> Option<Neighbour> {
     labels
         .iter()
         .zip(similarities)
-        .filter_map(|(label, &similarity)| {
-            let index = label.get()? as usize;
+        .filter_map(|(&label, &similarity)| {
+            let index = db.sample(label)?;
             (index != query).then_some(Neighbour { index, similarity })
         })
-        .reduce(|best, next| {
-            let better = next.similarity > best.similarity + TIE
-                || ((next.similarity - best.similarity).abs() <= TIE && next.index < best.index);
-            if better {
-                next
-            } else {
-                best
-            }
-        })
+        .fold(None, |best, next| Some(better(best, next)))
 }
 
 fn tie_reaches_end(similarities: &[f32], best: Option<Neighbour>) -> bool {
@@ -106,6 +939,45 @@ mod tests {
             .collect()
     }
 
+    fn no_progress() -> impl FnMut(Stage, usize, usize) {
+        |_, _, _| {}
+    }
+
+    /// `n` unit vectors `dim` wide around `centres` random centres, with a fixed seed.
+    fn clustered(n: usize, dim: usize, centres: usize, seed: u64) -> Vec<f32> {
+        let mut state = seed;
+        let mut uniform = move || (splitmix64(&mut state) >> 11) as f32 / (1u64 << 53) as f32;
+        let centre: Vec<Vec<f32>> = (0..centres)
+            .map(|_| (0..dim).map(|_| uniform() - 0.5).collect())
+            .collect();
+        (0..n)
+            .flat_map(|i| {
+                let c = &centre[i % centres];
+                let mut v: Vec<f32> = c.iter().map(|x| x + 0.3 * (uniform() - 0.5)).collect();
+                l2_normalise(&mut v);
+                v
+            })
+            .collect()
+    }
+
+    fn find(
+        vectors: &[f32],
+        dim: usize,
+        hashes: &[u64],
+        options: &IndexOptions,
+    ) -> Neighbours {
+        let source = SliceVectors::new(vectors, dim).unwrap();
+        find_neighbours(&source, hashes, options, &mut no_progress()).unwrap()
+    }
+
+    fn ivf(lists: usize, nprobe: u32) -> IndexOptions {
+        IndexOptions {
+            index: format!("IVF{lists},SQ8"),
+            nprobe: Some(nprobe),
+            recall_queries: 50,
+        }
+    }
+
     #[test]
     fn never_its_own_neighbour_and_ties_go_to_the_lowest_index() {
         // Rows 1, 3, 4, 5 and 6 are identical: each must pick the lowest *other* copy.
@@ -125,10 +997,186 @@ mod tests {
     }
 
     #[test]
+    fn identical_vectors_with_different_texts_tie_to_the_lowest_index() {
+        // The same vectors as above, but every text distinct: the exact search and its
+        // widening settle the ties, as before copies were grouped.
+        let v = rows(&[
+            [1.0, 0.0, 0.0],
+            [0.0, 1.0, 0.0],
+            [0.9, 0.1, 0.0],
+            [0.0, 1.0, 0.0],
+            [0.0, 1.0, 0.0],
+            [0.0, 1.0, 0.0],
+            [0.0, 1.0, 0.0],
+        ]);
+        let hashes: Vec<u64> = (0..7).collect();
+        let found = find(&v, 3, &hashes, &IndexOptions::exact()).found;
+        let picked: Vec<usize> = found.iter().map(|n| n.unwrap().index).collect();
+        assert_eq!(picked, [2, 3, 0, 1, 1, 1, 1]);
+        assert!((found[4].unwrap().similarity - 1.0).abs() < 1e-5);
+    }
+
+    #[test]
     fn a_single_sample_has_no_neighbour() {
         assert_eq!(
             nearest_others(&rows(&[[1.0, 2.0, 3.0]]), 3).unwrap(),
             vec![None]
         );
+        for options in [IndexOptions::exact(), ivf(4, 1), IndexOptions::default()] {
+            let found = find(&rows(&[[1.0, 2.0, 3.0]]), 3, &[7], &options).found;
+            assert_eq!(found, vec![None]);
+        }
+    }
+
+    #[test]
+    fn copies_are_grouped_by_text_before_any_search() {
+        // Samples 0, 2 and 5 share a text (hash 9), 3 and 4 another (hash 8); their vectors
+        // differ slightly, as batched embeddings of equal texts can.
+        let v = rows(&[
+            [1.0, 0.0, 0.0],
+            [0.0, 1.0, 0.0],
+            [1.0, 0.001, 0.0],
+            [0.0, 0.0, 1.0],
+            [0.0, 0.001, 1.0],
+            [1.0, 0.0, 0.002],
+            [0.1, 1.0, 0.0],
+        ]);
+        let hashes = [9, 1, 9, 8, 8, 9, 2];
+        for options in [IndexOptions::exact(), ivf(2, 2)] {
+            let result = find(&v, 3, &hashes, &options);
+            let picked: Vec<(usize, f32)> = result
+                .found
+                .iter()
+                .map(|n| (n.unwrap().index, n.unwrap().similarity))
+                .collect();
+            assert_eq!(picked[0], (2, 1.0), "{options:?}");
+            assert_eq!(picked[2], (0, 1.0));
+            assert_eq!(picked[5], (0, 1.0));
+            assert_eq!(picked[3], (4, 1.0));
+            assert_eq!(picked[4], (3, 1.0));
+            // Searched: 1 and 6 (a copy group's vector is its first sample's).
+            assert_eq!(picked[1].0, 6);
+            assert_eq!(picked[6].0, 1);
+            assert_eq!(result.report.distinct, 4);
+            assert_eq!(result.report.duplicates, 5);
+            assert_eq!(result.report.searched, 2);
+        }
+    }
+
+    #[test]
+    fn ten_thousand_copies_cost_no_search() {
+        let dim = 8;
+        let mut v = clustered(10_010, dim, 5, 3);
+        // Rows 10..10010 are copies of row 3.
+        let copy: Vec<f32> = v[3 * dim..4 * dim].to_vec();
+        for row in v.chunks_exact_mut(dim).skip(10) {
+            row.copy_from_slice(&copy);
+        }
+        let hashes: Vec<u64> = (0..10_010u64).map(|i| if i >= 10 { 3 } else { i }).collect();
+        let result = find(&v, dim, &hashes, &IndexOptions::exact());
+        assert_eq!(result.report.searched, 9);
+        assert_eq!(result.found[3].unwrap().index, 10);
+        assert_eq!(result.found[10_009].unwrap().index, 3);
+        for (i, n) in result.found.iter().enumerate() {
+            assert_ne!(n.unwrap().index, i);
+        }
+    }
+
+    #[test]
+    fn an_ivf_index_follows_the_rules_and_finds_the_exact_neighbours_here() {
+        let dim = 16;
+        let n = 2_000;
+        let mut v = clustered(n, dim, 20, 11);
+        // Rows 100 and 200 equal row 50 bit for bit, with different texts: a tie at 1.0.
+        let row: Vec<f32> = v[50 * dim..51 * dim].to_vec();
+        v[100 * dim..101 * dim].copy_from_slice(&row);
+        v[200 * dim..201 * dim].copy_from_slice(&row);
+        let hashes: Vec<u64> = (0..n as u64).collect();
+        let exact = find(&v, dim, &hashes, &IndexOptions::exact());
+        // 32 lists, all probed: the candidates are the exact top 8 (up to SQ8 rounding).
+        let approximate = find(&v, dim, &hashes, &ivf(32, 32));
+        assert_eq!(approximate.report.plan.factory, "IVF32,SQ8");
+        assert!(!approximate.report.plan.exact);
+        for (i, n) in approximate.found.iter().enumerate() {
+            assert_ne!(n.unwrap().index, i, "never itself");
+        }
+        assert_eq!(approximate.found[50].unwrap().index, 100);
+        assert_eq!(approximate.found[100].unwrap().index, 50);
+        assert_eq!(approximate.found[200].unwrap().index, 50);
+        let all = recall_at_1(&approximate.found, &exact.found);
+        assert!(all >= 0.99, "recall@1 {all}");
+        let sampled = approximate.report.recall_at_1.unwrap();
+        assert_eq!(approximate.report.recall_queries, 50);
+        assert!(sampled >= 0.95, "sampled recall@1 {sampled}");
+        // Exact search reports 1 by construction.
+        assert_eq!(exact.report.recall_at_1, Some(1.0));
+    }
+
+    #[test]
+    fn vectors_read_from_a_file_give_the_same_neighbours() {
+        let dim = 8;
+        let v = clustered(320, dim, 7, 5);
+        let file = tempfile::NamedTempFile::new().unwrap();
+        let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+        std::fs::write(file.path(), bytes).unwrap();
+        let source = FileVectors::open(file.path(), dim).unwrap();
+        assert_eq!(source.len(), 320);
+        let hashes: Vec<u64> = (0..320).collect();
+        for options in [IndexOptions::exact(), ivf(8, 2)] {
+            let from_file =
+                find_neighbours(&source, &hashes, &options, &mut no_progress()).unwrap();
+            let in_memory = find(&v, dim, &hashes, &options);
+            assert_eq!(from_file.found, in_memory.found);
+        }
+        assert!(FileVectors::open(file.path(), 7).is_err());
+    }
+
+    #[test]
+    fn recall_counts_exact_and_tied_neighbours() {
+        let n = |index, similarity| Some(Neighbour { index, similarity });
+        let exact = [n(1, 0.9), n(0, 0.9), n(0, 0.5), None, n(2, 0.8)];
+        let found = [n(1, 0.9), n(2, 0.8), n(4, 0.5), n(0, 0.1), n(3, 0.8 - 1e-7)];
+        // Row 0 exact, row 1 wrong, row 2 a tie with another index, row 3 not counted, row 4
+        // within TIE.
+        assert_eq!(recall_at_1(&found, &exact), 0.75);
+        assert_eq!(recall_at_1(&[None], &[n(1, 0.3)]), 0.0);
+    }
+
+    #[test]
+    fn auto_is_exact_up_to_the_threshold_then_an_inverted_file() {
+        let auto = IndexOptions::default();
+        assert_eq!(IndexPlan::resolve(&auto, 200).factory, "Flat");
+        assert!(IndexPlan::resolve(&auto, AUTO_EXACT_MAX).exact);
+        let big = IndexPlan::resolve(&auto, 1_000_000);
+        assert_eq!(big.factory, "IVF4096_HNSW32,SQ8");
+        assert_eq!(big.nprobe, Some(AUTO_NPROBE));
+        assert_eq!(big.train, 4096 * TRAIN_PER_LIST);
+        let explicit = IndexOptions {
+            index: "IVF1024,PQ96".into(),
+            nprobe: Some(16),
+            ..IndexOptions::default()
+        };
+        let plan = IndexPlan::resolve(&explicit, 100_000);
+        assert_eq!((plan.nprobe, plan.train), (Some(16), 1024 * TRAIN_PER_LIST));
+        assert!(IndexOptions {
+            nprobe: Some(4),
+            ..IndexOptions::exact()
+        }
+        .validate()
+        .is_err());
+        assert_eq!(auto_lists(100_000), 1024);
+        assert_eq!(auto_lists(300_000), 2048);
+    }
+
+    #[test]
+    fn a_bad_factory_string_names_itself() {
+        let v = rows(&[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]);
+        let source = SliceVectors::new(&v, 3).unwrap();
+        let options = IndexOptions {
+            index: "NoSuchIndex".into(),
+            ..IndexOptions::default()
+        };
+        let e = find_neighbours(&source, &[1, 2], &options, &mut no_progress()).unwrap_err();
+        assert!(e.to_string().contains("NoSuchIndex"), "{e}");
     }
 }

@@ -8,6 +8,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -17,6 +18,7 @@ use serde_json::Value;
 use crate::output::{sync_parent, write_atomically, write_json, OutputError};
 use crate::scheduler::{Journal, Loss, Pass, Saved, ScoringError};
 use crate::schema::{EmbedderRecord, Neighbour};
+use crate::shard::Shard;
 
 /// Why a run's saved state cannot be used or kept.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +37,9 @@ pub enum ResumeError {
     /// What is saved belongs to another run, or is damaged.
     #[error("cannot resume: {0}")]
     Incompatible(String),
+    /// An earlier stage of a staged run has not been run (the message names the command).
+    #[error("{0}")]
+    Missing(String),
 }
 
 impl From<ResumeError> for ScoringError {
@@ -132,6 +137,48 @@ impl RunState {
         Ok(())
     }
 
+    /// The directory of a staged run's shards for `stage` (`embed`, `score`), created; files of
+    /// another shard count are refused, so a rerun with another N cannot mix its shards in.
+    ///
+    /// # Errors
+    /// [`ResumeError::Incompatible`] naming the count found; [`ResumeError::Io`].
+    pub fn stage_dir(&self, stage: &str, count: usize) -> Result<PathBuf, ResumeError> {
+        let dir = self.dir.join(stage);
+        let io = |source| ResumeError::Io {
+            path: dir.clone(),
+            source,
+        };
+        std::fs::create_dir_all(&dir).map_err(io)?;
+        for entry in std::fs::read_dir(&dir).map_err(io)? {
+            let name = entry.map_err(io)?.file_name();
+            let found = name
+                .to_str()
+                .and_then(|n| n.strip_prefix("shard-"))
+                .and_then(|n| n.split_once("-of-"))
+                .and_then(|(_, rest)| rest.split('.').next()?.parse::<usize>().ok());
+            if let Some(found) = found.filter(|&found| found != count) {
+                return Err(ResumeError::Incompatible(format!(
+                    "{} holds {stage} shards of a run split {found} ways, not {count}; use --shards {found}, or delete {} to start that stage over",
+                    dir.display(),
+                    dir.display()
+                )));
+            }
+        }
+        Ok(dir)
+    }
+
+    /// The scoring journal of one score shard: `score/shard-K-of-N.jsonl`.
+    pub fn shard_loss_log<'a>(&self, shard: Shard, stop: &'a AtomicBool) -> LossLog<'a> {
+        LossLog {
+            path: self
+                .dir
+                .join("score")
+                .join(format!("{}.jsonl", shard.file_stem())),
+            file: None,
+            stop,
+        }
+    }
+
     /// The scoring journal: `losses.jsonl`, stopping when `stop` is set.
     pub fn loss_log<'a>(&self, stop: &'a AtomicBool) -> LossLog<'a> {
         LossLog {
@@ -155,7 +202,10 @@ fn read_if_present(path: &Path) -> Result<Option<Vec<u8>>, ResumeError> {
 }
 
 /// A JSON file written whole by an earlier run, or `None` when there is none.
-fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>, ResumeError> {
+///
+/// # Errors
+/// [`ResumeError`] when it exists but cannot be read or parsed.
+pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>, ResumeError> {
     read_if_present(path)?
         .map(|bytes| {
             serde_json::from_slice(&bytes).map_err(|e| {
@@ -193,6 +243,15 @@ pub struct LossLog<'a> {
 struct Header {
     plan: String,
     steps: usize,
+    /// The steps a shard decodes; absent when the log covers the whole plan.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    shard_steps: Option<Range<usize>>,
+}
+
+impl Header {
+    fn range(&self) -> Range<usize> {
+        self.shard_steps.clone().unwrap_or(0..self.steps)
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -225,7 +284,7 @@ impl LossLog<'_> {
     }
 
     /// Reads the saved lines, cutting off a torn last line; `None` when there is no header.
-    fn read(&self, digest: &str) -> Result<Option<Saved>, ResumeError> {
+    fn read(&self, digest: &str, range: &Range<usize>) -> Result<Option<Saved>, ResumeError> {
         let Some(bytes) = read_if_present(&self.path)? else {
             return Ok(None);
         };
@@ -256,11 +315,21 @@ impl LossLog<'_> {
                 self.path.display()
             )));
         }
-        let mut saved = Saved::default();
+        if header.range() != *range {
+            return Err(ResumeError::Incompatible(format!(
+                "{} holds steps {:?} of the plan, not {range:?} (another shard count?); delete it to score again",
+                self.path.display(),
+                header.range()
+            )));
+        }
+        let mut saved = Saved {
+            steps_done: range.start,
+            losses: Vec::new(),
+        };
         for (n, line) in lines.enumerate() {
             let commit: Commit =
                 serde_json::from_slice(line).map_err(|e| self.corrupt(n + 2, e))?;
-            if commit.steps_done <= saved.steps_done || commit.steps_done > header.steps {
+            if commit.steps_done <= saved.steps_done || commit.steps_done > range.end {
                 return Err(self.corrupt(n + 2, "checkpoints out of order"));
             }
             saved.steps_done = commit.steps_done;
@@ -271,6 +340,21 @@ impl LossLog<'_> {
             }));
         }
         Ok(Some(saved))
+    }
+
+    /// What the log holds for `range` of the plan `digest`, for gathering a finished shard.
+    ///
+    /// # Errors
+    /// [`ResumeError`] when the log is missing, unreadable, or for another plan or range.
+    pub fn saved(&self, digest: &str, range: Range<usize>) -> Result<Saved, ResumeError> {
+        self.read(digest, &range)?.ok_or_else(|| {
+            ResumeError::Incompatible(format!("{}: no losses saved", self.path.display()))
+        })
+    }
+
+    /// The log file.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     /// Appends one line and makes it durable.
@@ -295,22 +379,33 @@ impl LossLog<'_> {
 }
 
 impl Journal for LossLog<'_> {
-    fn start(&mut self, digest: &str, steps: usize) -> Result<Saved, ScoringError> {
-        if let Some(saved) = self.read(digest)? {
-            if saved.steps_done > 0 {
+    fn start(
+        &mut self,
+        digest: &str,
+        steps: usize,
+        range: Range<usize>,
+    ) -> Result<Saved, ScoringError> {
+        if let Some(saved) = self.read(digest, &range)? {
+            if saved.steps_done > range.start {
                 tracing::info!(
-                    "resuming: {} of {steps} decode steps already done ({})",
-                    saved.steps_done,
+                    "resuming: {} of {} decode steps already done ({})",
+                    saved.steps_done - range.start,
+                    range.len(),
                     self.path.display()
                 );
             }
             return Ok(saved);
         }
+        let whole = range == (0..steps);
         self.append(&Header {
             plan: digest.to_string(),
             steps,
+            shard_steps: (!whole).then_some(range.clone()),
         })?;
-        Ok(Saved::default())
+        Ok(Saved {
+            steps_done: range.start,
+            losses: Vec::new(),
+        })
     }
 
     fn save(&mut self, steps_done: usize, losses: &[Loss]) -> Result<(), ScoringError> {

@@ -13,6 +13,7 @@
 //! decode, gather, fold, checkpoint), and fold the losses into scores. It talks to the model
 //! only through a [`Decoder`].
 
+use std::ops::Range;
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
@@ -23,6 +24,7 @@ use crate::decoder::{DecodeError, Decoder, Item};
 use crate::plan::{digest, schedule, tokens_of, Entry, Limits, OneShot, Shape, Step, Work};
 use crate::prompt::{Layout, ScoredSequence, Template, Tokenize};
 use crate::score::{Scores, Unscorable};
+use crate::shard::Shard;
 
 /// How scoring is run.
 #[derive(Debug, Clone, Serialize)]
@@ -96,7 +98,8 @@ pub struct Loss {
 /// Losses saved by an earlier, interrupted run of the same plan.
 #[derive(Debug, Clone, Default)]
 pub struct Saved {
-    /// Steps of the plan they cover; always just after a checkpoint step.
+    /// The step after the last one they cover; always just after a checkpoint step (or the
+    /// start of the range when nothing is saved).
     pub steps_done: usize,
     /// The losses those steps computed.
     pub losses: Vec<Loss>,
@@ -104,12 +107,18 @@ pub struct Saved {
 
 /// Where scoring keeps its progress, so that a stopped run can go on where it stopped.
 pub trait Journal {
-    /// Called once the plan is known (`digest` identifies it); returns what earlier runs of
-    /// the same plan saved.
+    /// Called once the plan is known (`digest` identifies it, `steps` is its length) with the
+    /// steps this run decodes; returns what earlier runs of the same plan and range saved, or
+    /// nothing saved at `range.start`.
     ///
     /// # Errors
-    /// When saved losses exist for a different plan or cannot be read.
-    fn start(&mut self, digest: &str, steps: usize) -> Result<Saved, ScoringError>;
+    /// When saved losses exist for a different plan or range, or cannot be read.
+    fn start(
+        &mut self,
+        digest: &str,
+        steps: usize,
+        range: Range<usize>,
+    ) -> Result<Saved, ScoringError>;
     /// Keeps the losses computed since the last checkpoint; `steps_done` counts the steps
     /// finished so far.
     ///
@@ -124,8 +133,11 @@ pub trait Journal {
 pub struct NoJournal;
 
 impl Journal for NoJournal {
-    fn start(&mut self, _: &str, _: usize) -> Result<Saved, ScoringError> {
-        Ok(Saved::default())
+    fn start(&mut self, _: &str, _: usize, range: Range<usize>) -> Result<Saved, ScoringError> {
+        Ok(Saved {
+            steps_done: range.start,
+            losses: Vec::new(),
+        })
     }
     fn save(&mut self, _: usize, _: &[Loss]) -> Result<(), ScoringError> {
         Ok(())
@@ -220,21 +232,141 @@ pub fn score_samples<T: Tokenize>(
     journal: &mut dyn Journal,
     progress: impl FnMut(Progress),
 ) -> Result<Outcome, ScoringError> {
-    let layout = Layout::new(tokenizer, &options.template, options.append_eos);
-    let sequences = Sequences::build(&layout, samples, examples, options);
-    let shapes = sequences.shapes(examples, options.held_slots() > 0);
-    let steps = schedule(&shapes, options.limits());
-    let usage = sequences.usage(&steps, &shapes);
-    let saved = journal.start(&digest(&steps), steps.len())?;
-    let mut losses = Losses::restore(samples.len(), &steps, &saved)?;
-    let mut run = PlanRun {
-        decoder,
-        sequences: &sequences,
-        shapes: &shapes,
-        steps: &steps,
-    };
-    let stats = run.decode_from(saved.steps_done, &mut losses, journal, progress)?;
-    Ok(losses.fold(&sequences, usage, stats))
+    let plan = ScoringPlan::new(tokenizer, samples, examples, options);
+    let (saved, stats) = plan.decode(decoder, 0..plan.steps(), journal, progress)?;
+    plan.fold(&saved.losses, stats)
+}
+
+/// Every sequence of a run and every decode step, planned from the data and the settings
+/// alone, so that any process (a resumed run, a shard on another machine) decodes the same
+/// steps in the same batches.
+pub struct ScoringPlan {
+    sequences: Sequences,
+    shapes: Vec<Shape>,
+    steps: Vec<Step>,
+    usage: Vec<Usage>,
+    digest: String,
+}
+
+impl ScoringPlan {
+    /// Builds every sample's sequences and plans their decodes.
+    pub fn new<T: Tokenize>(
+        tokenizer: &T,
+        samples: &[Sample],
+        examples: &[Option<usize>],
+        options: &ScoringOptions,
+    ) -> Self {
+        let layout = Layout::new(tokenizer, &options.template, options.append_eos);
+        let sequences = Sequences::build(&layout, samples, examples, options);
+        let shapes = sequences.shapes(examples, options.held_slots() > 0);
+        let steps = schedule(&shapes, options.limits());
+        let usage = sequences.usage(&steps, &shapes);
+        let digest = digest(&steps);
+        ScoringPlan {
+            sequences,
+            shapes,
+            steps,
+            usage,
+            digest,
+        }
+    }
+
+    /// Decode steps planned.
+    pub fn steps(&self) -> usize {
+        self.steps.len()
+    }
+
+    /// Identifies the plan, so saved losses are only reused by the plan that made them.
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+
+    /// The steps `shard` decodes: a contiguous run of whole segments between checkpoints (no
+    /// KV cache crosses a checkpoint, so segments are independent), shared out so each shard
+    /// gets about the same number of tokens. Every step belongs to exactly one shard; a shard
+    /// is empty when there are fewer segments than shards.
+    pub fn shard(&self, shard: Shard) -> Range<usize> {
+        let mut segments = vec![0];
+        segments.extend(
+            self.steps
+                .iter()
+                .enumerate()
+                .filter(|(_, step)| step.checkpoint)
+                .map(|(t, _)| t + 1),
+        );
+        let tokens = |j: usize| self.tokens_in(segments[j]..segments[j + 1]);
+        let mine = shard.split(segments.len() - 1, tokens);
+        segments[mine.start]..segments[mine.end]
+    }
+
+    /// Tokens decoded in `steps`.
+    pub fn tokens_in(&self, steps: Range<usize>) -> usize {
+        self.steps[steps].iter().map(|s| self.step_tokens(s)).sum()
+    }
+
+    fn step_tokens(&self, step: &Step) -> usize {
+        step.entries
+            .iter()
+            .map(|e| tokens_of(&self.shapes, e.work))
+            .sum()
+    }
+
+    /// Decodes the steps in `range` through `decoder`, resuming after what `journal` saved for
+    /// them and saving at every checkpoint. `range` must start at a checkpoint boundary (as
+    /// [`ScoringPlan::shard`]'s do). Returns what the journal holds for the range, now
+    /// complete, and what this call did.
+    ///
+    /// # Errors
+    /// Decoder and journal failures; [`ScoringError::Interrupted`] when the journal asks to stop.
+    pub fn decode(
+        &self,
+        decoder: &mut dyn Decoder,
+        range: Range<usize>,
+        journal: &mut dyn Journal,
+        progress: impl FnMut(Progress),
+    ) -> Result<(Saved, Stats), ScoringError> {
+        let mut saved = journal.start(&self.digest, self.steps.len(), range.clone())?;
+        self.check_resumable(&saved, &range)?;
+        let mut run = PlanRun {
+            decoder,
+            plan: self,
+            range,
+        };
+        let first = saved.steps_done;
+        let stats = run.decode_from(first, &mut saved.losses, journal, progress)?;
+        saved.steps_done = run.range.end;
+        Ok((saved, stats))
+    }
+
+    fn check_resumable(&self, saved: &Saved, range: &Range<usize>) -> Result<(), ScoringError> {
+        let at_boundary = |t: usize| t == 0 || self.steps[t - 1].checkpoint;
+        if range.end > self.steps.len() || !at_boundary(range.start) || !at_boundary(range.end) {
+            return Err(ScoringError::Resume(format!(
+                "steps {range:?} are not whole segments of this plan of {} steps",
+                self.steps.len()
+            )));
+        }
+        if !range.contains(&saved.steps_done) && saved.steps_done != range.end
+            || !at_boundary(saved.steps_done)
+        {
+            return Err(ScoringError::Resume(format!(
+                "saved losses end at step {} of {}, which is not a checkpoint of steps {range:?} of this plan",
+                saved.steps_done,
+                self.steps.len()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Every sample's scores from the losses of all steps (as saved by one run, or gathered
+    /// from every shard), with `stats` for the record.
+    ///
+    /// # Errors
+    /// [`ScoringError::Resume`] when a loss names a sample that does not exist.
+    pub fn fold(&self, losses: &[Loss], stats: Stats) -> Result<Outcome, ScoringError> {
+        let losses = Losses::gather(self.usage.len(), losses)?;
+        Ok(losses.fold(&self.sequences, self.usage.clone(), stats))
+    }
 }
 
 impl ScoringOptions {
@@ -410,23 +542,14 @@ struct Losses {
 }
 
 impl Losses {
-    /// The losses an earlier run saved, after checking they end at a checkpoint of `steps`.
-    fn restore(samples: usize, steps: &[Step], saved: &Saved) -> Result<Self, ScoringError> {
-        if saved.steps_done > steps.len()
-            || (saved.steps_done > 0 && !steps[saved.steps_done - 1].checkpoint)
-        {
-            return Err(ScoringError::Resume(format!(
-                "saved losses end at step {} of {}, which is not a checkpoint of this plan",
-                saved.steps_done,
-                steps.len()
-            )));
-        }
+    /// Every sample's losses from the logged ones.
+    fn gather(samples: usize, logged: &[Loss]) -> Result<Self, ScoringError> {
         let mut losses = Losses {
             zero: vec![f32::NAN; samples],
             one: vec![f32::NAN; samples],
             alone: vec![f32::NAN; samples],
         };
-        for loss in &saved.losses {
+        for loss in logged {
             *losses.get_mut(loss.sample, loss.pass).ok_or_else(|| {
                 ScoringError::Resume(format!(
                     "saved loss for sample {} out of range",
@@ -461,65 +584,55 @@ impl Losses {
     }
 }
 
-/// A plan being decoded.
+/// A range of a plan being decoded.
 struct PlanRun<'a> {
     decoder: &'a mut dyn Decoder,
-    sequences: &'a Sequences,
-    shapes: &'a [Shape],
-    steps: &'a [Step],
+    plan: &'a ScoringPlan,
+    range: Range<usize>,
 }
 
 impl PlanRun<'_> {
-    fn step_tokens(&self, step: &Step) -> usize {
-        step.entries
-            .iter()
-            .map(|e| tokens_of(self.shapes, e.work))
-            .sum()
-    }
-
-    /// Decodes the plan from step `first` on, saving the losses at every checkpoint.
+    /// Decodes the range from step `first` on, adding the losses to `losses` and saving them
+    /// at every checkpoint.
     fn decode_from(
         &mut self,
         first: usize,
-        losses: &mut Losses,
+        losses: &mut Vec<Loss>,
         journal: &mut dyn Journal,
         mut progress: impl FnMut(Progress),
     ) -> Result<Stats, ScoringError> {
-        let steps = self.steps;
+        let plan = self.plan;
+        let range = self.range.clone();
         let mut stats = Stats {
-            planned_steps: steps.len(),
-            resumed_steps: first,
+            planned_steps: range.len(),
+            resumed_steps: first - range.start,
             ..Stats::default()
         };
         let mut report = Progress {
-            steps_done: first,
-            steps: steps.len(),
-            tokens_done: steps[..first].iter().map(|s| self.step_tokens(s)).sum(),
-            tokens: steps.iter().map(|s| self.step_tokens(s)).sum(),
+            steps_done: first - range.start,
+            steps: range.len(),
+            tokens_done: plan.tokens_in(range.start..first),
+            tokens: plan.tokens_in(range.clone()),
         };
         progress(report);
         let mut unsaved = Vec::new();
-        for (t, step) in steps.iter().enumerate().skip(first) {
+        for t in first..range.end {
             if journal.stop_requested() {
                 return Err(ScoringError::Interrupted {
-                    saved_steps: t - unsaved_steps(&steps[..t]),
-                    total_steps: steps.len(),
+                    saved_steps: t - unsaved_steps(&plan.steps[range.start..t]),
+                    total_steps: plan.steps.len(),
                 });
             }
-            for loss in self.decode_step(step, &mut stats)? {
-                *losses
-                    .get_mut(loss.sample, loss.pass)
-                    .expect("planned samples exist") = loss.value;
-                unsaved.push(loss);
-            }
+            let step = &plan.steps[t];
+            unsaved.extend(self.decode_step(step, &mut stats)?);
             if step.checkpoint {
                 // An empty cache here is what a resumed run starts from.
                 self.decoder.clear();
                 journal.save(t + 1, &unsaved)?;
-                unsaved.clear();
+                losses.append(&mut unsaved);
             }
-            report.steps_done = t + 1;
-            report.tokens_done += self.step_tokens(step);
+            report.steps_done = t + 1 - range.start;
+            report.tokens_done += plan.step_tokens(step);
             progress(report);
         }
         Ok(stats)
@@ -535,7 +648,7 @@ impl PlanRun<'_> {
         entries.sort_by_key(|e| e.slot);
         let items: Vec<Item> = entries
             .iter()
-            .map(|e| self.sequences.item(e, self.shapes))
+            .map(|e| self.plan.sequences.item(e, &self.plan.shapes))
             .collect();
 
         let clock = Instant::now();
@@ -561,7 +674,7 @@ impl PlanRun<'_> {
             losses.push(Loss {
                 sample: sample_of(e.work),
                 pass: pass_of(e.work),
-                value: self.sequences.scored(e.work).mean_loss(lps),
+                value: self.plan.sequences.scored(e.work).mean_loss(lps),
             });
             stats.tokens_decoded += item.tokens.len();
             stats.scored_rows += lps.len();

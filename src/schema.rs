@@ -151,6 +151,18 @@ pub struct RunRecord {
     pub scoring: Stats,
     /// Where the time went.
     pub timings: Timings,
+    /// How a staged run was split (`miwv merge`); absent for `miwv select`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shards: Option<ShardsRecord>,
+}
+
+/// The shard counts of a staged run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardsRecord {
+    /// `miwv embed` shards.
+    pub embed: usize,
+    /// `miwv score` shards.
+    pub score: usize,
 }
 
 /// A file a run read, with its hash; GGUF metadata for models.

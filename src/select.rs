@@ -1,7 +1,8 @@
 //! Choosing the subset: the top floor(N * ratio) samples by MIWV.
 
 /// How many samples to keep.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Budget {
     /// A share of all samples (unscorable ones included in N), in (0, 1].
     Ratio(f64),

@@ -79,3 +79,7 @@ pub fn write_examples(path: &Path, n: usize) {
         serde_json::from_str(&std::fs::read_to_string(examples()).unwrap()).unwrap();
     std::fs::write(path, serde_json::to_string_pretty(&all[..n]).unwrap()).unwrap();
 }
+
+pub fn read_json(path: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}

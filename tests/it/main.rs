@@ -21,3 +21,4 @@ mod hostile;
 mod report;
 mod scheduler;
 mod select;
+mod stages;

@@ -98,6 +98,7 @@ fn run_record(data: &Path) -> RunRecord {
         checkpoint_tokens: 32_768,
         scoring: Stats::default(),
         timings: Timings::default(),
+        shards: None,
     }
 }
 

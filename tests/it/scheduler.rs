@@ -15,8 +15,11 @@ use miwv::dataset::{read_dataset, Sample};
 use miwv::decoder::{DecodeError, Decoder, Item};
 use miwv::prompt::{Template, Token, Tokenize};
 use miwv::resume::RunState;
-use miwv::scheduler::{score_samples, NoJournal, Outcome, ScoringError, ScoringOptions};
+use miwv::scheduler::{
+    score_samples, NoJournal, Outcome, ScoringError, ScoringOptions, ScoringPlan,
+};
 use miwv::score::Unscorable;
+use miwv::shard::Shard;
 
 /// Bytes as tokens: enough to give every sample a distinct, realistic-length sequence.
 struct ByteTokenizer;
@@ -353,4 +356,60 @@ fn a_decoder_failure_keeps_the_checkpoints_and_the_rerun_completes() {
     .unwrap_err();
     assert!(matches!(other, ScoringError::Resume(_)), "{other}");
     assert!(other.to_string().contains("different plan"), "{other}");
+}
+
+#[test]
+fn shards_of_the_plan_in_any_order_gather_to_the_scores_of_one_run() {
+    let options = options(true, 3000);
+    let reference = score(&options);
+    let samples = samples();
+    let examples = examples(samples.len());
+    let plan = ScoringPlan::new(&ByteTokenizer, &samples, &examples, &options);
+    let total = plan.tokens_in(0..plan.steps());
+    for count in [1, 2, 3, 5, 8, 64] {
+        let ranges: Vec<_> = (0..count)
+            .map(|k| plan.shard(Shard::new(k, count).unwrap()))
+            .collect();
+        assert_eq!(ranges[0].start, 0);
+        assert_eq!(ranges[count - 1].end, plan.steps());
+        for pair in ranges.windows(2) {
+            assert_eq!(pair[0].end, pair[1].start, "{count} shards are contiguous");
+        }
+        let largest = ranges
+            .iter()
+            .map(|r| plan.tokens_in(r.clone()))
+            .max()
+            .unwrap();
+        if count <= 3 {
+            assert!(
+                largest * count < total * 3 / 2,
+                "{count} shards balanced: {largest} of {total}"
+            );
+        }
+
+        let dir = tempfile::tempdir().unwrap();
+        let state = RunState::open(dir.path(), &serde_json::json!({})).unwrap();
+        state.stage_dir("score", count).unwrap();
+        let stop = AtomicBool::new(false);
+        let mut losses = Vec::new();
+        for k in (0..count).rev() {
+            let shard = Shard::new(k, count).unwrap();
+            let mut decoder = FakeDecoder::new(options.sizes);
+            let mut log = state.shard_loss_log(shard, &stop);
+            let (saved, stats) = plan
+                .decode(&mut decoder, ranges[k].clone(), &mut log, |_| {})
+                .unwrap();
+            assert_eq!(stats.decodes, ranges[k].len());
+            assert_eq!(
+                log.saved(plan.digest(), ranges[k].clone())
+                    .unwrap()
+                    .losses
+                    .len(),
+                saved.losses.len()
+            );
+            losses.extend(saved.losses);
+        }
+        let merged = plan.fold(&losses, Default::default()).unwrap();
+        assert_eq!(bits(&merged), bits(&reference), "{count} shards");
+    }
 }

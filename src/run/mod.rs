@@ -26,6 +26,8 @@ use crate::schema::{BudgetRecord, EmbedderRecord, FileRecord, Ifd, RunRecord, Sc
 use crate::select::{top_by_score, Budget};
 use crate::Error;
 
+pub mod stages;
+
 /// What a finished run produced.
 #[derive(Debug, Clone, Serialize)]
 pub struct RunSummary {
@@ -112,6 +114,8 @@ struct Loaded {
     data: FileRecord,
     scoring_model: FileRecord,
     embed_file: Option<FileRecord>,
+    /// What changes a score (see [`settings`]), which the checkpoint directory is bound to.
+    settings: serde_json::Value,
     state: RunState,
 }
 
@@ -145,6 +149,7 @@ fn load_models(config: &SelectConfig) -> Result<Loaded, Error> {
         data,
         scoring_model,
         embed_file,
+        settings,
         state,
     })
 }
@@ -195,30 +200,38 @@ fn score(
     retrieval: &Retrieval,
     stop: &AtomicBool,
 ) -> Result<Outcome, Error> {
-    let options = ScoringOptions {
-        sizes: config.sizes,
-        kv_reuse: config.kv_reuse,
-        template: loaded.template.clone(),
-        append_eos: config.append_eos,
-        response_only: config.also_ifd,
-        checkpoint_tokens: config.checkpoint_tokens,
-    };
-    let examples: Vec<Option<usize>> = retrieval
-        .neighbours
-        .iter()
-        .map(|n| n.map(|n| n.index))
-        .collect();
     let mut scorer = Scorer::new(&loaded.model, config.sizes)?;
     let mut progress = ScoringProgress::default();
     Ok(score_samples(
         &loaded.model,
         &mut scorer,
         &dataset.samples,
-        &examples,
-        &options,
+        &examples(retrieval),
+        &scoring_options(config, &loaded.template),
         &mut loaded.state.loss_log(stop),
         |p| progress.update(p),
     )?)
+}
+
+/// How the run's settings score.
+fn scoring_options(config: &SelectConfig, template: &Template) -> ScoringOptions {
+    ScoringOptions {
+        sizes: config.sizes,
+        kv_reuse: config.kv_reuse,
+        template: template.clone(),
+        append_eos: config.append_eos,
+        response_only: config.also_ifd,
+        checkpoint_tokens: config.checkpoint_tokens,
+    }
+}
+
+/// Each sample's example: its neighbour's index.
+fn examples(retrieval: &Retrieval) -> Vec<Option<usize>> {
+    retrieval
+        .neighbours
+        .iter()
+        .map(|n| n.map(|n| n.index))
+        .collect()
 }
 
 /// Samples by MIWV, and which are kept.
@@ -370,6 +383,7 @@ fn run_record(
         checkpoint_tokens: config.checkpoint_tokens,
         scoring: outcome.stats,
         timings,
+        shards: None,
     }
 }
 
@@ -410,6 +424,32 @@ fn retrieve(
     dataset: &Dataset,
 ) -> Result<(Retrieval, Vec<f32>), Error> {
     let samples = &dataset.samples;
+    let ((vectors, dim), embedder) = with_embedder(config, loaded, |embedder, prefix| {
+        let bar = Phase::new("embedding", samples.len() as u64, "samples");
+        Ok(embed_samples(embedder, samples, prefix, |done| {
+            bar.set(done as u64)
+        })?)
+    })?;
+    tracing::info!(dim, "embedded samples");
+    let bar = Phase::spinner("neighbours", "nearest other sample by cosine (FAISS)");
+    let neighbours = nearest_others(&vectors, dim)?;
+    drop(bar);
+    let retrieval = Retrieval {
+        dim,
+        neighbours,
+        embedder,
+    };
+    Ok((retrieval, vectors))
+}
+
+/// Runs `embed` with an embedding context of the run's embedder (a separate GGUF, or the
+/// scoring model itself) and the text prefix it expects; returns its result and how the
+/// embeddings were made, for the record.
+fn with_embedder<R>(
+    config: &SelectConfig,
+    loaded: &Loaded,
+    embed: impl FnOnce(&mut Embedder, &str) -> Result<R, Error>,
+) -> Result<(R, EmbedderRecord), Error> {
     let separate;
     let embed_model = match &config.embed_model {
         EmbedModel::Scoring => &loaded.model,
@@ -424,15 +464,8 @@ fn retrieve(
         .clone()
         .unwrap_or_else(|| default_prefix(info.architecture.as_deref()).to_string());
     let mut embedder = Embedder::new(embed_model, config.sizes.threads)?;
-    let bar = Phase::new("embedding", samples.len() as u64, "samples");
-    let (vectors, dim) =
-        embed_samples(&mut embedder, samples, &prefix, |done| bar.set(done as u64))?;
-    drop(bar);
-    tracing::info!(dim, "embedded samples");
-    let bar = Phase::spinner("neighbours", "nearest other sample by cosine (FAISS)");
-    let neighbours = nearest_others(&vectors, dim)?;
-    drop(bar);
-    let embedder = EmbedderRecord {
+    let result = embed(&mut embedder, &prefix)?;
+    let record = EmbedderRecord {
         uses_scoring_model: loaded.embed_file.is_none(),
         model: loaded.embed_file.clone().map(|file| FileRecord {
             gguf: Some(info),
@@ -444,12 +477,7 @@ fn retrieve(
         index: "faiss Flat, inner product".into(),
         max_tokens: embedder.max_tokens(),
     };
-    let retrieval = Retrieval {
-        dim,
-        neighbours,
-        embedder,
-    };
-    Ok((retrieval, vectors))
+    Ok((result, record))
 }
 
 /// A file's record for `run.json`: canonical path, sha256 and size.

@@ -1,0 +1,444 @@
+//! `miwv select` as four stages over one run directory, so its work can be spread over
+//! processes, machines and cluster jobs: `embed` and `score` in shards, `neighbours` and
+//! `merge` once.
+//!
+//! Every shard writes only files of its own (`checkpoint/embed/shard-K-of-N.*`,
+//! `checkpoint/score/shard-K-of-N.*`) and a done marker, atomically and last, so shards can
+//! share a network filesystem and a rerun skips what is done. Embedding shards embed whole
+//! planned batches and score shards decode whole segments between checkpoints of the one
+//! plan, so the merged outputs equal `select`'s byte for byte.
+
+use std::io::Write;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use super::{
+    examples, load_models, read_input, scoring_options, with_embedder, write_outputs, Loaded,
+    Ranking, RunSummary,
+};
+use crate::config::SelectConfig;
+use crate::embed::EmbeddingBatches;
+use crate::engine::Scorer;
+use crate::neighbours::nearest_others;
+use crate::output::{write_atomically, write_json};
+use crate::progress::{Phase, ScoringProgress};
+use crate::resume::{read_json, ResumeError, Retrieval};
+use crate::scheduler::{ScoringPlan, Stats};
+use crate::schema::{EmbedderRecord, ShardsRecord, Timings};
+use crate::select::Budget;
+use crate::shard::Shard;
+use crate::Error;
+
+/// What an embedding shard leaves besides its vectors: written last, it marks the shard done.
+#[derive(Debug, Serialize, Deserialize)]
+struct EmbedShard {
+    /// The settings of the whole run, as given to this shard.
+    config: SelectConfig,
+    /// What changes a score (the run's fingerprint), so `neighbours` can check every shard
+    /// was made alike.
+    settings: serde_json::Value,
+    /// The samples whose vectors the shard's `.f32` file holds, in its row order.
+    samples: Vec<usize>,
+    dim: usize,
+    embedder: EmbedderRecord,
+    seconds: f64,
+}
+
+/// The run's settings once every embedding shard is in: what `score` and `merge` read.
+#[derive(Debug, Serialize, Deserialize)]
+struct StageRecord {
+    config: SelectConfig,
+    embed_shards: usize,
+}
+
+/// What a score shard leaves when its steps are all decoded and saved.
+#[derive(Debug, Serialize, Deserialize)]
+struct ScoreShard {
+    steps: Range<usize>,
+    stats: Stats,
+    seconds: f64,
+}
+
+/// What a stage did, for the command's last words.
+#[derive(Debug, Clone)]
+pub struct StageSummary {
+    /// One line saying it.
+    pub message: String,
+}
+
+fn done(message: String) -> StageSummary {
+    tracing::info!("{message}");
+    StageSummary { message }
+}
+
+fn shard_file(dir: &Path, shard: Shard, extension: &str) -> PathBuf {
+    dir.join(format!("{}.{extension}", shard.file_stem()))
+}
+
+fn stage_record_path(run: &Path) -> PathBuf {
+    run.join("checkpoint").join("stage.json")
+}
+
+/// `miwv embed`: embeds this shard's share of the samples into the run directory
+/// `config.out_dir`.
+///
+/// # Errors
+/// Bad settings or input, engine failures, a run directory made with other settings or
+/// another shard count.
+pub fn embed(config: &SelectConfig, shard: Shard) -> Result<StageSummary, Error> {
+    config.validate()?;
+    let config = &with_absolute_paths(config);
+    let (_, dataset) = read_input(config)?;
+    let clock = Instant::now();
+    let loaded = load_models(config)?;
+    let dir = loaded.state.stage_dir("embed", shard.count)?;
+    let marker = shard_file(&dir, shard, "json");
+    if marker.exists() {
+        return Ok(done(format!("embed shard {shard} is already done")));
+    }
+    let samples = &dataset.samples;
+    let (rows, embedder) = with_embedder(config, &loaded, |embedder, prefix| {
+        let batches = EmbeddingBatches::plan(embedder, samples, prefix);
+        let range = batches.shard(shard);
+        let bar = Phase::new("embedding", samples.len() as u64, "samples");
+        Ok(batches.embed(embedder, range, |n| bar.set(n as u64))?)
+    })?;
+    let dim = rows.first().map_or(0, |(_, v)| v.len());
+    write_atomically(&shard_file(&dir, shard, "f32"), |out| {
+        rows.iter()
+            .flat_map(|(_, v)| v)
+            .try_for_each(|x| out.write_all(&x.to_le_bytes()))
+    })?;
+    let record = EmbedShard {
+        config: config.clone(),
+        settings: loaded.settings.clone(),
+        samples: rows.iter().map(|(i, _)| *i).collect(),
+        dim,
+        embedder,
+        seconds: clock.elapsed().as_secs_f64(),
+    };
+    write_json(&marker, &record)?;
+    Ok(done(format!(
+        "embed shard {shard}: {} of {} samples embedded",
+        rows.len(),
+        samples.len()
+    )))
+}
+
+/// Every path the run reads, made absolute, so later stages find them from any directory.
+fn with_absolute_paths(config: &SelectConfig) -> SelectConfig {
+    let absolute = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    let mut config = config.clone();
+    config.data = absolute(&config.data);
+    config.model = absolute(&config.model);
+    if let crate::config::EmbedModel::File(path) = &config.embed_model {
+        config.embed_model = crate::config::EmbedModel::File(absolute(path));
+    }
+    config
+}
+
+/// `miwv neighbours`: gathers every embedding shard of the run in `run` and finds each
+/// sample's neighbour; the one stage that sees all embeddings.
+///
+/// # Errors
+/// A missing or mismatched embedding shard (naming the command that makes it), engine and
+/// FAISS failures.
+pub fn neighbours(run: &Path) -> Result<StageSummary, Error> {
+    let embed_dir = run.join("checkpoint").join("embed");
+    let count = shard_count(&embed_dir, "embed", run)?;
+    let shards: Vec<EmbedShard> = (0..count)
+        .map(|index| {
+            let shard = Shard::new(index, count).expect("index below count");
+            read_shard_marker(&embed_dir, shard, run)
+        })
+        .collect::<Result<_, _>>()?;
+    let first = &shards[0];
+    let mut config = first.config.clone();
+    config.out_dir = run.to_path_buf();
+    let (_, dataset) = read_input(&config)?;
+    let loaded = load_models(&config)?;
+    let n = dataset.samples.len();
+    // A shard may hold no samples (more shards than batches); its width is 0.
+    let dim = shards.iter().map(|s| s.dim).max().unwrap_or(0);
+    let mut vectors = vec![0.0f32; n * dim];
+    let mut seen = vec![false; n];
+    for (index, record) in shards.iter().enumerate() {
+        let shard = Shard::new(index, count).expect("index below count");
+        if record.settings != loaded.settings || (record.dim != dim && !record.samples.is_empty()) {
+            return Err(ResumeError::Incompatible(format!(
+                "embed shard {shard} was made with other settings than this run's; delete {} and embed again",
+                embed_dir.display()
+            ))
+            .into());
+        }
+        let path = shard_file(&embed_dir, shard, "f32");
+        let bytes = std::fs::read(&path).map_err(|source| Error::Io {
+            path: path.clone(),
+            source,
+        })?;
+        if bytes.len() != record.samples.len() * dim * 4 {
+            return Err(ResumeError::Incompatible(format!(
+                "{}: {} bytes, expected {} rows of {dim}",
+                path.display(),
+                bytes.len(),
+                record.samples.len(),
+            ))
+            .into());
+        }
+        for (row, &i) in bytes.chunks_exact(dim * 4).zip(&record.samples) {
+            let target = &mut vectors[i * dim..(i + 1) * dim];
+            for (x, b) in target.iter_mut().zip(row.chunks_exact(4)) {
+                *x = f32::from_le_bytes(b.try_into().expect("4 bytes"));
+            }
+            seen[i] = true;
+        }
+    }
+    if let Some(missing) = seen.iter().position(|&s| !s) {
+        return Err(ResumeError::Incompatible(format!(
+            "no embed shard of {count} holds sample {missing}; delete {} and embed again",
+            embed_dir.display()
+        ))
+        .into());
+    }
+    let bar = Phase::spinner("neighbours", "nearest other sample by cosine (FAISS)");
+    let found = nearest_others(&vectors, dim)?;
+    drop(bar);
+    let retrieval = Retrieval {
+        dim,
+        neighbours: found,
+        embedder: first.embedder.clone(),
+    };
+    loaded.state.save_retrieval(&retrieval, &vectors)?;
+    write_json(
+        &stage_record_path(run),
+        &StageRecord {
+            config,
+            embed_shards: count,
+        },
+    )?;
+    Ok(done(format!(
+        "neighbours of {n} samples from {count} embed shards"
+    )))
+}
+
+/// `miwv score`: decodes this shard's share of the plan for the run in `run`, resuming what
+/// an earlier attempt of the same shard saved. `threads` overrides the run's thread count.
+///
+/// # Errors
+/// Missing neighbours (naming the command), engine failures, a run directory made with other
+/// settings or another shard count; an interrupted [`Error::Scoring`] when `stop` is set.
+pub fn score(
+    run: &Path,
+    shard: Shard,
+    threads: Option<usize>,
+    stop: &AtomicBool,
+) -> Result<StageSummary, Error> {
+    let clock = Instant::now();
+    let mut config = read_stage_record(run)?.config;
+    config.out_dir = run.to_path_buf();
+    if let Some(threads) = threads {
+        config.sizes.threads = threads;
+    }
+    let (_, dataset) = read_input(&config)?;
+    let loaded = load_models(&config)?;
+    let retrieval = saved_retrieval(&loaded, run)?;
+    let dir = loaded.state.stage_dir("score", shard.count)?;
+    let marker = shard_file(&dir, shard, "json");
+    if marker.exists() {
+        return Ok(done(format!("score shard {shard} is already done")));
+    }
+    let plan = ScoringPlan::new(
+        &loaded.model,
+        &dataset.samples,
+        &examples(&retrieval),
+        &scoring_options(&config, &loaded.template),
+    );
+    let steps = plan.shard(shard);
+    let mut scorer = Scorer::new(&loaded.model, config.sizes)?;
+    let mut progress = ScoringProgress::default();
+    let (_, stats) = plan.decode(
+        &mut scorer,
+        steps.clone(),
+        &mut loaded.state.shard_loss_log(shard, stop),
+        |p| progress.update(p),
+    )?;
+    drop(progress);
+    write_json(
+        &marker,
+        &ScoreShard {
+            steps: steps.clone(),
+            stats,
+            seconds: clock.elapsed().as_secs_f64(),
+        },
+    )?;
+    Ok(done(format!(
+        "score shard {shard}: steps {}..{} of {} decoded",
+        steps.start,
+        steps.end,
+        plan.steps()
+    )))
+}
+
+/// `miwv merge`: gathers every score shard of the run in `run` and writes `scores.jsonl`,
+/// the selection and `run.json` exactly as `select` does. `budget` overrides the run's.
+///
+/// # Errors
+/// A missing score shard (naming the command that makes it) or one saved for another plan.
+pub fn merge(run: &Path, budget: Option<Budget>) -> Result<RunSummary, Error> {
+    let started = Instant::now();
+    let stage = read_stage_record(run)?;
+    let mut config = stage.config;
+    config.out_dir = run.to_path_buf();
+    if let Some(budget) = budget {
+        config.budget = budget;
+    }
+    config.validate()?;
+    let (format, dataset) = read_input(&config)?;
+    let loaded = load_models(&config)?;
+    let retrieval = saved_retrieval(&loaded, run)?;
+    let plan = ScoringPlan::new(
+        &loaded.model,
+        &dataset.samples,
+        &examples(&retrieval),
+        &scoring_options(&config, &loaded.template),
+    );
+    let score_dir = run.join("checkpoint").join("score");
+    let count = shard_count(&score_dir, "score", run)?;
+    let stop = AtomicBool::new(false);
+    let mut losses = Vec::new();
+    let mut stats = Stats {
+        planned_steps: plan.steps(),
+        ..Stats::default()
+    };
+    let mut timings = Timings::default();
+    for index in 0..count {
+        let shard = Shard::new(index, count).expect("index below count");
+        let record: ScoreShard = read_shard_marker(&score_dir, shard, run)?;
+        let steps = plan.shard(shard);
+        let log = loaded.state.shard_loss_log(shard, &stop);
+        let saved = log.saved(plan.digest(), steps.clone())?;
+        if record.steps != steps || saved.steps_done != steps.end {
+            return Err(ResumeError::Incompatible(format!(
+                "{} does not hold all of steps {steps:?}; run `miwv score {} --shard {shard}` again",
+                log.path().display(),
+                run.display()
+            ))
+            .into());
+        }
+        losses.extend(saved.losses);
+        add_stats(&mut stats, &record.stats);
+        timings.scoring_s += record.seconds;
+    }
+    let outcome = plan.fold(&losses, stats)?;
+    let ranking = Ranking::of(&outcome, config.budget);
+    let summary = write_outputs(&config, format, &dataset, &retrieval, &outcome, &ranking)?;
+    timings.total_s = started.elapsed().as_secs_f64();
+    let mut record = super::run_record(
+        &config, loaded, dataset, retrieval, outcome, &ranking, timings,
+    );
+    record.shards = Some(ShardsRecord {
+        embed: stage.embed_shards,
+        score: count,
+    });
+    write_json(&summary.run, &record)?;
+    Ok(summary)
+}
+
+fn add_stats(total: &mut Stats, shard: &Stats) {
+    total.resumed_steps += shard.resumed_steps;
+    total.decodes += shard.decodes;
+    total.tokens_decoded += shard.tokens_decoded;
+    total.scored_rows += shard.scored_rows;
+    total.prefix_copies += shard.prefix_copies;
+    total.decode_seconds += shard.decode_seconds;
+    total.loss_seconds += shard.loss_seconds;
+}
+
+fn read_stage_record(run: &Path) -> Result<StageRecord, Error> {
+    let path = stage_record_path(run);
+    read_json(&path)?.ok_or_else(|| {
+        ResumeError::Missing(format!(
+            "{} has no neighbours yet: run `miwv neighbours {}` after every `miwv embed` shard",
+            run.display(),
+            run.display()
+        ))
+        .into()
+    })
+}
+
+fn saved_retrieval(loaded: &Loaded, run: &Path) -> Result<Retrieval, Error> {
+    loaded.state.load_retrieval()?.ok_or_else(|| {
+        ResumeError::Missing(format!(
+            "{} has no neighbours yet: run `miwv neighbours {}`",
+            run.display(),
+            run.display()
+        ))
+        .into()
+    })
+}
+
+/// The shard count of a stage's files (all must agree; see `RunState::stage_dir`).
+fn shard_count(dir: &Path, stage: &str, run: &Path) -> Result<usize, Error> {
+    let counts: std::collections::BTreeSet<usize> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .filter_map(|name| {
+                    let rest = name.strip_prefix("shard-")?.split_once("-of-")?.1;
+                    rest.split('.').next()?.parse().ok()
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    match counts.len() {
+        1 => Ok(*counts.first().expect("one count")),
+        0 => Err(ResumeError::Missing(format!(
+            "{} has no {stage} shards: run `miwv {stage}` first ({})",
+            run.display(),
+            stage_hint(stage, run)
+        ))
+        .into()),
+        _ => Err(ResumeError::Incompatible(format!(
+            "{} holds {stage} shards of several counts ({counts:?}); delete it and run the stage again",
+            dir.display()
+        ))
+        .into()),
+    }
+}
+
+fn stage_hint(stage: &str, run: &Path) -> String {
+    match stage {
+        "embed" => format!("`miwv embed DATA --out {} --shard K/N`", run.display()),
+        _ => format!("`miwv score {} --shard K/N`", run.display()),
+    }
+}
+
+/// A shard's done marker, or an error naming the command that makes it.
+fn read_shard_marker<T: serde::de::DeserializeOwned>(
+    dir: &Path,
+    shard: Shard,
+    run: &Path,
+) -> Result<T, Error> {
+    let stage = dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("score")
+        .to_string();
+    read_json(&shard_file(dir, shard, "json"))?.ok_or_else(|| {
+        let command = match stage.as_str() {
+            "embed" => format!(
+                "`miwv embed DATA --out {} --shard {shard}` with the run's flags",
+                run.display()
+            ),
+            _ => format!("`miwv score {} --shard {shard}`", run.display()),
+        };
+        ResumeError::Missing(format!(
+            "{stage} shard {shard} has no results: run {command}"
+        ))
+        .into()
+    })
+}
