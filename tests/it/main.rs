@@ -21,4 +21,5 @@ mod hostile;
 mod report;
 mod scheduler;
 mod select;
+mod slurm;
 mod stages;
