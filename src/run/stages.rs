@@ -97,7 +97,15 @@ pub fn embed(config: &SelectConfig, shard: Shard) -> Result<StageSummary, Error>
     let loaded = load_models(config)?;
     let dir = loaded.state.stage_dir("embed", shard.count)?;
     let marker = shard_file(&dir, shard, "json");
-    if marker.exists() {
+    if let Some(earlier) = read_json::<EmbedShard>(&marker)? {
+        if earlier.settings != loaded.settings {
+            return Err(ResumeError::Incompatible(format!(
+                "{} was embedded with other settings; use another --out, or delete {} to start over",
+                marker.display(),
+                dir.display()
+            ))
+            .into());
+        }
         return Ok(done(format!("embed shard {shard} is already done")));
     }
     let samples = &dataset.samples;

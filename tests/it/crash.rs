@@ -199,7 +199,7 @@ fn sigkill_at_random_moments_then_resume_gives_the_uninterrupted_outputs() {
     let mut finished_runs = 0;
     let mut attempt = 0;
     let mut out = reference.dir.path().join("killed-0");
-    while kills < 20 {
+    while kills < 12 {
         attempt += 1;
         let mut child = miwv()
             .args(select_args(&reference.data, &out, RATIO))

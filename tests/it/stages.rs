@@ -102,6 +102,23 @@ fn sharded_stages_in_any_order_equal_select_byte_for_byte() {
         ])
         .args(FLAGS)
         .env("SLURM_ARRAY_TASK_ID", "1"));
+    let changed = failure(
+        miwv()
+            .args([
+                "embed",
+                path(&data),
+                "--out",
+                path(&staged),
+                "--shard",
+                "0/3",
+            ])
+            .args(FLAGS)
+            .args(["--template", "alpaca"]),
+    );
+    assert!(
+        changed.contains("embedded with other settings"),
+        "{changed}"
+    );
     let no_neighbours = failure(miwv().args(["score", path(&staged), "--shard", "0/3"]));
     assert!(
         no_neighbours.contains(&format!("run `miwv neighbours {}`", path(&staged))),
