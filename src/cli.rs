@@ -231,6 +231,10 @@ struct SelectArgs {
     /// GGUF embedding model for retrieval, or `self` to mean-pool the scoring model.
     #[arg(long, default_value = crate::DEFAULT_EMBED_MODEL)]
     embed_model: String,
+    /// Embeddings made elsewhere, instead of an embedding model: a NumPy .npy file of shape
+    /// (samples, width), float32 or float64, rows in dataset order.
+    #[arg(long, conflicts_with_all = ["embed_model", "embed_prefix"])]
+    embeddings: Option<PathBuf>,
     /// Text put before each retrieval text [default: the embedder's convention, e.g.
     /// "search_document: " for nomic-embed].
     #[arg(long)]
@@ -589,9 +593,10 @@ impl SelectArgs {
             read: self.fields.options(),
             out_dir: self.out,
             model: self.model,
-            embed_model: match self.embed_model.as_str() {
-                "self" => EmbedModel::Scoring,
-                path => EmbedModel::File(path.into()),
+            embed_model: match (self.embeddings, self.embed_model.as_str()) {
+                (Some(vectors), _) => EmbedModel::Precomputed(vectors),
+                (None, "self") => EmbedModel::Scoring,
+                (None, path) => EmbedModel::File(path.into()),
             },
             embed_prefix: self.embed_prefix,
             template: self.template,

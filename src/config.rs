@@ -38,6 +38,8 @@ pub enum EmbedModel {
     Scoring,
     /// A separate GGUF embedding model.
     File(PathBuf),
+    /// Embeddings made elsewhere: a NumPy `.npy` file of shape (samples, width).
+    Precomputed(PathBuf),
 }
 
 /// Everything `miwv select` needs.

@@ -4,6 +4,7 @@
 //! Vectors are mean-pooled by llama.cpp and L2-normalised here, so inner product is cosine.
 
 use std::ops::Range;
+use std::path::Path;
 
 use crate::dataset::Sample;
 use crate::engine::{Embedder, EngineError};
@@ -121,9 +122,126 @@ impl EmbeddingBatches {
     }
 }
 
+/// Embeddings made elsewhere, for users who already have them: a NumPy `.npy` file of shape
+/// (samples, width), float32 or float64, one row per sample in dataset order. Rows are
+/// normalised here, as the model's are. Returns the rows and their width.
+///
+/// # Errors
+/// [`EngineError::Model`] naming the file when it cannot be read, is not a 2-D float array in
+/// C order, or has another number of rows than `samples`.
+pub fn read_precomputed(path: &Path, samples: usize) -> Result<(Vec<f32>, usize), EngineError> {
+    let fail = |problem: String| EngineError::Model {
+        path: path.to_path_buf(),
+        problem,
+    };
+    let file = std::fs::File::open(path).map_err(|e| fail(format!("cannot read: {e}")))?;
+    let npy = npyz::NpyFile::new(std::io::BufReader::new(file))
+        .map_err(|e| fail(format!("not a NumPy .npy file: {e}")))?;
+    let &[rows, dim] = npy.shape() else {
+        return Err(fail(format!(
+            "embeddings must be a 2-D array (samples x width), this one has shape {:?}",
+            npy.shape()
+        )));
+    };
+    if npy.order() != npyz::Order::C {
+        return Err(fail(
+            "the array is in Fortran order; save it with numpy.ascontiguousarray".into(),
+        ));
+    }
+    if rows as usize != samples {
+        return Err(fail(format!(
+            "{rows} rows of embeddings, but the dataset has {samples} samples"
+        )));
+    }
+    let descr = npy.dtype().descr().trim_matches('\'').to_string();
+    let unreadable = |e: std::io::Error| fail(format!("cannot read the array: {e}"));
+    let mut vectors: Vec<f32> = match descr.as_str() {
+        "<f4" | ">f4" => npy.into_vec::<f32>().map_err(unreadable)?,
+        "<f8" | ">f8" => npy
+            .into_vec::<f64>()
+            .map_err(unreadable)?
+            .into_iter()
+            .map(|x| x as f32)
+            .collect(),
+        other => {
+            return Err(fail(format!(
+                "embeddings must be float32 or float64, not {other}"
+            )))
+        }
+    };
+    let dim = dim as usize;
+    if dim == 0 || vectors.iter().any(|x| !x.is_finite()) {
+        return Err(fail("embeddings must be finite and at least 1 wide".into()));
+    }
+    vectors.chunks_exact_mut(dim).for_each(l2_normalise);
+    Ok((vectors, dim))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A NumPy `.npy` file (format 1.0) of `rows` x `dim` values of type `descr`.
+    fn npy(path: &Path, descr: &str, shape: &str, data: &[u8]) {
+        let mut header =
+            format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
+        while (10 + header.len() + 1) % 64 != 0 {
+            header.push(' ');
+        }
+        header.push('\n');
+        let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+        bytes.extend((header.len() as u16).to_le_bytes());
+        bytes.extend(header.as_bytes());
+        bytes.extend(data);
+        std::fs::write(path, bytes).unwrap();
+    }
+
+    #[test]
+    fn precomputed_embeddings_are_read_normalised_or_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let f4 = dir.path().join("f4.npy");
+        let values = [3.0f32, 4.0, 0.0, 2.0];
+        npy(&f4, "<f4", "(2, 2)", &values.map(f32::to_le_bytes).concat());
+        assert_eq!(
+            read_precomputed(&f4, 2).unwrap(),
+            (vec![0.6, 0.8, 0.0, 1.0], 2)
+        );
+        let f8 = dir.path().join("f8.npy");
+        npy(
+            &f8,
+            "<f8",
+            "(2, 2)",
+            &values.map(|v| f64::from(v).to_le_bytes()).concat(),
+        );
+        assert_eq!(
+            read_precomputed(&f8, 2).unwrap(),
+            (vec![0.6, 0.8, 0.0, 1.0], 2)
+        );
+        for (problem, expected) in [
+            (
+                read_precomputed(&f4, 3),
+                "2 rows of embeddings, but the dataset has 3 samples",
+            ),
+            (
+                read_precomputed(&dir.path().join("none.npy"), 2),
+                "cannot read",
+            ),
+        ] {
+            let message = problem.unwrap_err().to_string();
+            assert!(
+                message.contains(expected) && message.contains(".npy"),
+                "{message}"
+            );
+        }
+        let ints = dir.path().join("i4.npy");
+        npy(&ints, "<i4", "(2, 2)", &[0u8; 16]);
+        let message = read_precomputed(&ints, 2).unwrap_err().to_string();
+        assert!(message.contains("float32 or float64, not <i4"), "{message}");
+        let flat = dir.path().join("flat.npy");
+        npy(&flat, "<f4", "(4,)", &values.map(f32::to_le_bytes).concat());
+        let message = read_precomputed(&flat, 4).unwrap_err().to_string();
+        assert!(message.contains("2-D array"), "{message}");
+    }
 
     #[test]
     fn normalises_to_unit_length() {

@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use crate::config::{EmbedModel, SelectConfig};
 use crate::dataset::Dataset;
-use crate::embed::{default_prefix, embed_samples};
+use crate::embed::{default_prefix, embed_samples, read_precomputed};
 use crate::engine::{check_model_file, Embedder, Model, Scorer};
 use crate::neighbours::nearest_others;
 use crate::output::{file_sha256, write_json, write_jsonl};
@@ -128,7 +128,7 @@ fn load_models(config: &SelectConfig) -> Result<Loaded, Error> {
     let mut scoring_model = file_record(&config.model)?;
     let embed_file = match &config.embed_model {
         EmbedModel::Scoring => None,
-        EmbedModel::File(path) => Some(file_record(path)?),
+        EmbedModel::File(path) | EmbedModel::Precomputed(path) => Some(file_record(path)?),
     };
     let model = Model::load(&config.model, config.gpu_layers)?;
     model.check_can_score(config.sizes.ctx_per_sequence)?;
@@ -424,12 +424,18 @@ fn retrieve(
     dataset: &Dataset,
 ) -> Result<(Retrieval, Vec<f32>), Error> {
     let samples = &dataset.samples;
-    let ((vectors, dim), embedder) = with_embedder(config, loaded, |embedder, prefix| {
-        let bar = Phase::new("embedding", samples.len() as u64, "samples");
-        Ok(embed_samples(embedder, samples, prefix, |done| {
-            bar.set(done as u64)
-        })?)
-    })?;
+    let ((vectors, dim), embedder) = match &config.embed_model {
+        EmbedModel::Precomputed(path) => (
+            read_precomputed(path, samples.len())?,
+            precomputed_record(loaded),
+        ),
+        _ => with_embedder(config, loaded, |embedder, prefix| {
+            let bar = Phase::new("embedding", samples.len() as u64, "samples");
+            Ok(embed_samples(embedder, samples, prefix, |done| {
+                bar.set(done as u64)
+            })?)
+        })?,
+    };
     tracing::info!(dim, "embedded samples");
     let bar = Phase::spinner("neighbours", "nearest other sample by cosine (FAISS)");
     let neighbours = nearest_others(&vectors, dim)?;
@@ -457,6 +463,7 @@ fn with_embedder<R>(
             separate = Model::load(path, config.gpu_layers)?;
             &separate
         }
+        EmbedModel::Precomputed(_) => unreachable!("precomputed embeddings need no embedder"),
     };
     let info = embed_model.info();
     let prefix = config
@@ -478,6 +485,19 @@ fn with_embedder<R>(
         max_tokens: embedder.max_tokens(),
     };
     Ok((result, record))
+}
+
+/// How precomputed embeddings were "made", for the record.
+fn precomputed_record(loaded: &Loaded) -> EmbedderRecord {
+    EmbedderRecord {
+        model: loaded.embed_file.clone(),
+        uses_scoring_model: false,
+        prefix: String::new(),
+        pooling: "precomputed".into(),
+        normalised: true,
+        index: "faiss Flat, inner product".into(),
+        max_tokens: 0,
+    }
 }
 
 /// A file's record for `run.json`: canonical path, sha256 and size.

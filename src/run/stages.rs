@@ -20,8 +20,8 @@ use super::{
     examples, load_models, read_input, scoring_options, with_embedder, write_outputs, Loaded,
     Ranking, RunSummary,
 };
-use crate::config::SelectConfig;
-use crate::embed::EmbeddingBatches;
+use crate::config::{EmbedModel, SelectConfig};
+use crate::embed::{read_precomputed, EmbeddingBatches};
 use crate::engine::Scorer;
 use crate::neighbours::nearest_others;
 use crate::output::{write_atomically, write_json};
@@ -109,12 +109,22 @@ pub fn embed(config: &SelectConfig, shard: Shard) -> Result<StageSummary, Error>
         return Ok(done(format!("embed shard {shard} is already done")));
     }
     let samples = &dataset.samples;
-    let (rows, embedder) = with_embedder(config, &loaded, |embedder, prefix| {
-        let batches = EmbeddingBatches::plan(embedder, samples, prefix);
-        let range = batches.shard(shard);
-        let bar = Phase::new("embedding", samples.len() as u64, "samples");
-        Ok(batches.embed(embedder, range, |n| bar.set(n as u64))?)
-    })?;
+    let (rows, embedder) = match &config.embed_model {
+        EmbedModel::Precomputed(path) => {
+            let (vectors, dim) = read_precomputed(path, samples.len())?;
+            let range = shard.split(samples.len(), |_| 1);
+            let rows = range
+                .map(|i| (i, vectors[i * dim..(i + 1) * dim].to_vec()))
+                .collect::<Vec<_>>();
+            (rows, super::precomputed_record(&loaded))
+        }
+        _ => with_embedder(config, &loaded, |embedder, prefix| {
+            let batches = EmbeddingBatches::plan(embedder, samples, prefix);
+            let range = batches.shard(shard);
+            let bar = Phase::new("embedding", samples.len() as u64, "samples");
+            Ok(batches.embed(embedder, range, |n| bar.set(n as u64))?)
+        })?,
+    };
     let dim = rows.first().map_or(0, |(_, v)| v.len());
     write_atomically(&shard_file(&dir, shard, "f32"), |out| {
         rows.iter()
@@ -143,8 +153,12 @@ fn with_absolute_paths(config: &SelectConfig) -> SelectConfig {
     let mut config = config.clone();
     config.data = absolute(&config.data);
     config.model = absolute(&config.model);
-    if let crate::config::EmbedModel::File(path) = &config.embed_model {
-        config.embed_model = crate::config::EmbedModel::File(absolute(path));
+    match &config.embed_model {
+        EmbedModel::File(path) => config.embed_model = EmbedModel::File(absolute(path)),
+        EmbedModel::Precomputed(path) => {
+            config.embed_model = EmbedModel::Precomputed(absolute(path))
+        }
+        EmbedModel::Scoring => {}
     }
     config
 }
