@@ -667,9 +667,10 @@ impl BenchNeighboursArgs {
                 nprobe: None,
                 recall_queries: self.recall_queries,
             };
-            options.validate().map_err(|e| fail(format!("--index: {e}")))?;
-            let probes = options.index == "auto" || options.index.contains("IVF");
-            if self.nprobe.is_empty() || !probes {
+            options
+                .validate()
+                .map_err(|e| fail(format!("--index: {e}")))?;
+            if self.nprobe.is_empty() || !options.takes_nprobe() {
                 indexes.push(options);
                 continue;
             }
@@ -1035,6 +1036,58 @@ mod tests {
         ] {
             assert_eq!(bench(args).config.gpu_layers, 99, "{args:?}");
         }
+    }
+
+    #[test]
+    fn bench_neighbours_expands_indexes_and_probes() {
+        let settings = match ok(&["bench-neighbours"]).action {
+            Action::BenchNeighbours(settings) => settings,
+            other => panic!("{other:?}"),
+        };
+        let c = &settings.config;
+        assert_eq!(
+            (c.sizes.as_slice(), c.dim),
+            (&[10_000, 100_000, 1_000_000][..], 768)
+        );
+        assert_eq!(c.indexes, [crate::neighbours::IndexOptions::default()]);
+        let settings = match ok(&[
+            "bench-neighbours",
+            "--sizes",
+            "500,20",
+            "--index",
+            "IVF64,SQ8",
+            "--index",
+            "Flat",
+            "--index",
+            "join",
+            "--nprobe",
+            "2,4",
+        ])
+        .action
+        {
+            Action::BenchNeighbours(settings) => settings,
+            other => panic!("{other:?}"),
+        };
+        let runs: Vec<(&str, Option<u32>)> = settings
+            .config
+            .indexes
+            .iter()
+            .map(|o| (o.index.as_str(), o.nprobe))
+            .collect();
+        assert_eq!(settings.config.sizes, [20, 500]);
+        assert_eq!(
+            runs,
+            [
+                ("IVF64,SQ8", Some(2)),
+                ("IVF64,SQ8", Some(4)),
+                ("Flat", None),
+                ("join", Some(2)),
+                ("join", Some(4))
+            ]
+        );
+        refused(&["bench-neighbours", "--sizes", "1"], &["--sizes"]);
+        refused(&["bench-neighbours", "--nprobe", "0"], &["nprobe"]);
+        refused(&["bench-neighbours", "--index", "join0"], &["--index"]);
     }
 
     #[test]

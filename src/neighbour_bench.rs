@@ -8,9 +8,12 @@
 //! index itself on a sample of its queries, and, where the exact run exists, over all queries.
 //!
 //! The vectors imitate sentence embeddings: a common direction shared by all (embeddings are
-//! anisotropic), 1,024 topics of skewed popularity, a 12-dimensional spread inside each topic,
-//! small isotropic noise, 5% near-paraphrases of an earlier sample and 1% exact copies of an
-//! earlier sample's text.
+//! anisotropic), 32 broad subjects, 1,024 topics of skewed popularity spread over them, a
+//! 12-dimensional spread inside each topic, small isotropic noise, 5% near-paraphrases of an
+//! earlier sample and 1% exact copies of an earlier sample's text. Before normalisation the
+//! squared lengths are about 0.49 (common), 1 (subject), 0.64 (topic), 0.5 (spread inside
+//! the topic) and 0.04 (noise): two random samples of one topic have cosine ≈ 0.8, of one
+//! subject ≈ 0.55, otherwise ≈ 0.2.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -89,17 +92,25 @@ pub fn run(config: &NeighbourBenchConfig) -> Result<NeighbourBenchReport, Error>
         runs: Vec::new(),
     };
     for &n in &config.sizes {
-        let path = config
-            .dir
-            .join(format!("miwv-bench-neighbours-{}-{n}x{}.f32", std::process::id(), config.dim));
+        let path = config.dir.join(format!(
+            "miwv-bench-neighbours-{}-{n}x{}.f32",
+            std::process::id(),
+            config.dim
+        ));
         let started = Instant::now();
         let data = Synthetic::new(config.dim, config.seed);
         let hashes = data.write(&path, n).map_err(|source| Error::Io {
             path: path.clone(),
             source,
         })?;
-        report.generation_s.push((n, started.elapsed().as_secs_f64()));
-        tracing::info!(n, seconds = started.elapsed().as_secs_f64(), "vectors written");
+        report
+            .generation_s
+            .push((n, started.elapsed().as_secs_f64()));
+        tracing::info!(
+            n,
+            seconds = started.elapsed().as_secs_f64(),
+            "vectors written"
+        );
         let result = measure_size(config, n, &path, &hashes, &mut report.runs);
         let _ = std::fs::remove_file(&path);
         result?;
@@ -138,7 +149,10 @@ fn measure_size(
         let plan = IndexPlan::resolve(options, n);
         if plan.exact && exact.is_some() {
             // `auto` chose exact search, which just ran: report it under this name, once.
-            if runs.iter().any(|r| r.n == n && r.requested == options.index) {
+            if runs
+                .iter()
+                .any(|r| r.n == n && r.requested == options.index)
+            {
                 continue;
             }
             let mut run = runs
@@ -200,7 +214,6 @@ fn measure(
     Ok((run, found.found))
 }
 
-
 fn log_run(run: &BenchRun) {
     tracing::info!(
         n = run.n,
@@ -221,7 +234,7 @@ impl NeighbourBenchReport {
         for (n, s) in &self.generation_s {
             out += &format!("generated {n} vectors in {s:.1} s (not timed below)\n");
         }
-        out += "\n| N | asked | index | nprobe | train s | add s | search s | recall s | total s | peak RSS MiB | recall@1 sampled | recall@1 all | mean sim | copies |\n";
+        out += "\n| N | asked | index | nprobe | train s | add s | search s | recall s | total s | peak RSS MiB | recall@1 sampled | recall@1 all | mean sim | settled by copies |\n";
         out += "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
         for run in &self.runs {
             let r = &run.report;
@@ -260,19 +273,22 @@ struct Synthetic {
     seed: u64,
     /// The direction all rows share.
     common: Vec<f32>,
-    /// `TOPICS` unit centres.
+    /// `TOPICS` centres: their subject's unit direction plus `TOPIC` times their own.
     centres: Vec<f32>,
     /// `TOPICS × RANK` random directions of spread inside each topic.
     bases: Vec<f32>,
 }
 
+const SUBJECTS: usize = 32;
 const TOPICS: usize = 1024;
 const RANK: usize = 12;
-/// Weights: the common direction, a topic's spread (per latent coordinate), isotropic noise,
-/// and a near-paraphrase's shift of its original's latent coordinates.
+/// Weights: the common direction, a topic's own direction, a topic's spread (per latent
+/// coordinate: 0.7 / √RANK, a spread of length 0.7), isotropic noise, and a near-paraphrase's
+/// shift of its original's latent coordinates (relative).
 const COMMON: f32 = 0.7;
-const SPREAD: f32 = 0.29; // 1/sqrt(RANK): the spread has about unit length
-const NOISE: f32 = 0.3;
+const TOPIC: f32 = 0.8;
+const SPREAD: f32 = 0.2;
+const NOISE: f32 = 0.2;
 const PARAPHRASE: f32 = 0.1;
 /// Shares of rows that copy an earlier row's text, or paraphrase it.
 const COPIES: f64 = 0.01;
@@ -287,7 +303,17 @@ impl Synthetic {
             v
         };
         let common = unit(&mut rng);
-        let centres = (0..TOPICS).flat_map(|_| unit(&mut rng)).collect();
+        let subjects: Vec<Vec<f32>> = (0..SUBJECTS).map(|_| unit(&mut rng)).collect();
+        let centres = (0..TOPICS)
+            .flat_map(|t| {
+                let own = unit(&mut rng);
+                let subject = &subjects[t % SUBJECTS];
+                own.iter()
+                    .zip(subject)
+                    .map(|(o, s)| s + TOPIC * o)
+                    .collect::<Vec<f32>>()
+            })
+            .collect();
         let bases = (0..TOPICS * RANK).flat_map(|_| unit(&mut rng)).collect();
         Synthetic {
             dim,
@@ -445,7 +471,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("v.f32");
         let hashes = data.write(&path, 3000).unwrap();
-        let again = Synthetic::new(32, 7).write(&dir.path().join("w.f32"), 3000).unwrap();
+        let again = Synthetic::new(32, 7)
+            .write(&dir.path().join("w.f32"), 3000)
+            .unwrap();
         assert_eq!(hashes, again);
         assert_eq!(
             std::fs::read(&path).unwrap(),

@@ -1,4 +1,4 @@
-//! Finding each sample's most similar *other* sample with FAISS.
+//! Finding each sample's most similar *other* sample with FAISS, at any size.
 //!
 //! Inner product over L2-normalised vectors is cosine similarity. The rules hold for every
 //! index and size:
@@ -10,21 +10,28 @@
 //!   1.0, without any search. Only one vector per distinct text is indexed and only texts
 //!   without a copy are searched, so 10,000 copies of one instruction cost O(N).
 //!
-//! Two paths, chosen by [`IndexOptions`] (`auto` by default, see [`IndexPlan::resolve`]):
+//! Three methods, chosen by [`IndexOptions`] (`auto` by default, see [`IndexPlan::resolve`]):
 //!
-//! - **exact** (`Flat`): every distinct vector in one FAISS `IndexFlatIP`, queries in blocks
-//!   (one BLAS product per block), k = min(N, 4) and, for the rare row whose tie reaches the
-//!   k-th result, a wider search of that row. O(N²·D): minutes at 100K × 768, hours at 1M.
-//! - **approximate** (any other `index_factory` string, e.g. `IVF4096_HNSW32,SQ8`): the index
-//!   is trained on a random sample, filled block by block and searched for a few candidates
-//!   per query; the candidates are re-ranked with exact dot products against the original
-//!   vectors, so every reported similarity is exact and the tie rule applies to them. Its
-//!   recall@1 against exact search is measured on a random sample of the run's own queries.
+//! - **exact** (`Flat`, what `auto` uses up to [`AUTO_EXACT_MAX`] distinct texts): every
+//!   distinct vector in one FAISS `IndexFlatIP`, queries in blocks (one BLAS product per
+//!   block), k = min(N, 4) and, for the rare row whose tie reaches the k-th result, a wider
+//!   search of that row. O(N²·D): 100 s at 100K × 768 on 2 cores, hours at 1M.
+//! - **self-join** (`join`, `join{L}`; what `auto` uses above): an inverted file searched all
+//!   at once, list by list, with FAISS's BLAS paths ([`Method::Join`]). About 3.5 minutes and
+//!   1.2 GiB at 1M × 768 on 2 cores.
+//! - **any other FAISS `index_factory` string** (`IVF4096,SQ8`, `HNSW32`, ...): trained,
+//!   filled block by block and searched by FAISS itself. The vendored FAISS is compiled
+//!   without SIMD flags, so its code scanners are slow here (docs/PERFORMANCE.md).
+//!
+//! Approximate methods fetch a few candidates per query and re-rank them with exact dot
+//! products against the original vectors, so every reported similarity is exact and the tie
+//! rule applies to them; their recall@1 against exact search is measured on a random sample
+//! of the run's own queries and returned in the [`IndexReport`].
 //!
 //! Vectors come from a [`VectorSource`]: a slice in memory ([`SliceVectors`]) or a file of
-//! little-endian `f32` rows read block by block ([`FileVectors`], the run's `embeddings.f32`),
-//! so an approximate search holds only the index's compressed codes, one block of vectors and
-//! the training sample, never all N vectors.
+//! little-endian `f32` rows read block by block ([`FileVectors`], the run's `embeddings.f32`).
+//! The self-join holds one byte per dimension per vector, the training sample and one list's
+//! vectors at a time, never all N vectors as `f32`.
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -65,14 +72,15 @@ fn faiss_error(context: &str) -> impl Fn(faiss::error::Error) -> NeighbourError 
 /// identical vectors dot products that differ in the last bits.
 pub const TIE: f32 = 1e-6;
 
-/// Up to this many distinct vectors, `auto` searches exactly (`Flat`); above it, an inverted
-/// file index. Measured on a 2-core AMD EPYC (docs/PERFORMANCE.md, "Neighbours at scale"):
-/// exact search of 50,000 × 768 takes about as long as the approximate pipeline with its
-/// training and recall check, and exact time grows with N².
+/// Up to this many distinct vectors, `auto` searches exactly (`Flat`); above it, the
+/// self-join. Measured on 2 cores (docs/PERFORMANCE.md, "Neighbours at scale"): exact search
+/// of 50,000 × 768 takes 26 s and keeps results exact; above, its N² growth takes over (101 s
+/// at 100,000) while the self-join takes 5–10 s there.
 pub const AUTO_EXACT_MAX: usize = 50_000;
 
-/// Inverted lists probed per query when `auto` picks an inverted-file index and no `nprobe`
-/// is given (recall@1 ≥ 0.95 on the benchmark's clustered vectors; docs/PERFORMANCE.md).
+/// Lists probed per query when no `nprobe` is given. At 1M × 768 on the benchmark's
+/// vectors: recall@1 0.973 / 0.994 / 1.000 with 2 / 4 / 8 probes, in 106 / 153 / 193 s; 8
+/// leaves room for real embeddings, which are likely harder.
 pub const AUTO_NPROBE: u32 = 8;
 
 /// Training vectors per inverted list (FAISS asks for 30 to 256; k-means time grows with it).
@@ -117,7 +125,7 @@ impl<'a> SliceVectors<'a> {
     /// # Errors
     /// [`NeighbourError::Invalid`] when `dim` is 0 or does not divide the length.
     pub fn new(vectors: &'a [f32], dim: usize) -> Result<Self, NeighbourError> {
-        if dim == 0 || vectors.len() % dim != 0 {
+        if dim == 0 || !vectors.len().is_multiple_of(dim) {
             return Err(NeighbourError::Invalid(format!(
                 "{} values are not rows of {dim}",
                 vectors.len()
@@ -264,6 +272,12 @@ impl IndexOptions {
         }
     }
 
+    /// Whether `nprobe` applies: `auto`, `join` and FAISS inverted-file (IVF) indexes.
+    pub fn takes_nprobe(&self) -> bool {
+        let index = self.index.trim();
+        index == "auto" || index.starts_with("join") || index.contains("IVF")
+    }
+
     /// Checks what can be checked before the vectors exist (a FAISS factory string itself is
     /// checked by FAISS once the width is known).
     ///
@@ -283,8 +297,7 @@ impl IndexOptions {
         if self.nprobe == Some(0) {
             return Err("nprobe: must be at least 1".into());
         }
-        let probes = index == "auto" || index.starts_with("join") || index.contains("IVF");
-        if self.nprobe.is_some() && !probes {
+        if self.nprobe.is_some() && !self.takes_nprobe() {
             return Err(format!(
                 "nprobe: applies to `auto`, `join` and inverted-file (IVF) indexes, not `{index}`"
             ));
@@ -536,7 +549,7 @@ pub fn find_neighbours(
             report.recall_s = started.elapsed().as_secs_f64();
         }
     }
-    tracing::info!(
+    tracing::debug!(
         index = %plan.factory,
         nprobe = ?plan.nprobe,
         distinct = report.distinct,
@@ -824,7 +837,7 @@ fn join_search(
     let lists = plan.lists.unwrap_or(1).min(m);
     let nprobe = (plan.nprobe.unwrap_or(1) as usize).clamp(1, lists);
 
-    // Lists: spherical k-means on a sample, which also sets the 8-bit codes' ranges.
+    // Lists: k-means on a sample, which also sets the 8-bit codes' ranges.
     let started = Instant::now();
     let sample = random_subset(db.rows, plan.train.max(lists), 0x7a1_0001);
     progress(Stage::Train, 0, sample.len());
@@ -853,7 +866,6 @@ fn join_search(
             .iter_mut()
             .zip(&result.labels)
         {
-            // Fewer centroids than probes cannot happen (nprobe <= lists); keep the first.
             *slot = label.get().map_or(u32::MAX, |l| l as u32);
         }
         codes[at * dim..(at + rows.len()) * dim]
@@ -864,7 +876,14 @@ fn join_search(
     }
     drop(coarse);
     // A list's members: the vectors whose nearest centroid it is.
-    let members = Csr::build(lists, (0..m).map(|p| (probes[p * nprobe], p as u32)));
+    // (A vector FAISS could not place, e.g. one holding NaN, is in no list; a query that probes
+    // none falls back to exact search.)
+    let members = Csr::build(
+        lists,
+        (0..m)
+            .map(|p| (probes[p * nprobe], p as u32))
+            .filter(|&(list, _)| list != u32::MAX),
+    );
     // A list's probers: the queries (by place in `queries`) that search it.
     let positions = positions_in(db.rows, queries);
     let probers = Csr::build(
@@ -872,6 +891,7 @@ fn join_search(
         positions.iter().enumerate().flat_map(|(q, &p)| {
             probes[p as usize * nprobe..(p as usize + 1) * nprobe]
                 .iter()
+                .filter(|&&list| list != u32::MAX)
                 .map(move |&list| (list, q as u32))
         }),
     );
@@ -1321,14 +1341,17 @@ mod tests {
             .collect()
     }
 
-    fn find(
-        vectors: &[f32],
-        dim: usize,
-        hashes: &[u64],
-        options: &IndexOptions,
-    ) -> Neighbours {
+    fn find(vectors: &[f32], dim: usize, hashes: &[u64], options: &IndexOptions) -> Neighbours {
         let source = SliceVectors::new(vectors, dim).unwrap();
         find_neighbours(&source, hashes, options, &mut no_progress()).unwrap()
+    }
+
+    fn join(lists: usize, nprobe: u32) -> IndexOptions {
+        IndexOptions {
+            index: format!("join{lists}"),
+            nprobe: Some(nprobe),
+            recall_queries: 50,
+        }
     }
 
     fn ivf(lists: usize, nprobe: u32) -> IndexOptions {
@@ -1378,12 +1401,52 @@ mod tests {
     }
 
     #[test]
+    fn exact_search_in_blocks_equals_one_faiss_call_over_all_rows() {
+        // More rows than one query block: the blocks must give the bits of a single call.
+        let (n, dim) = (BLOCK + 3_000, 8);
+        let v = clustered(n, dim, 50, 21);
+        let hashes: Vec<u64> = (0..n as u64).collect();
+        let found = find(&v, dim, &hashes, &IndexOptions::exact()).found;
+        let mut index: IndexImpl =
+            faiss::index_factory(dim as u32, "Flat", MetricType::InnerProduct).unwrap();
+        index.add(&v).unwrap();
+        let result = index.search(&v, 4).unwrap();
+        for (i, found) in found.iter().enumerate() {
+            let (labels, sims) = (
+                &result.labels[i * 4..i * 4 + 4],
+                &result.distances[i * 4..i * 4 + 4],
+            );
+            let expected = labels
+                .iter()
+                .zip(sims)
+                .filter_map(|(l, &similarity)| {
+                    let index = l.get()? as usize;
+                    (index != i).then_some(Neighbour { index, similarity })
+                })
+                .fold(None, |best, next| Some(better(best, next)));
+            if !tie_reaches_end(sims, expected) {
+                let (f, e) = (found.unwrap(), expected.unwrap());
+                assert_eq!(
+                    (f.index, f.similarity.to_bits()),
+                    (e.index, e.similarity.to_bits()),
+                    "row {i}"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn a_single_sample_has_no_neighbour() {
         assert_eq!(
             nearest_others(&rows(&[[1.0, 2.0, 3.0]]), 3).unwrap(),
             vec![None]
         );
-        for options in [IndexOptions::exact(), ivf(4, 1), IndexOptions::default()] {
+        for options in [
+            IndexOptions::exact(),
+            ivf(4, 1),
+            join(4, 1),
+            IndexOptions::default(),
+        ] {
             let found = find(&rows(&[[1.0, 2.0, 3.0]]), 3, &[7], &options).found;
             assert_eq!(found, vec![None]);
         }
@@ -1403,7 +1466,7 @@ mod tests {
             [0.1, 1.0, 0.0],
         ]);
         let hashes = [9, 1, 9, 8, 8, 9, 2];
-        for options in [IndexOptions::exact(), ivf(2, 2)] {
+        for options in [IndexOptions::exact(), ivf(2, 2), join(2, 2)] {
             let result = find(&v, 3, &hashes, &options);
             let picked: Vec<(usize, f32)> = result
                 .found
@@ -1433,7 +1496,9 @@ mod tests {
         for row in v.chunks_exact_mut(dim).skip(10) {
             row.copy_from_slice(&copy);
         }
-        let hashes: Vec<u64> = (0..10_010u64).map(|i| if i >= 10 { 3 } else { i }).collect();
+        let hashes: Vec<u64> = (0..10_010u64)
+            .map(|i| if i >= 10 { 3 } else { i })
+            .collect();
         let result = find(&v, dim, &hashes, &IndexOptions::exact());
         assert_eq!(result.report.searched, 9);
         assert_eq!(result.found[3].unwrap().index, 10);
@@ -1444,7 +1509,7 @@ mod tests {
     }
 
     #[test]
-    fn an_ivf_index_follows_the_rules_and_finds_the_exact_neighbours_here() {
+    fn approximate_indexes_follow_the_rules_and_find_the_exact_neighbours_here() {
         let dim = 16;
         let n = 2_000;
         let mut v = clustered(n, dim, 20, 11);
@@ -1454,23 +1519,31 @@ mod tests {
         v[200 * dim..201 * dim].copy_from_slice(&row);
         let hashes: Vec<u64> = (0..n as u64).collect();
         let exact = find(&v, dim, &hashes, &IndexOptions::exact());
-        // 32 lists, all probed: the candidates are the exact top 8 (up to SQ8 rounding).
-        let approximate = find(&v, dim, &hashes, &ivf(32, 32));
-        assert_eq!(approximate.report.plan.factory, "IVF32,SQ8");
-        assert!(!approximate.report.plan.exact);
-        for (i, n) in approximate.found.iter().enumerate() {
-            assert_ne!(n.unwrap().index, i, "never itself");
-        }
-        assert_eq!(approximate.found[50].unwrap().index, 100);
-        assert_eq!(approximate.found[100].unwrap().index, 50);
-        assert_eq!(approximate.found[200].unwrap().index, 50);
-        let all = recall_at_1(&approximate.found, &exact.found);
-        assert!(all >= 0.99, "recall@1 {all}");
-        let sampled = approximate.report.recall_at_1.unwrap();
-        assert_eq!(approximate.report.recall_queries, 50);
-        assert!(sampled >= 0.95, "sampled recall@1 {sampled}");
         // Exact search reports 1 by construction.
         assert_eq!(exact.report.recall_at_1, Some(1.0));
+        // Every list probed: the candidates are the exact top 8 (up to 8-bit rounding).
+        for (options, method) in [(ivf(32, 32), Method::Faiss), (join(32, 32), Method::Join)] {
+            let approximate = find(&v, dim, &hashes, &options);
+            let plan = &approximate.report.plan;
+            assert_eq!((plan.method, plan.exact), (method, false));
+            for (i, n) in approximate.found.iter().enumerate() {
+                assert_ne!(n.unwrap().index, i, "never itself");
+            }
+            assert_eq!(approximate.found[50].unwrap().index, 100);
+            assert_eq!(approximate.found[100].unwrap().index, 50);
+            assert_eq!(approximate.found[200].unwrap().index, 50);
+            let all = recall_at_1(&approximate.found, &exact.found);
+            assert!(all >= 0.99, "{options:?}: recall@1 {all}");
+            let sampled = approximate.report.recall_at_1.unwrap();
+            assert_eq!(approximate.report.recall_queries, 50);
+            assert!(sampled >= 0.95, "{options:?}: sampled recall@1 {sampled}");
+        }
+        // A few lists probed: recall drops a little, and the sample sees it.
+        let few = find(&v, dim, &hashes, &join(32, 2));
+        let all = recall_at_1(&few.found, &exact.found);
+        let sampled = few.report.recall_at_1.unwrap();
+        assert!(all >= 0.8, "recall@1 {all}");
+        assert!((sampled - all).abs() < 0.1, "sampled {sampled}, all {all}");
     }
 
     #[test]
@@ -1483,7 +1556,7 @@ mod tests {
         let source = FileVectors::open(file.path(), dim).unwrap();
         assert_eq!(source.len(), 320);
         let hashes: Vec<u64> = (0..320).collect();
-        for options in [IndexOptions::exact(), ivf(8, 2)] {
+        for options in [IndexOptions::exact(), ivf(8, 2), join(8, 2)] {
             let from_file =
                 find_neighbours(&source, &hashes, &options, &mut no_progress()).unwrap();
             let in_memory = find(&v, dim, &hashes, &options);
@@ -1504,29 +1577,65 @@ mod tests {
     }
 
     #[test]
-    fn auto_is_exact_up_to_the_threshold_then_an_inverted_file() {
+    fn auto_is_exact_up_to_the_threshold_then_the_self_join() {
         let auto = IndexOptions::default();
         assert_eq!(IndexPlan::resolve(&auto, 200).factory, "Flat");
         assert!(IndexPlan::resolve(&auto, AUTO_EXACT_MAX).exact);
+        let above = IndexPlan::resolve(&auto, AUTO_EXACT_MAX + 1);
+        assert_eq!(above.method, Method::Join);
         let big = IndexPlan::resolve(&auto, 1_000_000);
-        assert_eq!(big.factory, "IVF4096_HNSW32,SQ8");
-        assert_eq!(big.nprobe, Some(AUTO_NPROBE));
-        assert_eq!(big.train, 4096 * TRAIN_PER_LIST);
-        let explicit = IndexOptions {
-            index: "IVF1024,PQ96".into(),
-            nprobe: Some(16),
+        assert_eq!(big.factory, "join1024");
+        assert_eq!((big.lists, big.nprobe), (Some(1024), Some(AUTO_NPROBE)));
+        assert_eq!(big.train, 1024 * TRAIN_PER_LIST);
+        let with = |index: &str, nprobe| IndexOptions {
+            index: index.into(),
+            nprobe,
             ..IndexOptions::default()
         };
-        let plan = IndexPlan::resolve(&explicit, 100_000);
+        let plan = IndexPlan::resolve(&with("IVF1024,PQ96", Some(16)), 100_000);
+        assert_eq!(plan.method, Method::Faiss);
         assert_eq!((plan.nprobe, plan.train), (Some(16), 1024 * TRAIN_PER_LIST));
-        assert!(IndexOptions {
-            nprobe: Some(4),
-            ..IndexOptions::exact()
+        assert_eq!(
+            IndexPlan::resolve(&with("HNSW32", None), 100_000).nprobe,
+            None
+        );
+        assert_eq!(
+            IndexPlan::resolve(&with("join", None), 100_000).factory,
+            "join256"
+        );
+        let small = IndexPlan::resolve(&with("join4", Some(16)), 100_000);
+        assert_eq!(
+            (small.lists, small.nprobe),
+            (Some(4), Some(4)),
+            "no more probes than lists"
+        );
+        for bad in [
+            with("Flat", Some(4)),
+            with("join0", None),
+            with("joinx", None),
+            with(" ", None),
+        ] {
+            assert!(bad.validate().is_err(), "{bad:?}");
         }
-        .validate()
-        .is_err());
-        assert_eq!(auto_lists(100_000), 1024);
-        assert_eq!(auto_lists(300_000), 2048);
+        assert!(with("join64", Some(2)).validate().is_ok());
+        assert_eq!(join_lists(10), 16);
+        assert_eq!(join_lists(100_000), 256);
+        assert_eq!(join_lists(1_000_000), 1024);
+    }
+
+    #[test]
+    fn eight_bit_codes_round_within_half_a_step() {
+        let v = clustered(500, 16, 5, 9);
+        let codec = Sq8::fit(&v, 16);
+        let mut codes = vec![0u8; v.len()];
+        for (code, row) in codes.chunks_exact_mut(16).zip(v.chunks_exact(16)) {
+            codec.encode(row, code);
+        }
+        let mut decoded = Vec::new();
+        codec.decode_rows(&codes, 0..500, &mut decoded);
+        for (i, (a, b)) in v.iter().zip(&decoded).enumerate() {
+            assert!((a - b).abs() <= codec.step[i % 16] * 0.5 + 1e-6);
+        }
     }
 
     #[test]
