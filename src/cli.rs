@@ -14,7 +14,7 @@ use clap::error::ErrorKind;
 use clap::{Args, CommandFactory, Parser, Subcommand};
 
 use crate::bench::BenchConfig;
-use crate::config::{self, ConfigError, ContextSizes, EmbedModel, SelectConfig};
+use crate::config::{self, ConfigError, ContextSizes, EmbedModel, IndexOptions, SelectConfig};
 use crate::dataset::{Fields, ReadOptions};
 use crate::prompt::TemplateChoice;
 use crate::select::Budget;
@@ -50,13 +50,15 @@ enum Command {
             Rerun the same command to resume a stopped run; `miwv report out` draws the result.")]
     Select(SelectArgs),
     /// Stage 1 of a staged run: embed (a shard of) the samples into the run directory.
-    #[command(after_help = "`select` in four stages over one run directory, for clusters:\n  \
+    #[command(
+        after_help = "`select` in four stages over one run directory, for clusters:\n  \
             miwv embed DATA --out RUN [select's flags] --shard K/N   (N processes, any order)\n  \
             miwv neighbours RUN                                      (once, after every embed shard)\n  \
             miwv score RUN --shard K/N                               (M processes, any order)\n  \
             miwv merge RUN                                           (once: scores.jsonl, selection, run.json)\n\n\
             K counts from 0. With --shards N alone, K comes from SLURM_ARRAY_TASK_ID, JOB_COMPLETION_INDEX or RANK.\n\
-            A shard that stopped resumes when run again; a finished one is skipped.")]
+            A shard that stopped resumes when run again; a finished one is skipped."
+    )]
     Embed(EmbedArgs),
     /// Stage 2: find every sample's neighbour from all embedding shards.
     Neighbours(NeighboursArgs),
@@ -235,6 +237,14 @@ struct SelectArgs {
     /// (samples, width), float32 or float64, rows in dataset order.
     #[arg(long, conflicts_with_all = ["embed_model", "embed_prefix"])]
     embeddings: Option<PathBuf>,
+    /// Neighbour search: `auto` (exact up to 50,000 distinct texts, an inverted-file
+    /// self-join above), `Flat` (exact), `join` / `join{LISTS}`, or a FAISS index_factory
+    /// string such as `IVF4096,SQ8`.
+    #[arg(long, default_value = "auto")]
+    index: String,
+    /// Inverted lists probed per query (`auto`, `join`, FAISS IVF indexes) [default: 8].
+    #[arg(long)]
+    nprobe: Option<u32>,
     /// Text put before each retrieval text [default: the embedder's convention, e.g.
     /// "search_document: " for nomic-embed].
     #[arg(long)]
@@ -607,6 +617,11 @@ impl SelectArgs {
             gpu_layers: self.context.n_gpu_layers,
             kv_reuse: !self.no_kv_reuse,
             checkpoint_tokens: self.checkpoint_tokens,
+            neighbours: IndexOptions {
+                index: self.index,
+                nprobe: self.nprobe,
+                ..IndexOptions::default()
+            },
         };
         config.validate().map_err(invalid("select"))?;
         Ok(config)

@@ -30,6 +30,75 @@ pub struct ContextSizes {
     pub threads: usize,
 }
 
+/// Which index finds the neighbours. `Default` is `auto` with the automatic `nprobe`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IndexOptions {
+    /// `auto`; `Flat` (exact); `join` or `join{L}` (e.g. `join1024`: miwv's inverted-file
+    /// self-join with L lists, see [`Method::Join`]); or any other FAISS `index_factory`
+    /// string, searched by FAISS itself (`IVF4096,SQ8`, `IVF4096,PQ96`, `HNSW32`, ...).
+    pub index: String,
+    /// Inverted lists probed per query (`auto`, `join` and FAISS IVF indexes); `None`:
+    /// `neighbours::AUTO_NPROBE`.
+    pub nprobe: Option<u32>,
+    /// Queries whose exact neighbour is computed to measure an approximate index's recall@1
+    /// (0: do not measure).
+    pub recall_queries: usize,
+}
+
+impl Default for IndexOptions {
+    fn default() -> Self {
+        IndexOptions {
+            index: "auto".into(),
+            nprobe: None,
+            recall_queries: 1000,
+        }
+    }
+}
+
+impl IndexOptions {
+    /// Exact search, whatever the size.
+    pub fn exact() -> Self {
+        IndexOptions {
+            index: "Flat".into(),
+            ..IndexOptions::default()
+        }
+    }
+
+    /// Whether `nprobe` applies: `auto`, `join` and FAISS inverted-file (IVF) indexes.
+    pub fn takes_nprobe(&self) -> bool {
+        let index = self.index.trim();
+        index == "auto" || index.starts_with("join") || index.contains("IVF")
+    }
+
+    /// Checks what can be checked before the vectors exist (a FAISS factory string itself is
+    /// checked by FAISS once the width is known).
+    ///
+    /// # Errors
+    /// A message naming the bad value: an empty index string, a `join` without a number of
+    /// lists, `nprobe` 0, or `nprobe` with an index that has no inverted lists.
+    pub fn validate(&self) -> Result<(), String> {
+        let index = self.index.trim();
+        if index.is_empty() {
+            return Err("index: expected `auto`, `Flat`, `join`, `join{LISTS}` or a FAISS index_factory string".into());
+        }
+        if let Some(lists) = index.strip_prefix("join") {
+            if !lists.is_empty() && !lists.parse::<usize>().is_ok_and(|l| l >= 1) {
+                return Err(format!("index: `{index}`: expected `join` or `join` and a number of lists, e.g. join1024"));
+            }
+        }
+        if self.nprobe == Some(0) {
+            return Err("nprobe: must be at least 1".into());
+        }
+        if self.nprobe.is_some() && !self.takes_nprobe() {
+            return Err(format!(
+                "nprobe: applies to `auto`, `join` and inverted-file (IVF) indexes, not `{index}`"
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Which model embeds the samples for retrieval.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -73,6 +142,9 @@ pub struct SelectConfig {
     pub kv_reuse: bool,
     /// Tokens decoded between durable checkpoints of the scores.
     pub checkpoint_tokens: usize,
+    /// How neighbours are searched (`--index`, `--nprobe`).
+    #[serde(default)]
+    pub neighbours: IndexOptions,
 }
 
 /// An invalid setting.
@@ -111,6 +183,9 @@ impl SelectConfig {
     /// [`ConfigError`] naming the flag at fault.
     pub fn validate(&self) -> Result<(), ConfigError> {
         check_budget(self.budget)?;
+        self.neighbours
+            .validate()
+            .map_err(|e| ConfigError(format!("--{e}")))?;
         if self.checkpoint_tokens == 0 {
             return Err(ConfigError("--checkpoint-tokens must be at least 1".into()));
         }

@@ -41,9 +41,10 @@ use std::time::Instant;
 use faiss::index::IndexImpl;
 use faiss::{FlatIndex, Index, MetricType};
 use rayon::prelude::*;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-use crate::schema::Neighbour;
+pub use crate::config::IndexOptions;
+pub use crate::schema::{IndexPlan, IndexReport, Method, Neighbour};
 
 /// Retrieval failed: FAISS, reading the vectors, or an index setting that cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -237,110 +238,6 @@ impl VectorSource for FileVectors {
     }
 }
 
-/// Which index finds the neighbours. `Default` is `auto` with the automatic `nprobe`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct IndexOptions {
-    /// `auto`; `Flat` (exact); `join` or `join{L}` (e.g. `join1024`: miwv's inverted-file
-    /// self-join with L lists, see [`Method::Join`]); or any other FAISS `index_factory`
-    /// string, searched by FAISS itself (`IVF4096,SQ8`, `IVF4096,PQ96`, `HNSW32`, ...).
-    pub index: String,
-    /// Inverted lists probed per query (`auto`, `join` and FAISS IVF indexes); `None`:
-    /// [`AUTO_NPROBE`].
-    pub nprobe: Option<u32>,
-    /// Queries whose exact neighbour is computed to measure an approximate index's recall@1
-    /// (0: do not measure).
-    pub recall_queries: usize,
-}
-
-impl Default for IndexOptions {
-    fn default() -> Self {
-        IndexOptions {
-            index: "auto".into(),
-            nprobe: None,
-            recall_queries: 1000,
-        }
-    }
-}
-
-impl IndexOptions {
-    /// Exact search, whatever the size.
-    pub fn exact() -> Self {
-        IndexOptions {
-            index: "Flat".into(),
-            ..IndexOptions::default()
-        }
-    }
-
-    /// Whether `nprobe` applies: `auto`, `join` and FAISS inverted-file (IVF) indexes.
-    pub fn takes_nprobe(&self) -> bool {
-        let index = self.index.trim();
-        index == "auto" || index.starts_with("join") || index.contains("IVF")
-    }
-
-    /// Checks what can be checked before the vectors exist (a FAISS factory string itself is
-    /// checked by FAISS once the width is known).
-    ///
-    /// # Errors
-    /// A message naming the bad value: an empty index string, a `join` without a number of
-    /// lists, `nprobe` 0, or `nprobe` with an index that has no inverted lists.
-    pub fn validate(&self) -> Result<(), String> {
-        let index = self.index.trim();
-        if index.is_empty() {
-            return Err("index: expected `auto`, `Flat`, `join`, `join{LISTS}` or a FAISS index_factory string".into());
-        }
-        if let Some(lists) = index.strip_prefix("join") {
-            if !lists.is_empty() && !lists.parse::<usize>().is_ok_and(|l| l >= 1) {
-                return Err(format!("index: `{index}`: expected `join` or `join` and a number of lists, e.g. join1024"));
-            }
-        }
-        if self.nprobe == Some(0) {
-            return Err("nprobe: must be at least 1".into());
-        }
-        if self.nprobe.is_some() && !self.takes_nprobe() {
-            return Err(format!(
-                "nprobe: applies to `auto`, `join` and inverted-file (IVF) indexes, not `{index}`"
-            ));
-        }
-        Ok(())
-    }
-}
-
-/// How the neighbours are searched.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Method {
-    /// Exact search: one FAISS `IndexFlatIP` over every distinct vector.
-    Exact,
-    /// miwv's inverted-file self-join, built from FAISS's BLAS paths: k-means by L2 distance
-    /// (FAISS `Clustering`) makes L lists; every vector is assigned to its nearest centroid
-    /// and probes its `nprobe` nearest (FAISS flat search); vectors are held as 8-bit scalar
-    /// codes (one byte per dimension); each list's members are searched for every query that
-    /// probes the list with one FAISS flat search (a BLAS product); each query's best
-    /// candidates are re-ranked with exact dot products against the original vectors.
-    Join,
-    /// Any other `index_factory` string, trained, filled and searched by FAISS itself; its
-    /// candidates are re-ranked exactly.
-    Faiss,
-}
-
-/// The index actually used for `n` distinct vectors.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct IndexPlan {
-    /// The index: `Flat`, `join{L}` or the FAISS `index_factory` string.
-    pub factory: String,
-    /// How it is searched.
-    pub method: Method,
-    /// Exact search (`Flat`).
-    pub exact: bool,
-    /// Inverted lists, when the index has them.
-    pub lists: Option<usize>,
-    /// Inverted lists probed per query, when the index has them.
-    pub nprobe: Option<u32>,
-    /// Vectors the index is trained on (0: no training).
-    pub train: usize,
-}
-
 impl IndexPlan {
     /// The plan for `n` distinct vectors. `auto` is `Flat` up to [`AUTO_EXACT_MAX`] and above
     /// it the self-join with [`join_lists`] lists probing [`AUTO_NPROBE`] each. Inverted
@@ -413,36 +310,6 @@ pub enum Stage {
     Search,
     /// Exact search of the recall sample (database rows scanned / all).
     Recall,
-}
-
-/// How the neighbours were found, for `run.json` and the log.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct IndexReport {
-    /// The index used.
-    pub plan: IndexPlan,
-    /// Samples.
-    pub samples: usize,
-    /// Distinct retrieval texts: the vectors in the index.
-    pub distinct: usize,
-    /// Samples whose neighbour is an identical text (found without search).
-    pub duplicates: usize,
-    /// Samples searched (distinct texts without a copy).
-    pub searched: usize,
-    /// Queries whose approximate candidates held no other sample, searched exactly instead.
-    pub fallbacks: usize,
-    /// Share of the recall sample whose neighbour is an exact nearest neighbour (its
-    /// similarity within [`TIE`] of the best); 1 by construction for exact search.
-    pub recall_at_1: Option<f64>,
-    /// Queries in the recall sample.
-    pub recall_queries: usize,
-    /// Seconds training the index.
-    pub train_s: f64,
-    /// Seconds adding the vectors.
-    pub add_s: f64,
-    /// Seconds searching and re-ranking.
-    pub search_s: f64,
-    /// Seconds measuring recall.
-    pub recall_s: f64,
 }
 
 /// Each sample's neighbour and how it was found.

@@ -17,7 +17,7 @@ use serde_json::Value;
 
 use crate::output::{sync_parent, write_atomically, write_json, OutputError};
 use crate::scheduler::{Journal, Loss, Pass, Saved, ScoringError};
-use crate::schema::{EmbedderRecord, Neighbour};
+use crate::schema::{EmbedderRecord, IndexReport, Neighbour};
 use crate::shard::Shard;
 
 /// Why a run's saved state cannot be used or kept.
@@ -67,6 +67,9 @@ pub struct Retrieval {
     pub neighbours: Vec<Option<Neighbour>>,
     /// How the embeddings were made, as recorded in `run.json`.
     pub embedder: EmbedderRecord,
+    /// How the neighbours were searched: index, duplicates, recall.
+    #[serde(default)]
+    pub search: Option<IndexReport>,
 }
 
 impl RunState {
@@ -127,12 +130,26 @@ impl RunState {
         retrieval: &Retrieval,
         embeddings: &[f32],
     ) -> Result<(), ResumeError> {
-        write_json(&self.dir.join("settings.json"), &self.settings)?;
-        write_atomically(&self.dir.join("embeddings.f32"), |out| {
+        write_atomically(&self.embeddings_path(), |out| {
             embeddings
                 .iter()
                 .try_for_each(|v| out.write_all(&v.to_le_bytes()))
         })?;
+        self.save_retrieval_record(retrieval)
+    }
+
+    /// Where the run's embeddings are kept: little-endian `f32` rows, one per sample.
+    pub fn embeddings_path(&self) -> PathBuf {
+        self.dir.join("embeddings.f32")
+    }
+
+    /// Saves the retrieval (its embeddings already in [`RunState::embeddings_path`]), binding
+    /// the directory to this run's settings.
+    ///
+    /// # Errors
+    /// [`ResumeError::Output`] when a file cannot be written.
+    pub fn save_retrieval_record(&self, retrieval: &Retrieval) -> Result<(), ResumeError> {
+        write_json(&self.dir.join("settings.json"), &self.settings)?;
         write_json(&self.dir.join("retrieval.json"), retrieval)?;
         Ok(())
     }

@@ -117,6 +117,9 @@ pub struct RunRecord {
     pub scoring_model: FileRecord,
     /// How retrieval embedded the samples.
     pub embedder: EmbedderRecord,
+    /// How the neighbours were searched: the index, duplicate texts, measured recall@1.
+    #[serde(default)]
+    pub neighbour_search: Option<IndexReport>,
     /// The `--template` asked for.
     pub template_choice: TemplateChoice,
     /// The template it resolved to (`chatml`, `alpaca`, `model`, ...).
@@ -253,6 +256,71 @@ pub struct Neighbour {
     pub index: usize,
     /// Cosine similarity to the query.
     pub similarity: f32,
+}
+
+/// How the neighbours are searched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Method {
+    /// Exact search: one FAISS `IndexFlatIP` over every distinct vector.
+    Exact,
+    /// miwv's inverted-file self-join, built from FAISS's BLAS paths: k-means by L2 distance
+    /// (FAISS `Clustering`) makes L lists; every vector is assigned to its nearest centroid
+    /// and probes its `nprobe` nearest (FAISS flat search); vectors are held as 8-bit scalar
+    /// codes (one byte per dimension); each list's members are searched for every query that
+    /// probes the list with one FAISS flat search (a BLAS product); each query's best
+    /// candidates are re-ranked with exact dot products against the original vectors.
+    Join,
+    /// Any other `index_factory` string, trained, filled and searched by FAISS itself; its
+    /// candidates are re-ranked exactly.
+    Faiss,
+}
+
+/// The index actually used for `n` distinct vectors.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexPlan {
+    /// The index: `Flat`, `join{L}` or the FAISS `index_factory` string.
+    pub factory: String,
+    /// How it is searched.
+    pub method: Method,
+    /// Exact search (`Flat`).
+    pub exact: bool,
+    /// Inverted lists, when the index has them.
+    pub lists: Option<usize>,
+    /// Inverted lists probed per query, when the index has them.
+    pub nprobe: Option<u32>,
+    /// Vectors the index is trained on (0: no training).
+    pub train: usize,
+}
+
+/// How the neighbours were found, for `run.json` and the log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IndexReport {
+    /// The index used.
+    pub plan: IndexPlan,
+    /// Samples.
+    pub samples: usize,
+    /// Distinct retrieval texts: the vectors in the index.
+    pub distinct: usize,
+    /// Samples whose neighbour is an identical text (found without search).
+    pub duplicates: usize,
+    /// Samples searched (distinct texts without a copy).
+    pub searched: usize,
+    /// Queries whose approximate candidates held no other sample, searched exactly instead.
+    pub fallbacks: usize,
+    /// Share of the recall sample whose neighbour is an exact nearest neighbour (its
+    /// similarity within `neighbours::TIE` of the best); 1 by construction for exact search.
+    pub recall_at_1: Option<f64>,
+    /// Queries in the recall sample.
+    pub recall_queries: usize,
+    /// Seconds training the index.
+    pub train_s: f64,
+    /// Seconds adding the vectors.
+    pub add_s: f64,
+    /// Seconds searching and re-ranking.
+    pub search_s: f64,
+    /// Seconds measuring recall.
+    pub recall_s: f64,
 }
 
 /// A score or run file that cannot be read.

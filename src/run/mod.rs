@@ -13,16 +13,20 @@ use serde::Serialize;
 
 use crate::config::{EmbedModel, SelectConfig};
 use crate::dataset::Dataset;
+use crate::dataset::Sample;
 use crate::embed::{default_prefix, embed_samples, read_precomputed};
 use crate::engine::{check_model_file, Embedder, Model, Scorer};
-use crate::neighbours::nearest_others;
+use crate::neighbours::{find_neighbours, SliceVectors, VectorSource};
 use crate::output::{file_sha256, write_json, write_jsonl};
 use crate::progress::{Phase, ScoringProgress};
 use crate::prompt::{Template, TemplateChoice};
 use crate::records::{output_file_name, read_samples, write_selected, FileFormat};
 use crate::resume::{ResumeError, Retrieval, RunState};
 use crate::scheduler::{score_samples, Outcome, ScoringOptions};
-use crate::schema::{BudgetRecord, EmbedderRecord, FileRecord, Ifd, RunRecord, ScoreRow, Timings};
+use crate::schema::{
+    BudgetRecord, EmbedderRecord, FileRecord, Ifd, IndexReport, Neighbour, RunRecord, ScoreRow,
+    Timings,
+};
 use crate::select::{top_by_score, Budget};
 use crate::Error;
 
@@ -357,6 +361,7 @@ fn run_record(
         data_truncated: dataset.truncated,
         scoring_model: loaded.scoring_model,
         embedder: retrieval.embedder,
+        neighbour_search: retrieval.search,
         template_choice: config.template,
         template_name: loaded.template.name().to_string(),
         separator: loaded.template.separator().into(),
@@ -414,6 +419,8 @@ fn settings(
         "kv_reuse": config.kv_reuse,
         "n_gpu_layers": config.gpu_layers,
         "checkpoint_tokens": config.checkpoint_tokens,
+        "index": config.neighbours.index,
+        "nprobe": config.neighbours.nprobe,
     })
 }
 
@@ -437,15 +444,69 @@ fn retrieve(
         })?,
     };
     tracing::info!(dim, "embedded samples");
-    let bar = Phase::spinner("neighbours", "nearest other sample by cosine (FAISS)");
-    let neighbours = nearest_others(&vectors, dim)?;
-    drop(bar);
+    let (neighbours, search) = search_neighbours(
+        config,
+        &SliceVectors::new(&vectors, dim)?,
+        &text_hashes(samples),
+    )?;
     let retrieval = Retrieval {
         dim,
         neighbours,
-        embedder,
+        embedder: EmbedderRecord {
+            index: describe_index(&search),
+            ..embedder
+        },
+        search: Some(search),
     };
     Ok((retrieval, vectors))
+}
+
+/// Every sample's neighbour by `config`'s index, with a spinner and the search logged.
+fn search_neighbours(
+    config: &SelectConfig,
+    vectors: &dyn VectorSource,
+    hashes: &[u64],
+) -> Result<(Vec<Option<Neighbour>>, IndexReport), Error> {
+    let bar = Phase::spinner("neighbours", "nearest other sample by cosine (FAISS)");
+    let found = find_neighbours(vectors, hashes, &config.neighbours, &mut |_, _, _| {})?;
+    drop(bar);
+    let report = &found.report;
+    tracing::info!(
+        index = %report.plan.factory,
+        nprobe = ?report.plan.nprobe,
+        duplicates = report.duplicates,
+        recall_at_1 = ?report.recall_at_1,
+        "neighbours found"
+    );
+    Ok((found.found, found.report))
+}
+
+/// The index as `run.json`'s embedder record names it.
+fn describe_index(search: &IndexReport) -> String {
+    match search.plan.nprobe {
+        _ if search.plan.exact => "faiss Flat, inner product".into(),
+        Some(nprobe) => format!(
+            "{}, nprobe {nprobe}, candidates re-ranked by exact inner product",
+            search.plan.factory
+        ),
+        None => format!(
+            "{}, candidates re-ranked by exact inner product",
+            search.plan.factory
+        ),
+    }
+}
+
+/// A hash of each sample's retrieval text, stable across builds: samples with the same text
+/// are each other's neighbours without a search.
+fn text_hashes(samples: &[Sample]) -> Vec<u64> {
+    use sha2::{Digest, Sha256};
+    samples
+        .iter()
+        .map(|s| {
+            let digest = Sha256::digest(s.retrieval_text().as_bytes());
+            u64::from_le_bytes(digest[..8].try_into().expect("8 bytes"))
+        })
+        .collect()
 }
 
 /// Runs `embed` with an embedding context of the run's embedder (a separate GGUF, or the

@@ -17,13 +17,13 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    examples, load_models, read_input, scoring_options, with_embedder, write_outputs, Loaded,
-    Ranking, RunSummary,
+    describe_index, examples, load_models, read_input, scoring_options, search_neighbours,
+    text_hashes, with_embedder, write_outputs, Loaded, Ranking, RunSummary,
 };
 use crate::config::{EmbedModel, SelectConfig};
 use crate::embed::{read_precomputed, EmbeddingBatches};
 use crate::engine::Scorer;
-use crate::neighbours::nearest_others;
+use crate::neighbours::FileVectors;
 use crate::output::{write_atomically, write_json};
 use crate::progress::{Phase, ScoringProgress};
 use crate::resume::{read_json, ResumeError, Retrieval};
@@ -186,8 +186,9 @@ pub fn neighbours(run: &Path) -> Result<StageSummary, Error> {
     let n = dataset.samples.len();
     // A shard may hold no samples (more shards than batches); its width is 0.
     let dim = shards.iter().map(|s| s.dim).max().unwrap_or(0);
-    let mut vectors = vec![0.0f32; n * dim];
-    let mut seen = vec![false; n];
+    // Where each sample's row is: (shard, row in its file).
+    let mut place: Vec<Option<(usize, usize)>> = vec![None; n];
+    let mut files = Vec::with_capacity(count);
     for (index, record) in shards.iter().enumerate() {
         let shard = Shard::new(index, count).expect("index below count");
         if record.settings != loaded.settings || (record.dim != dim && !record.samples.is_empty()) {
@@ -198,43 +199,64 @@ pub fn neighbours(run: &Path) -> Result<StageSummary, Error> {
             .into());
         }
         let path = shard_file(&embed_dir, shard, "f32");
-        let bytes = std::fs::read(&path).map_err(|source| Error::Io {
+        let file = std::fs::File::open(&path).map_err(|source| Error::Io {
             path: path.clone(),
             source,
         })?;
-        if bytes.len() != record.samples.len() * dim * 4 {
+        let bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
+        if bytes != (record.samples.len() * dim * 4) as u64
+            || record.samples.iter().any(|&i| i >= n)
+        {
             return Err(ResumeError::Incompatible(format!(
-                "{}: {} bytes, expected {} rows of {dim}",
+                "{}: {bytes} bytes, expected {} rows of {dim} for this dataset; delete {} and embed again",
                 path.display(),
-                bytes.len(),
                 record.samples.len(),
+                embed_dir.display()
             ))
             .into());
         }
-        for (row, &i) in bytes.chunks_exact(dim * 4).zip(&record.samples) {
-            let target = &mut vectors[i * dim..(i + 1) * dim];
-            for (x, b) in target.iter_mut().zip(row.chunks_exact(4)) {
-                *x = f32::from_le_bytes(b.try_into().expect("4 bytes"));
-            }
-            seen[i] = true;
+        for (row, &i) in record.samples.iter().enumerate() {
+            place[i] = Some((index, row));
         }
+        files.push((path, file));
     }
-    if let Some(missing) = seen.iter().position(|&s| !s) {
+    if let Some(missing) = place.iter().position(Option::is_none) {
         return Err(ResumeError::Incompatible(format!(
             "no embed shard of {count} holds sample {missing}; delete {} and embed again",
             embed_dir.display()
         ))
         .into());
     }
-    let bar = Phase::spinner("neighbours", "nearest other sample by cosine (FAISS)");
-    let found = nearest_others(&vectors, dim)?;
-    drop(bar);
+    // The run's embeddings in sample order, copied row by row: never all in memory.
+    let embeddings = loaded.state.embeddings_path();
+    write_atomically(&embeddings, |out| {
+        let mut row = vec![0u8; dim * 4];
+        for &at in &place {
+            let (shard, index) = at.expect("every sample placed");
+            std::os::unix::fs::FileExt::read_exact_at(
+                &files[shard].1,
+                &mut row,
+                (index * dim * 4) as u64,
+            )?;
+            out.write_all(&row)?;
+        }
+        Ok(())
+    })?;
+    let (found, search) = search_neighbours(
+        &config,
+        &FileVectors::open(&embeddings, dim)?,
+        &text_hashes(&dataset.samples),
+    )?;
     let retrieval = Retrieval {
         dim,
         neighbours: found,
-        embedder: first.embedder.clone(),
+        embedder: EmbedderRecord {
+            index: describe_index(&search),
+            ..first.embedder.clone()
+        },
+        search: Some(search),
     };
-    loaded.state.save_retrieval(&retrieval, &vectors)?;
+    loaded.state.save_retrieval_record(&retrieval)?;
     write_json(
         &stage_record_path(run),
         &StageRecord {

@@ -72,6 +72,7 @@ fn run_record(data: &Path) -> RunRecord {
             index: "IndexFlatIP".into(),
             max_tokens: 512,
         },
+        neighbour_search: None,
         template_choice: TemplateChoice::Alpaca,
         template_name: "alpaca".into(),
         template: Template::Alpaca,
