@@ -366,12 +366,14 @@ fn ceiling(
     })
 }
 
-fn reset_peak_rss() {
+/// Starts measuring the peak resident memory afresh (Linux; elsewhere a no-op).
+pub(crate) fn reset_peak_rss() {
     // Linux: writing 5 resets the peak resident set size (VmHWM).
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
-fn peak_rss_mib() -> Option<f64> {
+/// The peak resident memory since the last reset, MiB (Linux).
+pub(crate) fn peak_rss_mib() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;

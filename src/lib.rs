@@ -52,9 +52,9 @@ pub mod embed;
 #[cfg(feature = "native")]
 pub mod engine;
 #[cfg(feature = "native")]
-pub mod neighbours;
-#[cfg(feature = "native")]
 pub mod neighbour_bench;
+#[cfg(feature = "native")]
+pub mod neighbours;
 #[cfg(feature = "native")]
 pub mod run;
 

@@ -22,6 +22,7 @@ use std::time::Instant;
 use rayon::prelude::*;
 use serde::Serialize;
 
+use crate::bench::{peak_rss_mib, reset_peak_rss};
 use crate::neighbours::{
     find_neighbours, recall_at_1, FileVectors, IndexOptions, IndexPlan, IndexReport, Stage,
 };
@@ -447,18 +448,6 @@ fn machine() -> String {
         .unwrap_or_else(|| "unknown CPU".into());
     let cpus = std::thread::available_parallelism().map_or(1, usize::from);
     format!("{model}, {cpus} CPUs")
-}
-
-fn reset_peak_rss() {
-    // Linux: writing 5 resets the peak resident set size (VmHWM).
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
-}
-
-fn peak_rss_mib() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024.0)
 }
 
 #[cfg(test)]
