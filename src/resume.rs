@@ -168,11 +168,7 @@ impl RunState {
         std::fs::create_dir_all(&dir).map_err(io)?;
         for entry in std::fs::read_dir(&dir).map_err(io)? {
             let name = entry.map_err(io)?.file_name();
-            let found = name
-                .to_str()
-                .and_then(|n| n.strip_prefix("shard-"))
-                .and_then(|n| n.split_once("-of-"))
-                .and_then(|(_, rest)| rest.split('.').next()?.parse::<usize>().ok());
+            let found = name.to_str().and_then(Shard::count_in_file_name);
             if let Some(found) = found.filter(|&found| found != count) {
                 return Err(ResumeError::Incompatible(format!(
                     "{} holds {stage} shards of a run split {found} ways, not {count}; use --shards {found}, or delete {} to start that stage over",

@@ -72,6 +72,13 @@ impl Shard {
         format!("shard-{:05}-of-{:05}", self.index, self.count)
     }
 
+    /// The shard count in a file name made from [`Shard::file_stem`]
+    /// (`shard-00003-of-00008.json` gives 8).
+    pub fn count_in_file_name(name: &str) -> Option<usize> {
+        let rest = name.strip_prefix("shard-")?.split_once("-of-")?.1;
+        rest.split('.').next()?.parse().ok()
+    }
+
     /// Contiguous, balanced ranges: the part of `0..len` for this shard when the items weigh
     /// `weight(i)`, each shard getting about `1/count` of the total weight.
     pub fn split(self, len: usize, weight: impl Fn(usize) -> usize) -> std::ops::Range<usize> {

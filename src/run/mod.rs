@@ -22,7 +22,7 @@ use crate::progress::{Phase, ScoringProgress};
 use crate::prompt::{Template, TemplateChoice};
 use crate::records::{output_file_name, read_samples, write_selected, FileFormat};
 use crate::resume::{ResumeError, Retrieval, RunState};
-use crate::scheduler::{score_samples, Outcome, ScoringOptions};
+use crate::scheduler::{score_samples, Outcome, ScoringOptions, ScoringPlan};
 use crate::schema::{
     BudgetRecord, EmbedderRecord, FileRecord, Ifd, IndexReport, Neighbour, RunRecord, ScoreRow,
     Timings,
@@ -215,6 +215,21 @@ fn score(
         &mut loaded.state.loss_log(stop),
         |p| progress.update(p),
     )?)
+}
+
+/// The run's whole decode plan, the same in every process that builds it.
+fn scoring_plan(
+    config: &SelectConfig,
+    loaded: &Loaded,
+    dataset: &Dataset,
+    retrieval: &Retrieval,
+) -> ScoringPlan {
+    ScoringPlan::new(
+        &loaded.model,
+        &dataset.samples,
+        &examples(retrieval),
+        &scoring_options(config, &loaded.template),
+    )
 }
 
 /// How the run's settings score.

@@ -17,8 +17,8 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    describe_index, examples, load_models, read_input, scoring_options, search_neighbours,
-    text_hashes, with_embedder, write_outputs, Loaded, Ranking, RunSummary,
+    describe_index, load_models, read_input, scoring_plan, search_neighbours, text_hashes,
+    with_embedder, write_outputs, Loaded, Ranking, RunSummary,
 };
 use crate::config::{EmbedModel, SelectConfig};
 use crate::embed::{read_precomputed, EmbeddingBatches};
@@ -27,7 +27,7 @@ use crate::neighbours::FileVectors;
 use crate::output::{write_atomically, write_json};
 use crate::progress::{Phase, ScoringProgress};
 use crate::resume::{read_json, ResumeError, Retrieval};
-use crate::scheduler::{ScoringPlan, Stats};
+use crate::scheduler::Stats;
 use crate::schema::{EmbedderRecord, ShardsRecord, Timings};
 use crate::select::Budget;
 use crate::shard::Shard;
@@ -175,7 +175,7 @@ pub fn neighbours(run: &Path) -> Result<StageSummary, Error> {
     let shards: Vec<EmbedShard> = (0..count)
         .map(|index| {
             let shard = Shard::new(index, count).expect("index below count");
-            read_shard_marker(&embed_dir, shard, run)
+            read_shard_marker(&embed_dir, "embed", shard, run)
         })
         .collect::<Result<_, _>>()?;
     let first = &shards[0];
@@ -283,7 +283,6 @@ pub fn score(
 ) -> Result<StageSummary, Error> {
     let clock = Instant::now();
     let mut config = read_stage_record(run)?.config;
-    config.out_dir = run.to_path_buf();
     if let Some(threads) = threads {
         config.sizes.threads = threads;
     }
@@ -295,12 +294,7 @@ pub fn score(
     if marker.exists() {
         return Ok(done(format!("score shard {shard} is already done")));
     }
-    let plan = ScoringPlan::new(
-        &loaded.model,
-        &dataset.samples,
-        &examples(&retrieval),
-        &scoring_options(&config, &loaded.template),
-    );
+    let plan = scoring_plan(&config, &loaded, &dataset, &retrieval);
     let steps = plan.shard(shard);
     let mut scorer = Scorer::new(&loaded.model, config.sizes)?;
     let mut progress = ScoringProgress::default();
@@ -336,7 +330,6 @@ pub fn merge(run: &Path, budget: Option<Budget>) -> Result<RunSummary, Error> {
     let started = Instant::now();
     let stage = read_stage_record(run)?;
     let mut config = stage.config;
-    config.out_dir = run.to_path_buf();
     if let Some(budget) = budget {
         config.budget = budget;
     }
@@ -344,12 +337,7 @@ pub fn merge(run: &Path, budget: Option<Budget>) -> Result<RunSummary, Error> {
     let (format, dataset) = read_input(&config)?;
     let loaded = load_models(&config)?;
     let retrieval = saved_retrieval(&loaded, run)?;
-    let plan = ScoringPlan::new(
-        &loaded.model,
-        &dataset.samples,
-        &examples(&retrieval),
-        &scoring_options(&config, &loaded.template),
-    );
+    let plan = scoring_plan(&config, &loaded, &dataset, &retrieval);
     let score_dir = run.join("checkpoint").join("score");
     let count = shard_count(&score_dir, "score", run)?;
     let stop = AtomicBool::new(false);
@@ -361,7 +349,7 @@ pub fn merge(run: &Path, budget: Option<Budget>) -> Result<RunSummary, Error> {
     let mut timings = Timings::default();
     for index in 0..count {
         let shard = Shard::new(index, count).expect("index below count");
-        let record: ScoreShard = read_shard_marker(&score_dir, shard, run)?;
+        let record: ScoreShard = read_shard_marker(&score_dir, "score", shard, run)?;
         let steps = plan.shard(shard);
         let log = loaded.state.shard_loss_log(shard, &stop);
         let saved = log.saved(plan.digest(), steps.clone())?;
@@ -402,16 +390,19 @@ fn add_stats(total: &mut Stats, shard: &Stats) {
     total.loss_seconds += shard.loss_seconds;
 }
 
+/// The run's settings as `neighbours` recorded them, its output directory being `run`
+/// wherever the stage runs.
 fn read_stage_record(run: &Path) -> Result<StageRecord, Error> {
     let path = stage_record_path(run);
-    read_json(&path)?.ok_or_else(|| {
-        ResumeError::Missing(format!(
+    let mut record: StageRecord = read_json(&path)?.ok_or_else(|| {
+        Error::from(ResumeError::Missing(format!(
             "{} has no neighbours yet: run `miwv neighbours {}` after every `miwv embed` shard",
             run.display(),
             run.display()
-        ))
-        .into()
-    })
+        )))
+    })?;
+    record.config.out_dir = run.to_path_buf();
+    Ok(record)
 }
 
 fn saved_retrieval(loaded: &Loaded, run: &Path) -> Result<Retrieval, Error> {
@@ -430,20 +421,16 @@ fn shard_count(dir: &Path, stage: &str, run: &Path) -> Result<usize, Error> {
     let counts: std::collections::BTreeSet<usize> = std::fs::read_dir(dir)
         .map(|entries| {
             entries
-                .filter_map(|e| e.ok()?.file_name().into_string().ok())
-                .filter_map(|name| {
-                    let rest = name.strip_prefix("shard-")?.split_once("-of-")?.1;
-                    rest.split('.').next()?.parse().ok()
-                })
+                .filter_map(|e| Shard::count_in_file_name(e.ok()?.file_name().to_str()?))
                 .collect()
         })
         .unwrap_or_default();
     match counts.len() {
         1 => Ok(*counts.first().expect("one count")),
         0 => Err(ResumeError::Missing(format!(
-            "{} has no {stage} shards: run `miwv {stage}` first ({})",
+            "{} has no {stage} shards: run {} first",
             run.display(),
-            stage_hint(stage, run)
+            stage_command(stage, run, "K/N")
         ))
         .into()),
         _ => Err(ResumeError::Incompatible(format!(
@@ -454,34 +441,28 @@ fn shard_count(dir: &Path, stage: &str, run: &Path) -> Result<usize, Error> {
     }
 }
 
-fn stage_hint(stage: &str, run: &Path) -> String {
+/// The command that makes shard `shard` (`K/N`, or a placeholder) of `stage`.
+fn stage_command(stage: &str, run: &Path, shard: &str) -> String {
     match stage {
-        "embed" => format!("`miwv embed DATA --out {} --shard K/N`", run.display()),
-        _ => format!("`miwv score {} --shard K/N`", run.display()),
+        "embed" => format!(
+            "`miwv embed DATA --out {} --shard {shard}` with the run's flags",
+            run.display()
+        ),
+        _ => format!("`miwv score {} --shard {shard}`", run.display()),
     }
 }
 
 /// A shard's done marker, or an error naming the command that makes it.
 fn read_shard_marker<T: serde::de::DeserializeOwned>(
     dir: &Path,
+    stage: &str,
     shard: Shard,
     run: &Path,
 ) -> Result<T, Error> {
-    let stage = dir
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or("score")
-        .to_string();
     read_json(&shard_file(dir, shard, "json"))?.ok_or_else(|| {
-        let command = match stage.as_str() {
-            "embed" => format!(
-                "`miwv embed DATA --out {} --shard {shard}` with the run's flags",
-                run.display()
-            ),
-            _ => format!("`miwv score {} --shard {shard}`", run.display()),
-        };
         ResumeError::Missing(format!(
-            "{stage} shard {shard} has no results: run {command}"
+            "{stage} shard {shard} has no results: run {}",
+            stage_command(stage, run, &shard.to_string())
         ))
         .into()
     })
