@@ -8,10 +8,11 @@
 //! folds the log-probabilities into losses. At the plan's checkpoints the losses so far go to
 //! a [`Journal`], and a run that finds losses there resumes after them.
 //!
-//! [`score_samples`] reads as its phases: build the sequences, shape them for the planner,
-//! plan, account each sample's tokens, restore saved losses, decode step by step (copy,
-//! decode, gather, fold, checkpoint), and fold the losses into scores. It talks to the model
-//! only through a [`Decoder`].
+//! [`score_samples`] reads as its phases: [`ScoringPlan::new`] builds the sequences, shapes
+//! them for the planner, plans and accounts each sample's tokens; [`ScoringPlan::decode`]
+//! resumes after the journal's losses and decodes a range of steps (copy, decode, gather,
+//! fold, checkpoint); [`ScoringPlan::fold`] turns the losses into scores. It talks to the
+//! model only through a [`Decoder`].
 
 use std::ops::Range;
 use std::time::Instant;

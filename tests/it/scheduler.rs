@@ -16,7 +16,7 @@ use miwv::decoder::{DecodeError, Decoder, Item};
 use miwv::prompt::{Template, Token, Tokenize};
 use miwv::resume::RunState;
 use miwv::scheduler::{
-    score_samples, NoJournal, Outcome, ScoringError, ScoringOptions, ScoringPlan,
+    score_samples, Journal, NoJournal, Outcome, ScoringError, ScoringOptions, ScoringPlan,
 };
 use miwv::score::Unscorable;
 use miwv::shard::Shard;
@@ -176,19 +176,28 @@ fn options(kv_reuse: bool, checkpoint_tokens: usize) -> ScoringOptions {
     }
 }
 
-fn score(options: &ScoringOptions) -> Outcome {
+/// The example data scored on `decoder`, journalled in `journal`.
+fn score_with(
+    decoder: &mut FakeDecoder,
+    options: &ScoringOptions,
+    journal: &mut dyn Journal,
+) -> Result<Outcome, ScoringError> {
     let samples = samples();
-    let mut decoder = FakeDecoder::new(options.sizes);
+    let examples = examples(samples.len());
     score_samples(
         &ByteTokenizer,
-        &mut decoder,
+        decoder,
         &samples,
-        &examples(samples.len()),
+        &examples,
         options,
-        &mut NoJournal,
+        journal,
         |_| {},
     )
-    .unwrap()
+}
+
+fn score(options: &ScoringOptions) -> Outcome {
+    let mut decoder = FakeDecoder::new(options.sizes);
+    score_with(&mut decoder, options, &mut NoJournal).unwrap()
 }
 
 /// Losses as exact bits, NaN included, for equality checks.
@@ -244,8 +253,6 @@ fn a_run_interrupted_after_any_decode_resumes_to_the_same_scores() {
     let reference = score(&options);
     let planned = reference.stats.planned_steps;
     assert!(planned > 20, "{planned} steps");
-    let samples = samples();
-    let examples = examples(samples.len());
     let settings = serde_json::json!({"test": 1});
     for stop_after in 1..planned {
         let dir = tempfile::tempdir().unwrap();
@@ -253,15 +260,7 @@ fn a_run_interrupted_after_any_decode_resumes_to_the_same_scores() {
         let stop = AtomicBool::new(false);
         let mut decoder = FakeDecoder::new(options.sizes);
         decoder.stop_after = Some((stop_after, &stop));
-        let first = score_samples(
-            &ByteTokenizer,
-            &mut decoder,
-            &samples,
-            &examples,
-            &options,
-            &mut state.loss_log(&stop),
-            |_| {},
-        );
+        let first = score_with(&mut decoder, &options, &mut state.loss_log(&stop));
         let Err(ScoringError::Interrupted {
             saved_steps,
             total_steps,
@@ -274,16 +273,7 @@ fn a_run_interrupted_after_any_decode_resumes_to_the_same_scores() {
 
         let go_on = AtomicBool::new(false);
         let mut decoder = FakeDecoder::new(options.sizes);
-        let resumed = score_samples(
-            &ByteTokenizer,
-            &mut decoder,
-            &samples,
-            &examples,
-            &options,
-            &mut state.loss_log(&go_on),
-            |_| {},
-        )
-        .unwrap();
+        let resumed = score_with(&mut decoder, &options, &mut state.loss_log(&go_on)).unwrap();
         assert_eq!(bits(&resumed), bits(&reference), "stop after {stop_after}");
         assert_eq!(resumed.stats.resumed_steps, saved_steps);
         assert_eq!(resumed.stats.decodes, planned - saved_steps);
@@ -307,51 +297,27 @@ fn a_run_interrupted_after_any_decode_resumes_to_the_same_scores() {
 fn a_decoder_failure_keeps_the_checkpoints_and_the_rerun_completes() {
     let options = options(true, 3000);
     let reference = score(&options);
-    let samples = samples();
-    let examples = examples(samples.len());
     let dir = tempfile::tempdir().unwrap();
     let state = RunState::open(dir.path(), &serde_json::json!({})).unwrap();
     let stop = AtomicBool::new(false);
     let mut failing = FakeDecoder::new(options.sizes);
     failing.fail_at = Some(reference.stats.planned_steps / 2);
-    let failed = score_samples(
-        &ByteTokenizer,
-        &mut failing,
-        &samples,
-        &examples,
-        &options,
-        &mut state.loss_log(&stop),
-        |_| {},
-    )
-    .unwrap_err();
+    let failed = score_with(&mut failing, &options, &mut state.loss_log(&stop)).unwrap_err();
     assert!(
         failed.to_string().contains("the device went away"),
         "{failed}"
     );
     let mut decoder = FakeDecoder::new(options.sizes);
-    let rerun = score_samples(
-        &ByteTokenizer,
-        &mut decoder,
-        &samples,
-        &examples,
-        &options,
-        &mut state.loss_log(&stop),
-        |_| {},
-    )
-    .unwrap();
+    let rerun = score_with(&mut decoder, &options, &mut state.loss_log(&stop)).unwrap();
     assert!(rerun.stats.resumed_steps > 0);
     assert_eq!(bits(&rerun), bits(&reference));
 
     // Losses saved for another plan (another checkpoint interval) are refused, not mixed in.
     let mut decoder = FakeDecoder::new(options.sizes);
-    let other = score_samples(
-        &ByteTokenizer,
+    let other = score_with(
         &mut decoder,
-        &samples,
-        &examples,
         &self::options(true, 5000),
         &mut state.loss_log(&stop),
-        |_| {},
     )
     .unwrap_err();
     assert!(matches!(other, ScoringError::Resume(_)), "{other}");
