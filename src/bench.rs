@@ -317,7 +317,8 @@ impl Bench<'_> {
     }
 }
 
-/// `len` real tokens: the dataset's blocks, concatenated.
+/// `len` real tokens: the dataset's samples as the template renders them, concatenated (a
+/// sample the template cannot render is left out; the scoring run names it).
 fn ceiling_tokens(
     model: &Model,
     samples: &[Sample],
@@ -327,7 +328,9 @@ fn ceiling_tokens(
     let layout = Layout::new(model, template, false);
     let mut tokens = Vec::with_capacity(len + 512);
     for sample in samples {
-        tokens.extend(layout.block(sample).tokens);
+        if let Ok(rendered) = layout.render(&[sample]) {
+            tokens.extend(rendered.tokens);
+        }
         if tokens.len() >= len {
             break;
         }

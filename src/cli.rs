@@ -82,9 +82,10 @@ enum Command {
         after_help = "Example (what quantisation does to the selection):\n  miwv select data.json -m model.Q4_1.gguf -o q4\n  miwv select data.json -m model.F32.gguf -o f32\n  miwv compare q4 f32 --json drift.json"
     )]
     Compare(CompareArgs),
-    /// Check that the GGUF vocabulary tokenizes the data like the model's tokenizer.json.
+    /// Show how a sample renders and which tokens are scored; with --tokenizer, check that the
+    /// GGUF vocabulary tokenizes the data like the model's tokenizer.json.
     #[command(
-        after_help = "Exits with 1 when any segment differs.\nExample:\n  miwv doctor examples/alpaca-mini.json --tokenizer tokenizer.json -m model.gguf"
+        after_help = "Exits with 1 when a sample cannot be rendered or any segment differs.\nExamples:\n  miwv doctor examples/alpaca-mini.json --sample 3\n  miwv doctor examples/alpaca-mini.json --tokenizer tokenizer.json -m model.gguf"
     )]
     Doctor(DoctorArgs),
     /// Print a shell completion script.
@@ -185,9 +186,12 @@ struct ReportArgs {
 struct DoctorArgs {
     /// Dataset whose prompts and responses are tokenized.
     data: PathBuf,
-    /// The model's Hugging Face tokenizer.json.
+    /// The model's Hugging Face tokenizer.json, to check the GGUF vocabulary against.
     #[arg(long)]
-    tokenizer: PathBuf,
+    tokenizer: Option<PathBuf>,
+    /// The sample shown token by token (its 0-based index in the data, as in scores.jsonl).
+    #[arg(long, default_value_t = 0)]
+    sample: usize,
     /// GGUF model whose vocabulary is checked.
     #[arg(short = 'm', long, default_value = crate::DEFAULT_MODEL)]
     model: PathBuf,
@@ -493,8 +497,10 @@ pub struct CompareSettings {
 pub struct DoctorSettings {
     /// The dataset.
     pub data: PathBuf,
-    /// `--tokenizer`: the model's Hugging Face `tokenizer.json`.
-    pub tokenizer: PathBuf,
+    /// `--tokenizer`: the model's Hugging Face `tokenizer.json`, when the vocabulary is checked.
+    pub tokenizer: Option<PathBuf>,
+    /// `--sample`: the sample shown token by token.
+    pub sample: usize,
     /// `-m`: the GGUF whose vocabulary is checked.
     pub model: PathBuf,
     /// `--template`.
@@ -733,6 +739,7 @@ impl DoctorArgs {
         DoctorSettings {
             data: self.data,
             tokenizer: self.tokenizer,
+            sample: self.sample,
             model: self.model,
             template: self.template,
             read: self.fields.options(),
@@ -1126,7 +1133,8 @@ mod tests {
             d,
             DoctorSettings {
                 data: "d.json".into(),
-                tokenizer: "t.json".into(),
+                tokenizer: Some("t.json".into()),
+                sample: 0,
                 model: crate::DEFAULT_MODEL.into(),
                 template: TemplateChoice::Auto,
                 read: ReadOptions::default(),
@@ -1157,7 +1165,11 @@ mod tests {
             doctor(&["--model", "y.gguf"]).model,
             PathBuf::from("y.gguf")
         );
-        refused(&["doctor", "d.json"], &["--tokenizer"]);
+        assert_eq!(doctor(&["--sample", "7"]).sample, 7);
+        match ok(&["doctor", "d.json"]).action {
+            Action::Doctor(settings) => assert_eq!(settings.tokenizer, None),
+            other => panic!("{other:?}"),
+        }
 
         assert_eq!(
             report(&[]),

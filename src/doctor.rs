@@ -1,4 +1,5 @@
-//! Checking the GGUF vocabulary against the model's reference tokenizer.
+//! Seeing what will be scored before a long run: how a sample renders, token by token, and
+//! whether the GGUF vocabulary tokenizes the data like the model's reference tokenizer.
 //!
 //! A GGUF converted with the wrong pre-tokenizer (digits, whitespace or punctuation split
 //! differently) still loads and still gives plausible losses, but for the wrong token
@@ -12,7 +13,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::dataset::Sample;
-use crate::prompt::{Piece, Template, Token, Tokenize};
+use crate::prompt::{Layout, Piece, Template, Token, Tokenize, UnrenderableSample};
 
 /// A Hugging Face `tokenizer.json`, used without special tokens like the scorer's segments.
 pub struct ReferenceTokenizer {
@@ -92,12 +93,15 @@ pub struct TokenizerReport {
 }
 
 /// Tokenizes every segment of every sample both ways and records each disagreement.
+///
+/// # Errors
+/// [`UnrenderableSample`] when the chat template cannot render a sample.
 pub fn check_tokenizer(
     gguf: &impl Tokenize,
     reference: &ReferenceTokenizer,
     samples: &[Sample],
     template: &Template,
-) -> TokenizerReport {
+) -> Result<TokenizerReport, UnrenderableSample> {
     let mut report = TokenizerReport {
         samples: samples.len(),
         segments: 0,
@@ -126,7 +130,7 @@ pub fn check_tokenizer(
     compare("", "separator", template.separator());
     for sample in samples {
         let mut differs = false;
-        for piece in template.pieces(sample) {
+        for (_, piece) in template.pieces(&[sample])? {
             differs |= match piece {
                 Piece::Text(text) => compare(&sample.id, "prompt", &text),
                 Piece::Response(text) => compare(&sample.id, "response", &text),
@@ -136,7 +140,98 @@ pub fn check_tokenizer(
         }
         report.samples_differing += usize::from(differs);
     }
-    report
+    Ok(report)
+}
+
+/// Which template a run uses and where it comes from, in one line.
+pub fn describe_template(template: &Template) -> String {
+    match template {
+        Template::Chat(chat) => {
+            let source = match chat.source.as_str() {
+                "gguf" => "the GGUF's tokenizer.chat_template".to_string(),
+                builtin => format!("miwv's built-in {builtin} template"),
+            };
+            format!(
+                "template: {} ({source}, Jinja sha256 {}), bos_token {:?}, eos_token {:?}",
+                template.name(),
+                chat.sha256,
+                chat.bos_token,
+                chat.eos_token
+            )
+        }
+        other => format!("template: {}", other.name()),
+    }
+}
+
+/// One sample as the scorer decodes it zero-shot: every token, and which are scored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SampleView {
+    /// The sample's id.
+    pub id: String,
+    /// The sequence's tokens.
+    pub tokens: Vec<Token>,
+    /// Whether each token is scored.
+    pub scored: Vec<bool>,
+}
+
+/// How `sample` renders under `template` and which of its tokens are scored.
+///
+/// # Errors
+/// [`UnrenderableSample`] when the chat template cannot render it.
+pub fn view_sample(
+    tokenizer: &impl Tokenize,
+    template: &Template,
+    sample: &Sample,
+    append_eos: bool,
+) -> Result<SampleView, UnrenderableSample> {
+    let rendered = Layout::new(tokenizer, template, append_eos).render(&[sample])?;
+    let mut scored = vec![false; rendered.tokens.len()];
+    for span in &rendered.spans {
+        scored[span.clone()].fill(true);
+    }
+    Ok(SampleView {
+        id: sample.id.clone(),
+        tokens: rendered.tokens,
+        scored,
+    })
+}
+
+impl SampleView {
+    /// The sequence's text with the scored tokens between `⟦` and `⟧`, then one line per
+    /// token: position, `*` when scored, id and text. `piece` gives a token's bytes.
+    pub fn render(&self, piece: impl Fn(Token) -> Vec<u8>) -> String {
+        let mut text = String::new();
+        let mut run: Vec<u8> = Vec::new();
+        let mut in_scored = false;
+        for (&token, &scored) in self.tokens.iter().zip(&self.scored) {
+            if scored != in_scored {
+                text.push_str(&String::from_utf8_lossy(&run));
+                text.push(if scored { '⟦' } else { '⟧' });
+                run.clear();
+                in_scored = scored;
+            }
+            run.extend(piece(token));
+        }
+        text.push_str(&String::from_utf8_lossy(&run));
+        if in_scored {
+            text.push('⟧');
+        }
+        let scored = self.scored.iter().filter(|&&s| s).count();
+        let mut out = format!(
+            "sample {}: {} tokens, {} scored (between ⟦ and ⟧)\n{text}\n\ntokens (position, * scored, id, text):\n",
+            self.id,
+            self.tokens.len(),
+            scored
+        );
+        for (position, (&token, &scored)) in self.tokens.iter().zip(&self.scored).enumerate() {
+            out.push_str(&format!(
+                "{position:>6} {} {token:>7} {:?}\n",
+                if scored { '*' } else { ' ' },
+                String::from_utf8_lossy(&piece(token))
+            ));
+        }
+        out
+    }
 }
 
 /// About 40 characters of `text` around character `at` (an estimate: byte-level pieces do not

@@ -19,13 +19,13 @@ use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::params::LlamaModelParams;
-use llama_cpp_2::model::{LlamaChatMessage, LlamaModel};
+use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::token::LlamaToken;
 use rayon::prelude::*;
 
 use crate::config::ContextSizes;
 use crate::decoder::{DecodeError, Decoder, Item};
-use crate::prompt::{Message, ScoredSequence, Token, Tokenize};
+use crate::prompt::{ModelChat, ScoredSequence, Token, Tokenize};
 use crate::schema::ModelInfo;
 use crate::score::log_prob;
 
@@ -200,21 +200,29 @@ impl Model {
             })
     }
 
-    /// The GGUF's own chat template (`tokenizer.chat_template`) as a renderer of whole
-    /// conversations through llama.cpp's template engine; `None` when the GGUF has none.
-    /// The renderer gets the messages and whether to open an assistant turn at the end.
-    pub fn chat_renderer(&self) -> Option<impl Fn(&[Message], bool) -> Option<String> + '_> {
-        let template = self.model.chat_template(None).ok()?;
-        Some(move |messages: &[Message], add_assistant: bool| {
-            let messages: Vec<LlamaChatMessage> = messages
-                .iter()
-                .map(|(role, content)| LlamaChatMessage::new(role.to_string(), content.to_string()))
-                .collect::<Result<_, _>>()
-                .ok()?;
-            self.model
-                .apply_chat_template(&template, &messages, add_assistant)
-                .ok()
+    /// The GGUF's own chat template (`tokenizer.chat_template`) and the texts of the BOS and
+    /// EOS tokens it is rendered with; `None` when the GGUF has no template.
+    pub fn chat(&self) -> Option<ModelChat> {
+        let jinja = self.model.chat_template(None).ok()?.to_string().ok()?;
+        let vocab = self.model.vocab();
+        let text = |token: LlamaToken| {
+            if token.0 < 0 {
+                return String::new();
+            }
+            String::from_utf8_lossy(&vocab.token_to_piece(token, true, None)).into_owned()
+        };
+        Some(ModelChat {
+            jinja,
+            bos_token: text(vocab.bos()),
+            eos_token: text(vocab.eos()),
         })
+    }
+
+    /// A token's bytes as the vocabulary writes it, special tokens included.
+    pub fn piece(&self, token: Token) -> Vec<u8> {
+        self.model
+            .vocab()
+            .token_to_piece(LlamaToken(token), true, None)
     }
 
     /// Tokenises with the model's own special-token rules (BOS/CLS/SEP as the model wants),

@@ -22,6 +22,7 @@
 pub mod dataset;
 pub mod records;
 // Samples into the exact token sequences that are scored.
+pub mod chat;
 pub mod prompt;
 // Scoring without a model: plan, schedule through the decoder seam, losses, selection.
 pub mod decoder;
@@ -71,6 +72,9 @@ pub enum Error {
     /// Inconsistent settings.
     #[error(transparent)]
     Config(#[from] config::ConfigError),
+    /// The chat template cannot render a sample.
+    #[error(transparent)]
+    Render(#[from] prompt::UnrenderableSample),
     /// Unreadable or malformed dataset file or records.
     #[error(transparent)]
     Records(#[from] records::RecordsError),

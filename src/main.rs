@@ -137,12 +137,25 @@ fn run_compare(settings: CompareSettings) -> Result<(), miwv::Error> {
 }
 
 fn run_doctor(settings: DoctorSettings) -> Result<(), miwv::Error> {
-    use miwv::doctor::{check_tokenizer, ReferenceTokenizer};
+    use miwv::doctor::{check_tokenizer, view_sample, ReferenceTokenizer};
     let (_, dataset) = miwv::records::read_samples(&settings.data, &settings.read)?;
-    let reference = ReferenceTokenizer::load(&settings.tokenizer)?;
     let model = miwv::engine::Model::load(&settings.model, 0)?;
     let template = miwv::run::resolve_template(&model, settings.template)?;
-    let report = check_tokenizer(&model, &reference, &dataset.samples, &template);
+    println!("{}", miwv::doctor::describe_template(&template));
+    let sample = dataset.samples.get(settings.sample).ok_or_else(|| {
+        miwv::Error::Config(miwv::config::ConfigError::new(format!(
+            "--sample {}: the data has {} samples",
+            settings.sample,
+            dataset.samples.len()
+        )))
+    })?;
+    let view = view_sample(&model, &template, sample, false)?;
+    println!("{}", view.render(|token| model.piece(token)));
+    let Some(tokenizer) = settings.tokenizer else {
+        return Ok(());
+    };
+    let reference = ReferenceTokenizer::load(&tokenizer)?;
+    let report = check_tokenizer(&model, &reference, &dataset.samples, &template)?;
     print!("{}", report.render(&reference, settings.limit));
     if let Some(path) = settings.json {
         miwv::output::write_json(&path, &report)?;

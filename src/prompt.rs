@@ -7,10 +7,12 @@
 //! start by tokenising a prefix string would let BPE merge across the boundary and shift the
 //! scored range by a token, so no string is ever tokenised across a segment boundary.
 
+use std::borrow::Cow;
 use std::ops::Range;
 
 use serde::{Deserialize, Serialize};
 
+use crate::chat::{ChatTemplate, Message, RenderError, Segment, CHATML};
 use crate::dataset::{Sample, Turn};
 use crate::score::{mean_loss, Unscorable};
 
@@ -31,7 +33,7 @@ pub trait Tokenize {
 }
 
 /// The template a user asks for; [`TemplateChoice::Auto`] and [`TemplateChoice::Model`] are
-/// resolved against the model's GGUF metadata by the engine.
+/// resolved against the model's GGUF metadata.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum TemplateChoice {
@@ -39,7 +41,7 @@ pub enum TemplateChoice {
     Auto,
     /// The model's own chat template (an error when its GGUF has none).
     Model,
-    /// ChatML (`<|im_start|>role\n...<|im_end|>\n`).
+    /// ChatML (`<|im_start|>role\n...<|im_end|>\n`), miwv's built-in Jinja template.
     Chatml,
     /// The Stanford Alpaca prompt.
     Alpaca,
@@ -59,124 +61,8 @@ pub enum Template {
     Raw,
     /// OpenDataArena's scorer layout, for side-by-side comparison with it.
     Oda,
-    /// A chat format: messages wrapped in the format's markup.
-    Chat(ChatMarkup),
-}
-
-/// The markup a chat format puts around messages, split into the pieces a segment-wise layout
-/// needs. Markup is tokenised with special tokens parsed; the messages never are.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ChatMarkup {
-    /// Where the markup comes from (`chatml`, or the llama.cpp template the GGUF's matched).
-    pub name: String,
-    /// Text once at the start of every sequence, before the first message.
-    pub header: String,
-    /// Around a system message; `None` when the format has no system role (the system text
-    /// then opens the first user message).
-    pub system: Option<(String, String)>,
-    /// Before a user message.
-    pub user_open: String,
-    /// After a user message, up to where the assistant's response starts.
-    pub assistant_open: String,
-    /// After the assistant's response (its first token is the end-of-turn token).
-    pub assistant_close: String,
-}
-
-impl ChatMarkup {
-    /// ChatML, as written by Qwen, SmolLM and many others.
-    pub fn chatml() -> Self {
-        Self {
-            name: "chatml".into(),
-            header: String::new(),
-            system: Some(("<|im_start|>system\n".into(), "<|im_end|>\n".into())),
-            user_open: "<|im_start|>user\n".into(),
-            assistant_open: "<|im_end|>\n<|im_start|>assistant\n".into(),
-            assistant_close: "<|im_end|>\n".into(),
-        }
-    }
-}
-
-/// A chat message for a renderer: role (`system`, `user`, `assistant`) and content.
-pub type Message<'a> = (&'a str, &'a str);
-
-/// Why a chat template could not be split into markup pieces.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("the chat template cannot be split into per-message markup: {0}")]
-pub struct MarkupError(String);
-
-impl ChatMarkup {
-    /// Learns a chat format's markup from a renderer of whole conversations (llama.cpp's
-    /// template engine for a GGUF's own template): conversations of placeholder messages are
-    /// rendered and the text between the placeholders is the markup. `render` gets the
-    /// messages and whether to open an assistant turn at the end.
-    ///
-    /// # Errors
-    /// [`MarkupError`] when the renders do not split consistently (a template that treats
-    /// some turns differently from others).
-    pub fn discover(
-        name: &str,
-        render: impl Fn(&[Message], bool) -> Option<String>,
-    ) -> Result<Self, MarkupError> {
-        const USER: [&str; 2] = ["MIWVuserMIWV1", "MIWVuserMIWV2"];
-        const ASSISTANT: [&str; 2] = ["MIWVassistantMIWV1", "MIWVassistantMIWV2"];
-        const SYSTEM: &str = "MIWVsystemMIWV";
-        let fail = |what: &str| MarkupError(what.to_string());
-        let split = |messages: &[Message]| -> Result<Vec<String>, MarkupError> {
-            let text = render(messages, false)
-                .ok_or_else(|| fail("the template engine cannot render it"))?;
-            let mut parts = Vec::new();
-            let mut rest = text.as_str();
-            for (_, content) in messages {
-                let (before, after) = rest
-                    .split_once(content)
-                    .ok_or_else(|| fail("a message's text does not appear as written"))?;
-                parts.push(before.to_string());
-                rest = after;
-            }
-            parts.push(rest.to_string());
-            Ok(parts)
-        };
-        let two = split(&[
-            ("user", USER[0]),
-            ("assistant", ASSISTANT[0]),
-            ("user", USER[1]),
-            ("assistant", ASSISTANT[1]),
-        ])?;
-        let one = split(&[("user", USER[0]), ("assistant", ASSISTANT[0])])?;
-        let assistant_open = two[1].clone();
-        let assistant_close = one[2].clone();
-        if two[3] != assistant_open || one[..2] != two[..2] {
-            return Err(fail("the second turn is marked up unlike the first"));
-        }
-        let user_open = two[2]
-            .strip_prefix(&assistant_close)
-            .ok_or_else(|| fail("a turn's end differs inside and at the end of a conversation"))?
-            .to_string();
-        let header = two[0]
-            .strip_suffix(&user_open)
-            .ok_or_else(|| fail("the first user message is opened unlike the others"))?
-            .to_string();
-        let system = split(&[
-            ("system", SYSTEM),
-            ("user", USER[0]),
-            ("assistant", ASSISTANT[0]),
-        ])
-        .ok()
-        .and_then(|parts| {
-            let open = parts[0].strip_prefix(&header)?;
-            let close = parts[1].strip_suffix(&user_open)?;
-            (parts[2] == assistant_open && parts[3] == assistant_close)
-                .then(|| (open.to_string(), close.to_string()))
-        });
-        Ok(Self {
-            name: name.to_string(),
-            header,
-            system,
-            user_open,
-            assistant_open,
-            assistant_close,
-        })
-    }
+    /// A Jinja chat template (the model's own, or ChatML) rendering whole conversations.
+    Chat(ChatTemplate),
 }
 
 /// Why the asked `--template` cannot be used with this model.
@@ -185,32 +71,62 @@ pub enum TemplateError {
     /// `--template model` with a GGUF that has no chat template.
     #[error("the GGUF has no chat template (tokenizer.chat_template); choose another --template")]
     Missing,
-    /// The model's template marks up turns inconsistently.
+    /// The model's template does not compile.
     #[error("{0}; choose another --template (chatml, alpaca, raw, oda)")]
-    Unsplittable(MarkupError),
+    Unusable(RenderError),
+}
+
+/// A sample the chat template cannot render, alone or after its example.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("sample {id}{}: {source}", example.as_ref().map(|e| format!(" (after its example, sample {e})")).unwrap_or_default())]
+pub struct UnrenderableSample {
+    /// The sample's id.
+    pub id: String,
+    /// The example's id, when the sample was rendered after it.
+    pub example: Option<String>,
+    /// What went wrong.
+    pub source: RenderError,
+}
+
+/// What a model offers for its own chat template: the GGUF's Jinja text and the texts of its
+/// BOS and EOS tokens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelChat {
+    /// `tokenizer.chat_template`.
+    pub jinja: String,
+    /// The BOS token's text (empty when the model has none).
+    pub bos_token: String,
+    /// The EOS token's text (empty when the model has none).
+    pub eos_token: String,
 }
 
 impl Template {
-    /// The template `choice` means for a model whose own chat template renders through
-    /// `model_chat` (`None` when the model has none): `auto` is the model's own template when
-    /// there is one, otherwise Alpaca.
+    /// The template `choice` means for a model whose own chat template is `model_chat`
+    /// (`None` when its GGUF has none): `auto` is the model's own template when there is one,
+    /// otherwise Alpaca.
     ///
     /// # Errors
     /// [`TemplateError`] when the model's own template is asked for and missing or unusable.
-    pub fn resolve<R: Fn(&[Message], bool) -> Option<String>>(
+    pub fn resolve(
         choice: TemplateChoice,
-        model_chat: Option<R>,
+        model_chat: Option<&ModelChat>,
     ) -> Result<Self, TemplateError> {
-        let own = || -> Result<Option<ChatMarkup>, TemplateError> {
+        let own = || -> Result<Option<Template>, TemplateError> {
             model_chat
-                .map(|render| ChatMarkup::discover("model", render))
+                .map(|m| ChatTemplate::new("gguf", &m.jinja, &m.bos_token, &m.eos_token))
                 .transpose()
-                .map_err(TemplateError::Unsplittable)
+                .map(|t| t.map(Template::Chat))
+                .map_err(TemplateError::Unusable)
+        };
+        let chatml = || {
+            // ChatML names no BOS or EOS token of its own: the model's are passed on.
+            let (bos, eos) = model_chat.map_or(("", ""), |m| (&m.bos_token, &m.eos_token));
+            ChatTemplate::new("chatml", CHATML, bos, eos).map_err(TemplateError::Unusable)
         };
         Ok(match choice {
-            TemplateChoice::Auto => own()?.map_or(Template::Alpaca, Template::Chat),
-            TemplateChoice::Model => Template::Chat(own()?.ok_or(TemplateError::Missing)?),
-            TemplateChoice::Chatml => Template::Chat(ChatMarkup::chatml()),
+            TemplateChoice::Auto => own()?.unwrap_or(Template::Alpaca),
+            TemplateChoice::Model => own()?.ok_or(TemplateError::Missing)?,
+            TemplateChoice::Chatml => Template::Chat(chatml()?),
             TemplateChoice::Alpaca => Template::Alpaca,
             TemplateChoice::Raw => Template::Raw,
             TemplateChoice::Oda => Template::Oda,
@@ -221,7 +137,7 @@ impl Template {
 const ALPACA_WITH_INPUT: &str = "Below is an instruction that describes a task, paired with an input that provides further context. Write a response that appropriately completes the request.\n\n### Instruction:\n";
 const ALPACA_NO_INPUT: &str = "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n### Instruction:\n";
 
-/// A piece of a sample's text, tokenised on its own.
+/// A piece of a sequence's text, tokenised on its own.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Piece {
     /// Template markup, special tokens parsed.
@@ -235,14 +151,21 @@ pub enum Piece {
     EndOfResponse(Option<String>),
 }
 
+/// A piece and the sample it belongs to: the index among the samples shown, or `None` for
+/// what is shared or joins two samples (a header, the separator, the markup between the
+/// example's last message and the target's first).
+pub type OwnedPiece = (Option<usize>, Piece);
+
 impl Template {
-    /// A short name for messages and `run.json`.
+    /// A short name for messages and `run.json`: the text format's name, or for a chat
+    /// template `model` (the GGUF's own) or the built-in's name.
     pub fn name(&self) -> &str {
         match self {
             Template::Alpaca => "alpaca",
             Template::Raw => "raw",
             Template::Oda => "oda",
-            Template::Chat(markup) => &markup.name,
+            Template::Chat(chat) if chat.source == "gguf" => "model",
+            Template::Chat(chat) => &chat.source,
         }
     }
 
@@ -261,12 +184,12 @@ impl Template {
             ),
             Template::Raw => format!("{}\n", turn.prompt_text()),
             Template::Oda => format!("User: {}\nAssistant:", turn.prompt_text()),
-            Template::Chat(_) => unreachable!("chat prompts are pieces"),
+            Template::Chat(_) => unreachable!("chat prompts are rendered by the template"),
         }
     }
 
-    /// What joins the example's block to the target's block in a one-shot sequence, and one
-    /// turn to the next within a block.
+    /// What joins one sample's text to the next in a text format, and one turn to the next
+    /// within a sample; a chat template joins messages with its own markup.
     pub fn separator(&self) -> &'static str {
         match self {
             Template::Alpaca => "\n\n",
@@ -275,76 +198,137 @@ impl Template {
         }
     }
 
-    /// Markup once at the start of every sequence.
-    pub fn header(&self) -> &str {
-        match self {
-            Template::Chat(markup) => &markup.header,
-            _ => "",
-        }
-    }
-
-    /// A sample's block as pieces, in order: system message, then each turn's prompt and
-    /// response.
-    pub fn pieces(&self, sample: &Sample) -> Vec<Piece> {
-        let mut pieces = Vec::new();
-        let mut system = (!sample.system.is_empty()).then_some(sample.system.as_str());
-        for (t, turn) in sample.turns.iter().enumerate() {
-            match self {
-                Template::Chat(markup) => {
-                    let mut prompt = turn.prompt_text();
-                    match (system.take(), &markup.system) {
-                        (Some(text), Some((open, close))) => {
-                            pieces.push(Piece::Markup(open.clone()));
-                            pieces.push(Piece::Text(text.to_string()));
-                            pieces.push(Piece::Markup(close.clone()));
-                        }
-                        (Some(text), None) => prompt = format!("{text}\n\n{prompt}"),
-                        (None, _) => {}
-                    }
-                    pieces.push(Piece::Markup(markup.user_open.clone()));
-                    pieces.push(Piece::Text(prompt));
-                    pieces.push(Piece::Markup(markup.assistant_open.clone()));
-                    pieces.push(Piece::Response(turn.output.clone()));
-                    pieces.push(Piece::EndOfResponse(Some(markup.assistant_close.clone())));
+    /// The pieces of one text showing `samples` in order: a text format writes their blocks
+    /// joined by the separator; a chat template renders all their messages as one
+    /// conversation, so whatever it puts once at the top (a default system message, a date
+    /// header) comes once, and each sample's own system message keeps its place.
+    ///
+    /// # Errors
+    /// [`UnrenderableSample`] naming the last sample (and the one before it) when the chat
+    /// template raises or its output cannot be split.
+    pub fn pieces(&self, samples: &[&Sample]) -> Result<Vec<OwnedPiece>, UnrenderableSample> {
+        let Template::Chat(chat) = self else {
+            let mut pieces = Vec::new();
+            for (n, sample) in samples.iter().enumerate() {
+                if n > 0 {
+                    pieces.push((None, Piece::Text(self.separator().into())));
                 }
-                _ => {
-                    if let Some(text) = system.take() {
-                        let system = match self {
-                            Template::Oda => format!("System: {text}\n"),
-                            _ => format!("{text}{}", self.separator()),
-                        };
-                        pieces.push(Piece::Text(system));
-                    }
-                    if t > 0 {
-                        pieces.push(Piece::Text(self.separator().into()));
-                    }
-                    pieces.push(Piece::Text(self.text_prompt(turn)));
-                    let response = match self {
-                        // ODA writes `Assistant: {output}`: the space belongs to the
-                        // response's first token, as BPE reads it.
-                        Template::Oda => format!(" {}", turn.output),
-                        _ => turn.output.clone(),
+                pieces.extend(self.text_block(sample).into_iter().map(|p| (Some(n), p)));
+            }
+            return Ok(pieces);
+        };
+        let mut owned = Vec::new();
+        let mut owners = Vec::new();
+        for (n, sample) in samples.iter().enumerate() {
+            let own = sample_messages(sample);
+            owners.extend(std::iter::repeat_n(n, own.len()));
+            owned.extend(own);
+        }
+        let messages: Vec<Message> = owned
+            .iter()
+            .map(|(role, text)| (*role, text.as_ref()))
+            .collect();
+        let mut pieces = Vec::with_capacity(2 * messages.len() + 1);
+        let mut after_response = false;
+        let segments = chat
+            .segments(&messages)
+            .map_err(|source| UnrenderableSample {
+                id: samples.last().map_or(String::new(), |s| s.id.clone()),
+                example: (samples.len() > 1).then(|| samples[0].id.clone()),
+                source,
+            })?;
+        for segment in segments {
+            match segment {
+                Segment::Markup(text) => {
+                    let j = pieces.len() / 2;
+                    let owner = match (j.checked_sub(1).map(|p| owners[p]), owners.get(j)) {
+                        (None, _) => None,
+                        (Some(before), None) => Some(before),
+                        (Some(before), Some(&after)) => (before == after).then_some(before),
                     };
-                    pieces.push(Piece::Response(response));
-                    pieces.push(Piece::EndOfResponse(None));
+                    let piece = if after_response {
+                        Piece::EndOfResponse(Some(text))
+                    } else {
+                        Piece::Markup(text)
+                    };
+                    pieces.push((owner, piece));
+                }
+                Segment::Content { message, text } => {
+                    after_response = messages[message].0 == "assistant";
+                    let piece = if after_response {
+                        Piece::Response(text)
+                    } else {
+                        Piece::Text(text)
+                    };
+                    pieces.push((Some(owners[message]), piece));
                 }
             }
+        }
+        Ok(pieces)
+    }
+
+    /// A sample's block in a text format: system message, then each turn's prompt and
+    /// response.
+    fn text_block(&self, sample: &Sample) -> Vec<Piece> {
+        let mut pieces = Vec::new();
+        if !sample.system.is_empty() {
+            let system = match self {
+                Template::Oda => format!("System: {}\n", sample.system),
+                _ => format!("{}{}", sample.system, self.separator()),
+            };
+            pieces.push(Piece::Text(system));
+        }
+        for (t, turn) in sample.turns.iter().enumerate() {
+            if t > 0 {
+                pieces.push(Piece::Text(self.separator().into()));
+            }
+            pieces.push(Piece::Text(self.text_prompt(turn)));
+            let response = match self {
+                // ODA writes `Assistant: {output}`: the space belongs to the response's first
+                // token, as BPE reads it.
+                Template::Oda => format!(" {}", turn.output),
+                _ => turn.output.clone(),
+            };
+            pieces.push(Piece::Response(response));
+            pieces.push(Piece::EndOfResponse(None));
         }
         pieces
     }
 }
 
-/// A sample's tokens: its templated turns, and which of them are response tokens.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Block {
-    /// Every token of the block.
-    pub tokens: Vec<Token>,
-    /// Positions (within `tokens`) of the scored response tokens, one range per turn.
-    pub spans: Vec<Range<usize>>,
+/// A sample as chat messages: its system message (when it has one), then each turn's prompt
+/// and response.
+pub fn sample_messages(sample: &Sample) -> Vec<(&'static str, Cow<'_, str>)> {
+    let system = (!sample.system.is_empty()).then_some(("system", Cow::from(&sample.system)));
+    let turns = sample.turns.iter().flat_map(|turn| {
+        let prompt = if turn.input.is_empty() {
+            Cow::from(&turn.instruction)
+        } else {
+            Cow::from(turn.prompt_text())
+        };
+        [("user", prompt), ("assistant", Cow::from(&turn.output))]
+    });
+    system.into_iter().chain(turns).collect()
 }
 
-impl Block {
-    /// Number of response tokens (the scored ones).
+/// The tokens of one text of one or more samples (see [`Template::pieces`]), and where its
+/// parts are: what comes before the first sample, and what joins the last sample to the ones
+/// before it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rendered {
+    /// Every token, BOS included.
+    pub tokens: Vec<Token>,
+    /// Positions of the last sample's scored (response) tokens, one range per turn.
+    pub spans: Vec<Range<usize>>,
+    /// Tokens before the first sample's own pieces (BOS, a header, the markup opening the
+    /// conversation).
+    pub head: usize,
+    /// The tokens joining the last sample to the ones before it (empty for one sample).
+    pub join: Range<usize>,
+}
+
+impl Rendered {
+    /// Number of scored tokens.
     pub fn response_len(&self) -> usize {
         self.spans.iter().map(ExactSizeIterator::len).sum()
     }
@@ -383,126 +367,187 @@ impl ScoredSequence {
     }
 }
 
-/// Builds blocks and sequences for one template and tokenizer.
+/// Builds the scored sequences for one template and tokenizer.
 pub struct Layout<'t, T: Tokenize> {
     tokenizer: &'t T,
     template: Template,
-    prefix: Vec<Token>,
-    separator: Vec<Token>,
+    bos: Option<Token>,
     append_eos: bool,
 }
 
 impl<'t, T: Tokenize> Layout<'t, T> {
     /// A layout; `append_eos` scores the end of every response: the model's EOS token, or a
-    /// chat format's end-of-turn token.
+    /// chat template's end-of-turn token. A text format starts every sequence with the BOS
+    /// token when the model wants one; a chat template emits its own, as transformers
+    /// tokenises a rendered conversation without adding special tokens.
     pub fn new(tokenizer: &'t T, template: &Template, append_eos: bool) -> Self {
-        let mut prefix: Vec<Token> = tokenizer.bos().into_iter().collect();
-        prefix.extend(tokenizer.tokenize_markup(template.header()));
+        let bos = match template {
+            Template::Chat(_) => None,
+            _ => tokenizer.bos(),
+        };
         Self {
             tokenizer,
             template: template.clone(),
-            prefix,
-            separator: tokenizer.tokenize(template.separator()),
+            bos,
             append_eos,
         }
     }
 
-    /// The sample's block, each piece tokenised separately.
-    pub fn block(&self, sample: &Sample) -> Block {
-        let mut tokens = Vec::new();
+    /// The tokens of `samples` shown in order, each piece tokenised on its own; the spans
+    /// are the last sample's responses.
+    ///
+    /// # Errors
+    /// [`UnrenderableSample`] when the chat template cannot render them.
+    pub fn render(&self, samples: &[&Sample]) -> Result<Rendered, UnrenderableSample> {
+        let last = samples.len().checked_sub(1);
+        let mut tokens: Vec<Token> = self.bos.into_iter().collect();
         let mut spans: Vec<Range<usize>> = Vec::new();
-        for piece in self.template.pieces(sample) {
+        let mut head = None;
+        let mut join = 0..0;
+        // Whether the piece before was a response with tokens: its end is marked, scored or not.
+        let mut answered = false;
+        for (owner, piece) in self.template.pieces(samples)? {
+            if owner.is_some() && head.is_none() {
+                head = Some(tokens.len());
+            }
+            let start = tokens.len();
+            let scored = owner.is_some() && owner == last;
+            let is_response = matches!(piece, Piece::Response(_));
             match piece {
                 Piece::Markup(text) => tokens.extend(self.tokenizer.tokenize_markup(&text)),
                 Piece::Text(text) => tokens.extend(self.tokenizer.tokenize(&text)),
                 Piece::Response(text) => {
-                    let start = tokens.len();
                     tokens.extend(self.tokenizer.tokenize(&text));
-                    spans.push(start..tokens.len());
+                    if scored {
+                        spans.push(start..tokens.len());
+                    }
                 }
                 Piece::EndOfResponse(markup) => {
-                    let span = spans.last_mut().expect("a response comes first");
-                    let answered = span.end > span.start;
                     match markup {
                         Some(text) => tokens.extend(self.tokenizer.tokenize_markup(&text)),
                         None if answered && self.append_eos => tokens.extend(self.tokenizer.eos()),
                         None => {}
                     }
-                    if answered && self.append_eos {
-                        span.end = (span.end + 1).min(tokens.len());
+                    let span = spans.last_mut().filter(|s| scored && s.end == start);
+                    if let Some(span) =
+                        span.filter(|_| answered && self.append_eos && tokens.len() > start)
+                    {
+                        span.end += 1;
                     }
                 }
             }
+            answered = is_response && tokens.len() > start;
+            if owner.is_none() && head.is_some() {
+                // Markup between two samples: the last such run before the last sample.
+                join = if join.end == start {
+                    join.start..tokens.len()
+                } else {
+                    start..tokens.len()
+                };
+            }
         }
-        spans.retain(|span| span.end > span.start);
-        Block { tokens, spans }
+        spans.retain(|span| !span.is_empty());
+        let head = head.unwrap_or(tokens.len());
+        if samples.len() < 2 {
+            join = tokens.len()..tokens.len();
+        }
+        Ok(Rendered {
+            tokens,
+            spans,
+            head,
+            join,
+        })
     }
 
-    /// `[BOS] header block_i`: the response scored with its own prompt only.
-    pub fn zero_shot(&self, target: &Block, max_len: usize) -> Result<ScoredSequence, Unscorable> {
-        self.one_shot(None, target, max_len).map(|(seq, _)| seq)
+    /// A sample's own text, `[BOS] block_i` or its conversation: the response scored with
+    /// its own prompt only.
+    pub fn zero_shot(
+        &self,
+        rendered: &Rendered,
+        max_len: usize,
+    ) -> Result<ScoredSequence, Unscorable> {
+        if rendered.response_len() == 0 {
+            return Err(Unscorable::EmptyResponse);
+        }
+        if rendered.tokens.len() > max_len || rendered.tokens.len() < 2 {
+            return Err(Unscorable::TooLong);
+        }
+        Ok(ScoredSequence {
+            tokens: rendered.tokens.clone(),
+            spans: rendered.spans.clone(),
+        })
     }
 
-    /// `[BOS] header block_k SEP block_i`; when it does not fit `max_len`, the example is
-    /// shortened from the left (the target never is). Returns the sequence and how many
+    /// The example's and the target's text as one, rendered by [`Layout::render`] with the
+    /// example first. When it does not fit `max_len`, the example is shortened from the left
+    /// (the head and the target never are); when none of it fits, the example and the
+    /// markup joining it to the target are left out. Returns the sequence and how many
     /// example tokens were dropped.
     pub fn one_shot(
         &self,
-        example: Option<&Block>,
-        target: &Block,
+        rendered: &Rendered,
         max_len: usize,
     ) -> Result<(ScoredSequence, usize), Unscorable> {
-        if target.response_len() == 0 {
+        if rendered.response_len() == 0 {
             return Err(Unscorable::EmptyResponse);
         }
-        let base = self.prefix.len() + target.tokens.len();
-        if base > max_len || base < 2 {
+        let Rendered {
+            tokens,
+            spans,
+            head,
+            join,
+        } = rendered;
+        let example = join.start - head;
+        let target = tokens.len() - join.end;
+        if head + target > max_len || head + target < 2 {
             return Err(Unscorable::TooLong);
         }
-        let mut tokens = Vec::with_capacity(max_len.min(base + 2 * target.tokens.len()));
-        tokens.extend(&self.prefix);
-        let mut dropped = 0;
-        if let Some(example) = example {
-            let room = max_len - base;
-            let kept = room
-                .saturating_sub(self.separator.len())
-                .min(example.tokens.len());
-            dropped = example.tokens.len() - kept;
-            if kept > 0 {
-                tokens.extend(&example.tokens[dropped..]);
-                tokens.extend(&self.separator);
-            }
+        if tokens.len() <= max_len {
+            return Ok((
+                ScoredSequence {
+                    tokens: tokens.clone(),
+                    spans: spans.clone(),
+                },
+                0,
+            ));
         }
-        Ok((shifted(tokens, target), dropped))
+        let kept = max_len
+            .saturating_sub(head + join.len() + target)
+            .min(example);
+        let (cut, shortened) = if kept > 0 {
+            let cut = example - kept;
+            let shortened = [&tokens[..*head], &tokens[head + cut..]].concat();
+            (cut, shortened)
+        } else {
+            let shortened = [&tokens[..*head], &tokens[join.end..]].concat();
+            (join.end - head, shortened)
+        };
+        let spans = spans.iter().map(|s| s.start - cut..s.end - cut).collect();
+        Ok((
+            ScoredSequence {
+                tokens: shortened,
+                spans,
+            },
+            example - kept,
+        ))
     }
 
-    /// `[BOS] y`: the responses alone, for IFD's L(y). Their tokens are the same as in the
-    /// block; with no BOS the first one has nothing to be predicted from and is not scored,
-    /// as in the Cherry LLM reference. `None` when nothing is left to score or it does not fit.
-    pub fn response_only(&self, target: &Block, max_len: usize) -> Option<ScoredSequence> {
+    /// `[BOS] y`: the responses alone, for IFD's L(y), from a sample's own rendering. Their
+    /// tokens are the same as there; with no BOS the first one has nothing to be predicted
+    /// from and is not scored, as in the Cherry LLM reference. `None` when nothing is left to
+    /// score or it does not fit.
+    pub fn response_only(&self, rendered: &Rendered, max_len: usize) -> Option<ScoredSequence> {
         let mut tokens: Vec<Token> = self.tokenizer.bos().into_iter().collect();
-        let mut spans = Vec::with_capacity(target.spans.len());
-        for span in &target.spans {
+        let mut spans = Vec::with_capacity(rendered.spans.len());
+        for span in &rendered.spans {
             let start = tokens.len().max(1);
-            tokens.extend(&target.tokens[span.clone()]);
+            tokens.extend(&rendered.tokens[span.clone()]);
             if start < tokens.len() {
                 spans.push(start..tokens.len());
             }
         }
         (!spans.is_empty() && tokens.len() <= max_len).then_some(ScoredSequence { tokens, spans })
     }
-}
-
-/// `tokens` followed by the target block, with the block's spans moved to where it starts.
-fn shifted(mut tokens: Vec<Token>, target: &Block) -> ScoredSequence {
-    let offset = tokens.len();
-    tokens.extend(&target.tokens);
-    let spans = target
-        .spans
-        .iter()
-        .map(|span| span.start + offset..span.end + offset)
-        .collect();
-    ScoredSequence { tokens, spans }
 }
 
 #[cfg(test)]
@@ -578,90 +623,75 @@ pub(crate) mod tests {
             .collect()
     }
 
-    fn markup() -> ChatMarkup {
-        ChatMarkup {
-            name: "test".into(),
-            header: "H|".into(),
-            system: Some(("S:".into(), "<E>\n".into())),
-            user_open: "U:".into(),
-            assistant_open: "<E>\nA:".into(),
-            assistant_close: "<E>\n".into(),
-        }
+    /// A chat template with a header, a default system message and `<E>` as its
+    /// end-of-turn special token.
+    fn chat() -> Template {
+        Template::Chat(
+            ChatTemplate::new(
+                "test",
+                "H|{% if messages[0].role != 'system' %}S:default<E>\n{% endif %}\
+                 {% for m in messages %}{{ {'system': 'S:', 'user': 'U:', 'assistant': 'A:'}[m.role] }}\
+                 {{ m.content }}<E>\n{% endfor %}",
+                "",
+                "<E>",
+            )
+            .unwrap(),
+        )
     }
 
-    /// A ChatML renderer with a header, as a template engine would write it.
-    fn render_chatml(messages: &[Message], add_assistant: bool) -> Option<String> {
-        let mut out = String::from("<s>");
-        for (role, content) in messages {
-            out += &format!("<|im_start|>{role}\n{content}<|im_end|>\n");
-        }
-        if add_assistant {
-            out += "<|im_start|>assistant\n";
-        }
-        Some(out)
+    fn zero<T: Tokenize>(
+        layout: &Layout<T>,
+        sample: &Sample,
+        max_len: usize,
+    ) -> Result<ScoredSequence, Unscorable> {
+        layout.zero_shot(&layout.render(&[sample]).unwrap(), max_len)
     }
 
-    #[test]
-    fn chat_markup_is_learned_from_renders() {
-        let markup = ChatMarkup::discover("model", render_chatml).unwrap();
-        let mut expected = ChatMarkup::chatml();
-        expected.name = "model".into();
-        expected.header = "<s>".into();
-        assert_eq!(markup, expected);
+    fn one<T: Tokenize>(
+        layout: &Layout<T>,
+        example: &Sample,
+        target: &Sample,
+        max_len: usize,
+    ) -> Result<(ScoredSequence, usize), Unscorable> {
+        layout.one_shot(&layout.render(&[example, target]).unwrap(), max_len)
+    }
 
-        // A template that folds the system message into the first user message.
-        let folded = |messages: &[Message], _: bool| {
-            let mut out = String::new();
-            let mut system = "";
-            for (role, content) in messages {
-                match *role {
-                    "system" => system = content,
-                    "user" => out += &format!("[INST] {system}{content} [/INST]"),
-                    _ => out += &format!(" {content}</s>"),
-                }
-            }
-            Some(out)
-        };
-        let markup = ChatMarkup::discover("model", folded).unwrap();
-        assert_eq!(markup.system, None);
-        assert_eq!(markup.user_open, "[INST] ");
-
-        // A template that drops a message cannot be split.
-        let lossy = |messages: &[Message], _: bool| Some(messages[0].1.to_string());
-        assert!(ChatMarkup::discover("model", lossy).is_err());
+    fn scored(seq: &ScoredSequence) -> Vec<String> {
+        seq.spans
+            .iter()
+            .map(|s| text(&seq.tokens[s.clone()]))
+            .collect()
     }
 
     #[test]
     fn segments_are_tokenised_separately() {
         // "a" ends the raw prompt ("a\n"), the response starts with "b": no merge across.
         let layout = Layout::new(&ByteTokenizer, &Template::Raw, false);
-        let block = layout.block(&sample("a", "bab"));
+        let rendered = layout.render(&[&sample("a", "bab")]).unwrap();
         assert_eq!(
-            block.tokens,
-            vec![b'a' as Token, b'\n' as Token, b'b' as Token, 1000]
+            rendered.tokens,
+            vec![1, b'a' as Token, b'\n' as Token, b'b' as Token, 1000]
         );
-        assert_eq!(block.spans, std::iter::once(2..4).collect::<Vec<_>>());
-        let seq = layout.zero_shot(&block, 100).unwrap();
-        assert_eq!(seq.tokens[0], 1);
+        assert_eq!(rendered.spans, std::iter::once(3..5).collect::<Vec<_>>());
+        let seq = layout.zero_shot(&rendered, 100).unwrap();
         assert_eq!(&seq.tokens[seq.target()], &[b'b' as Token, 1000]);
     }
 
     #[test]
     fn one_shot_starts_with_the_example_zero_shot_sequence() {
-        for template in [
-            Template::Alpaca,
-            Template::Raw,
-            Template::Oda,
-            Template::Chat(markup()),
-        ] {
+        for template in [Template::Alpaca, Template::Raw, Template::Oda, chat()] {
             let layout = Layout::new(&ByteTokenizer, &template, true);
-            let example = layout.block(&conversation(&[("first", "one"), ("again", "two")]));
-            let target = layout.block(&sample("second", "three"));
-            let zero_k = layout.zero_shot(&example, 10_000).unwrap();
-            let (one, dropped) = layout.one_shot(Some(&example), &target, 10_000).unwrap();
+            let example = conversation(&[("first", "one"), ("again", "two")]);
+            let target = sample("second", "three");
+            let zero_k = zero(&layout, &example, 10_000).unwrap();
+            let (one, dropped) = one(&layout, &example, &target, 10_000).unwrap();
             assert_eq!(dropped, 0);
-            assert_eq!(&one.tokens[..zero_k.tokens.len()], &zero_k.tokens[..]);
-            let zero_i = layout.zero_shot(&target, 10_000).unwrap();
+            assert_eq!(
+                &one.tokens[..zero_k.tokens.len()],
+                &zero_k.tokens[..],
+                "{template:?}"
+            );
+            let zero_i = zero(&layout, &target, 10_000).unwrap();
             assert_eq!(
                 &one.tokens[one.target()],
                 &zero_i.tokens[zero_i.target()],
@@ -672,21 +702,36 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn every_assistant_turn_is_scored_and_nothing_else() {
-        let layout = Layout::new(&ByteTokenizer, &Template::Chat(markup()), false);
-        let mut chat = conversation(&[("hi", "yo"), ("more", "ok")]);
-        chat.system = "be brief".into();
-        let seq = layout.zero_shot(&layout.block(&chat), 1000).unwrap();
+    fn a_chat_one_shot_is_one_conversation_with_the_default_system_message_once() {
+        let layout = Layout::new(&ByteTokenizer, &chat(), false);
+        let (seq, _) = one(&layout, &sample("q1", "a1"), &sample("q2", "a2"), 1000).unwrap();
         assert_eq!(
             text(&seq.tokens),
-            "[1]H|S:be brief<E>\nU:hi<E>\nA:yo<E>\nU:more<E>\nA:ok<E>\n"
+            "H|S:default<E>\nU:q1<E>\nA:a1<E>\nU:q2<E>\nA:a2<E>\n"
         );
-        let scored: Vec<String> = seq
-            .spans
-            .iter()
-            .map(|s| text(&seq.tokens[s.clone()]))
-            .collect();
-        assert_eq!(scored, ["yo", "ok"]);
+        assert_eq!(scored(&seq), ["a2"]);
+        // The target's own system message keeps its place, after the example.
+        let mut target = sample("q2", "a2");
+        target.system = "sys".into();
+        let (seq, _) = one(&layout, &sample("q1", "a1"), &target, 1000).unwrap();
+        assert_eq!(
+            text(&seq.tokens),
+            "H|S:default<E>\nU:q1<E>\nA:a1<E>\nS:sys<E>\nU:q2<E>\nA:a2<E>\n"
+        );
+    }
+
+    #[test]
+    fn every_assistant_turn_is_scored_and_nothing_else() {
+        let layout = Layout::new(&ByteTokenizer, &chat(), false);
+        let mut conv = conversation(&[("hi", "yo"), ("more", "ok")]);
+        conv.system = "be brief".into();
+        let seq = zero(&layout, &conv, 1000).unwrap();
+        assert_eq!(
+            text(&seq.tokens),
+            "H|S:be brief<E>\nU:hi<E>\nA:yo<E>\nU:more<E>\nA:ok<E>\n",
+            "no BOS: a chat template writes its own"
+        );
+        assert_eq!(scored(&seq), ["yo", "ok"]);
         // The loss is the mean over both responses' tokens, skipping the prompt between.
         let target = seq.target();
         let log_probs: Vec<f32> = target.clone().map(|p| -(p as f32)).collect();
@@ -700,51 +745,52 @@ pub(crate) mod tests {
         assert!((seq.mean_loss(&log_probs) - expected).abs() < 1e-6);
 
         // With EOS on, the end-of-turn token is scored with each response.
-        let layout = Layout::new(&ByteTokenizer, &Template::Chat(markup()), true);
-        let seq = layout.zero_shot(&layout.block(&chat), 1000).unwrap();
-        let scored: Vec<String> = seq
-            .spans
-            .iter()
-            .map(|s| text(&seq.tokens[s.clone()]))
-            .collect();
-        assert_eq!(scored, ["yo<E>", "ok<E>"]);
+        let layout = Layout::new(&ByteTokenizer, &chat(), true);
+        let seq = zero(&layout, &conv, 1000).unwrap();
+        assert_eq!(scored(&seq), ["yo<E>", "ok<E>"]);
     }
 
     #[test]
-    fn a_format_without_system_role_opens_the_first_message_with_it() {
-        let mut markup = markup();
-        markup.system = None;
-        let layout = Layout::new(&ByteTokenizer, &Template::Chat(markup), false);
-        let mut chat = sample("hi", "yo");
-        chat.system = "sys".into();
-        let seq = layout.zero_shot(&layout.block(&chat), 1000).unwrap();
-        assert_eq!(text(&seq.tokens), "[1]H|U:sys\n\nhi<E>\nA:yo<E>\n");
+    fn a_template_that_raises_names_the_sample_and_its_message() {
+        let strict = Template::Chat(
+            ChatTemplate::new(
+                "test",
+                "{% for m in messages %}{% if m.role == 'system' and not loop.first %}\
+                 {{ raise_exception('System message must come first') }}{% endif %}\
+                 {{ m.content }}{% endfor %}",
+                "",
+                "",
+            )
+            .unwrap(),
+        );
+        let layout = Layout::new(&ByteTokenizer, &strict, false);
+        let mut target = sample("q", "a");
+        target.id = "t7".into();
+        target.system = "sys".into();
+        assert!(layout.render(&[&target]).is_ok());
+        let mut example = sample("e", "f");
+        example.id = "e3".into();
+        let error = layout.render(&[&example, &target]).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "sample t7 (after its example, sample e3): the chat template says: System message must come first"
+        );
     }
 
     #[test]
     fn oda_and_alpaca_texts() {
         let layout = Layout::new(&ByteTokenizer, &Template::Oda, false);
-        let seq = layout
-            .zero_shot(
-                &layout.block(&conversation(&[("q", "a1"), ("r", "a2")])),
-                1000,
-            )
-            .unwrap();
+        let seq = zero(&layout, &conversation(&[("q", "a1"), ("r", "a2")]), 1000).unwrap();
         assert_eq!(
             text(&seq.tokens),
             "[1]User: q\nAssistant: a1\nUser: r\nAssistant: a2"
         );
-        let scored: Vec<String> = seq
-            .spans
-            .iter()
-            .map(|s| text(&seq.tokens[s.clone()]))
-            .collect();
-        assert_eq!(scored, [" a1", " a2"], "the space is the response's");
+        assert_eq!(scored(&seq), [" a1", " a2"], "the space is the response's");
 
         let layout = Layout::new(&ByteTokenizer, &Template::Alpaca, false);
         let mut with_input = sample("Add.", "5");
         with_input.turns[0].input = "2 3".into();
-        let seq = layout.zero_shot(&layout.block(&with_input), 1000).unwrap();
+        let seq = zero(&layout, &with_input, 1000).unwrap();
         assert_eq!(
             text(&seq.tokens[1..]),
             format!("{ALPACA_WITH_INPUT}Add.\n\n### Input:\n2 3\n\n### Response:\n5")
@@ -754,9 +800,11 @@ pub(crate) mod tests {
     #[test]
     fn response_only_scores_the_same_tokens() {
         let layout = Layout::new(&ByteTokenizer, &Template::Alpaca, true);
-        let block = layout.block(&conversation(&[("q", "one"), ("r", "two")]));
-        let zero = layout.zero_shot(&block, 1000).unwrap();
-        let alone = layout.response_only(&block, 1000).unwrap();
+        let rendered = layout
+            .render(&[&conversation(&[("q", "one"), ("r", "two")])])
+            .unwrap();
+        let zero = layout.zero_shot(&rendered, 1000).unwrap();
+        let alone = layout.response_only(&rendered, 1000).unwrap();
         assert_eq!(alone.tokens[0], 1, "BOS first");
         let tokens = |s: &ScoredSequence| -> Vec<Token> {
             s.spans
@@ -765,31 +813,42 @@ pub(crate) mod tests {
                 .collect()
         };
         assert_eq!(tokens(&alone), tokens(&zero));
-        assert!(layout.response_only(&block, 3).is_none(), "too long");
+        assert!(layout.response_only(&rendered, 3).is_none(), "too long");
     }
 
     #[test]
     fn overflow_shortens_the_example_never_the_target() {
+        for template in [Template::Raw, chat()] {
+            let layout = Layout::new(&ByteTokenizer, &template, false);
+            let example = sample("0123456789", "0123456789");
+            let target = sample("q", "xyz");
+            let whole = layout.render(&[&example, &target]).unwrap();
+            let own = zero(&layout, &target, 100).unwrap();
+            let example_len = whole.join.start - whole.head;
+            // Five example tokens fit.
+            let max = whole.tokens.len() - example_len + 5;
+            let (seq, dropped) = layout.one_shot(&whole, max).unwrap();
+            assert_eq!(seq.tokens.len(), max, "{template:?}");
+            assert_eq!(dropped, example_len - 5);
+            assert_eq!(&seq.tokens[..whole.head], &whole.tokens[..whole.head]);
+            assert_eq!(
+                &seq.tokens[whole.head..whole.head + 5],
+                &whole.tokens[whole.join.start - 5..whole.join.start]
+            );
+            assert_eq!(scored(&seq), scored(&own));
+            // None of it fits: the target after the head alone.
+            let (seq, dropped) = layout.one_shot(&whole, max - 5).unwrap();
+            assert_eq!(dropped, example_len);
+            assert_eq!(scored(&seq), scored(&own));
+            assert_eq!(layout.one_shot(&whole, 3), Err(Unscorable::TooLong));
+        }
         let layout = Layout::new(&ByteTokenizer, &Template::Raw, false);
-        let example = layout.block(&sample("0123456789", "0123456789"));
-        let target = layout.block(&sample("q", "xyz"));
-        let max = 1 + target.tokens.len() + 1 + 5;
-        let (seq, dropped) = layout.one_shot(Some(&example), &target, max).unwrap();
-        assert_eq!(seq.tokens.len(), max);
-        assert_eq!(dropped, example.tokens.len() - 5);
-        assert_eq!(&seq.tokens[1..6], &example.tokens[dropped..]);
         assert_eq!(
-            layout.one_shot(Some(&example), &target, target.tokens.len()),
-            Err(Unscorable::TooLong)
-        );
-        let empty = layout.block(&sample("q", ""));
-        assert_eq!(
-            layout.zero_shot(&empty, 100),
+            zero(&layout, &sample("q", ""), 100),
             Err(Unscorable::EmptyResponse)
         );
-        let no_turns = layout.block(&conversation(&[]));
         assert_eq!(
-            layout.zero_shot(&no_turns, 100),
+            zero(&layout, &conversation(&[]), 100),
             Err(Unscorable::EmptyResponse)
         );
     }

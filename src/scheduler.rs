@@ -23,7 +23,7 @@ use crate::config::ContextSizes;
 use crate::dataset::Sample;
 use crate::decoder::{DecodeError, Decoder, Item};
 use crate::plan::{digest, schedule, tokens_of, Entry, Limits, OneShot, Shape, Step, Work};
-use crate::prompt::{Layout, ScoredSequence, Template, Tokenize};
+use crate::prompt::{Layout, ScoredSequence, Template, Tokenize, UnrenderableSample};
 use crate::score::{Scores, Unscorable};
 use crate::shard::Shard;
 
@@ -199,6 +199,9 @@ pub struct Progress {
 /// Why scoring stopped before its end.
 #[derive(Debug, thiserror::Error)]
 pub enum ScoringError {
+    /// The chat template cannot render a sample.
+    #[error(transparent)]
+    Render(#[from] UnrenderableSample),
     /// The decoder failed.
     #[error(transparent)]
     Decode(DecodeError),
@@ -233,7 +236,7 @@ pub fn score_samples<T: Tokenize>(
     journal: &mut dyn Journal,
     progress: impl FnMut(Progress),
 ) -> Result<Outcome, ScoringError> {
-    let plan = ScoringPlan::new(tokenizer, samples, examples, options);
+    let plan = ScoringPlan::new(tokenizer, samples, examples, options)?;
     let (saved, stats) = plan.decode(decoder, 0..plan.steps(), journal, progress)?;
     plan.fold(&saved.losses, stats)
 }
@@ -251,25 +254,28 @@ pub struct ScoringPlan {
 
 impl ScoringPlan {
     /// Builds every sample's sequences and plans their decodes.
+    ///
+    /// # Errors
+    /// [`ScoringError::Render`] when the chat template cannot render a sample.
     pub fn new<T: Tokenize>(
         tokenizer: &T,
         samples: &[Sample],
         examples: &[Option<usize>],
         options: &ScoringOptions,
-    ) -> Self {
+    ) -> Result<Self, ScoringError> {
         let layout = Layout::new(tokenizer, &options.template, options.append_eos);
-        let sequences = Sequences::build(&layout, samples, examples, options);
+        let sequences = Sequences::build(&layout, samples, examples, options)?;
         let shapes = sequences.shapes(examples, options.held_slots() > 0);
         let steps = schedule(&shapes, options.limits());
         let usage = sequences.usage(&steps, &shapes);
         let digest = digest(&steps);
-        ScoringPlan {
+        Ok(ScoringPlan {
             sequences,
             shapes,
             steps,
             usage,
             digest,
-        }
+        })
     }
 
     /// Decode steps planned.
@@ -397,9 +403,8 @@ impl Sequences {
         samples: &[Sample],
         examples: &[Option<usize>],
         options: &ScoringOptions,
-    ) -> Self {
+    ) -> Result<Self, ScoringError> {
         let max_len = options.sizes.ctx_per_sequence;
-        let blocks: Vec<_> = samples.iter().map(|s| layout.block(s)).collect();
         let n = samples.len();
         let mut built = Sequences {
             zero: Vec::with_capacity(n),
@@ -408,14 +413,17 @@ impl Sequences {
             failed: vec![None; n],
             usage: vec![Usage::default(); n],
         };
-        for (i, block) in blocks.iter().enumerate() {
+        for (i, sample) in samples.iter().enumerate() {
+            let own = layout.render(&[sample])?;
             let usage = &mut built.usage[i];
-            usage.response_tokens = block.response_len();
-            let zero = layout.zero_shot(block, max_len);
+            usage.response_tokens = own.response_len();
+            let zero = layout.zero_shot(&own, max_len);
             let one = match (&zero, examples[i]) {
                 (Err(reason), _) => Err(*reason),
                 (Ok(_), None) => Err(Unscorable::NoNeighbour),
-                (Ok(_), Some(k)) => layout.one_shot(Some(&blocks[k]), block, max_len),
+                (Ok(_), Some(k)) => {
+                    layout.one_shot(&layout.render(&[&samples[k], sample])?, max_len)
+                }
             };
             if let Ok(z) = &zero {
                 usage.prompt_tokens_zero_shot = z.target().start;
@@ -435,15 +443,17 @@ impl Sequences {
             built.alone.push(
                 options
                     .response_only
-                    .then(|| layout.response_only(block, max_len))
+                    .then(|| layout.response_only(&own, max_len))
                     .flatten(),
             );
         }
-        built
+        Ok(built)
     }
 
     /// What the planner needs of each sample. A prefix is reused when the neighbour's
-    /// zero-shot sequence is decoded and the example was not shortened to fit.
+    /// zero-shot sequence is decoded and the one-shot sequence starts with all of it (the
+    /// example was not shortened, and the template writes a conversation's start the same
+    /// whatever follows).
     fn shapes(&self, examples: &[Option<usize>], reuse: bool) -> Vec<Shape> {
         let len = |seq: &Option<ScoredSequence>| seq.as_ref().map(|s| s.tokens.len());
         (0..self.zero.len())
@@ -453,8 +463,9 @@ impl Sequences {
                     (None, _) => OneShot::Skip,
                     (Some(seq), Some(k))
                         if reuse
-                            && self.usage[i].example_tokens_dropped == 0
-                            && self.zero[k].is_some() =>
+                            && self.zero[k]
+                                .as_ref()
+                                .is_some_and(|zero| seq.tokens.starts_with(&zero.tokens)) =>
                     {
                         OneShot::Reuse {
                             parent: k,

@@ -163,7 +163,7 @@ fn load_models(config: &SelectConfig) -> Result<Loaded, Error> {
 /// # Errors
 /// [`Error::Template`] naming the model file.
 pub fn resolve_template(model: &Model, choice: TemplateChoice) -> Result<Template, Error> {
-    Template::resolve(choice, model.chat_renderer()).map_err(|source| Error::Template {
+    Template::resolve(choice, model.chat().as_ref()).map_err(|source| Error::Template {
         path: model.path().to_path_buf(),
         source,
     })
@@ -223,13 +223,13 @@ fn scoring_plan(
     loaded: &Loaded,
     dataset: &Dataset,
     retrieval: &Retrieval,
-) -> ScoringPlan {
-    ScoringPlan::new(
+) -> Result<ScoringPlan, Error> {
+    Ok(ScoringPlan::new(
         &loaded.model,
         &dataset.samples,
         &examples(retrieval),
         &scoring_options(config, &loaded.template),
-    )
+    )?)
 }
 
 /// How the run's settings score.

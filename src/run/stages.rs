@@ -294,7 +294,7 @@ pub fn score(
     if marker.exists() {
         return Ok(done(format!("score shard {shard} is already done")));
     }
-    let plan = scoring_plan(&config, &loaded, &dataset, &retrieval);
+    let plan = scoring_plan(&config, &loaded, &dataset, &retrieval)?;
     let steps = plan.shard(shard);
     let mut scorer = Scorer::new(&loaded.model, config.sizes)?;
     let mut progress = ScoringProgress::default();
@@ -337,7 +337,7 @@ pub fn merge(run: &Path, budget: Option<Budget>) -> Result<RunSummary, Error> {
     let (format, dataset) = read_input(&config)?;
     let loaded = load_models(&config)?;
     let retrieval = saved_retrieval(&loaded, run)?;
-    let plan = scoring_plan(&config, &loaded, &dataset, &retrieval);
+    let plan = scoring_plan(&config, &loaded, &dataset, &retrieval)?;
     let score_dir = run.join("checkpoint").join("score");
     let count = shard_count(&score_dir, "score", run)?;
     let stop = AtomicBool::new(false);

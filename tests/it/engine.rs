@@ -5,7 +5,7 @@ use crate::common;
 use miwv::config::ContextSizes;
 use miwv::dataset::read_dataset;
 use miwv::engine::{Model, Scorer};
-use miwv::prompt::{ChatMarkup, Layout, Piece, ScoredSequence, Template, TemplateChoice, Tokenize};
+use miwv::prompt::{Layout, Piece, ScoredSequence, Template, TemplateChoice, Tokenize};
 use miwv::run::resolve_template;
 use miwv::score::mean_loss;
 
@@ -28,15 +28,18 @@ fn segment_concatenation_decodes_back_to_the_exact_text() {
         TemplateChoice::Raw,
         TemplateChoice::Oda,
         TemplateChoice::Auto,
+        TemplateChoice::Chatml,
     ] {
         let template = resolve_template(&model, choice).unwrap();
         let layout = Layout::new(&model, &template, false);
         for sample in &samples {
-            let pieces = template.pieces(sample);
-            let seq = layout.zero_shot(&layout.block(sample), 4096).unwrap();
+            let pieces = template.pieces(&[sample]).unwrap();
+            let seq = layout
+                .zero_shot(&layout.render(&[sample]).unwrap(), 4096)
+                .unwrap();
             let responses: Vec<String> = pieces
                 .iter()
-                .filter_map(|p| match p {
+                .filter_map(|(_, p)| match p {
                     Piece::Response(text) => Some(text.clone()),
                     _ => None,
                 })
@@ -51,39 +54,46 @@ fn segment_concatenation_decodes_back_to_the_exact_text() {
                 "the scored ranges are exactly the responses of {} ({choice:?})",
                 sample.id
             );
-            if !matches!(template, Template::Chat(_)) {
-                let text: String = pieces
-                    .iter()
-                    .map(|p| match p {
-                        Piece::Text(t) | Piece::Response(t) | Piece::Markup(t) => t.as_str(),
-                        Piece::EndOfResponse(_) => "",
-                    })
-                    .collect();
-                assert_eq!(model.detokenize(&seq.tokens), text);
-            }
+            let text: String = pieces
+                .iter()
+                .map(|(_, p)| match p {
+                    Piece::Text(t) | Piece::Response(t) | Piece::Markup(t) => t.as_str(),
+                    Piece::EndOfResponse(markup) => markup.as_deref().unwrap_or(""),
+                })
+                .collect();
+            let decoded: Vec<u8> = seq.tokens.iter().flat_map(|&t| model.piece(t)).collect();
+            assert_eq!(String::from_utf8_lossy(&decoded), text, "{choice:?}");
         }
     }
 }
 
 #[test]
-fn the_chat_model_template_comes_from_the_gguf_as_chatml() {
+fn the_model_template_is_the_gguf_jinja_with_its_default_system_message() {
     let model = Model::load(&common::scoring_model(), 0).unwrap();
-    let Template::Chat(markup) = resolve_template(&model, TemplateChoice::Auto).unwrap() else {
+    let template = resolve_template(&model, TemplateChoice::Auto).unwrap();
+    let Template::Chat(chat) = &template else {
         panic!("SmolLM2-Instruct has a chat template");
     };
-    let mut chatml = ChatMarkup::chatml();
-    chatml.name = "model".into();
+    assert_eq!((template.name(), chat.source.as_str()), ("model", "gguf"));
     assert_eq!(
-        markup, chatml,
-        "llama.cpp renders SmolLM2's template as ChatML"
+        (chat.bos_token.as_str(), chat.eos_token.as_str()),
+        ("<|im_start|>", "<|im_end|>")
+    );
+    assert_eq!(
+        chat.render(&[("user", "Hi"), ("assistant", "Hello!")])
+            .unwrap(),
+        "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging \
+         Face<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello!<|im_end|>\n"
     );
     // Markup tokens are special tokens; the same text inside data stays plain text.
     assert_eq!(model.tokenize_markup("<|im_start|>").len(), 1);
     assert!(model.tokenize("<|im_start|>").len() > 1);
-    assert_eq!(
-        resolve_template(&model, TemplateChoice::Chatml).unwrap(),
-        Template::Chat(ChatMarkup::chatml())
-    );
+    let chatml = resolve_template(&model, TemplateChoice::Chatml).unwrap();
+    assert_eq!(chatml.name(), "chatml");
+    let Template::Chat(chatml) = chatml else {
+        panic!("ChatML is a chat template")
+    };
+    assert_eq!(chatml.jinja, miwv::chat::CHATML);
 }
 
 /// llama.cpp is not batch-invariant in general: the same tokens decoded beside other
@@ -100,7 +110,11 @@ fn a_loss_inside_a_multi_sequence_batch_equals_the_single_sequence_loss() {
     let layout = Layout::new(&model, &Template::Alpaca, false);
     let sequences: Vec<ScoredSequence> = samples
         .iter()
-        .map(|s| layout.zero_shot(&layout.block(s), 1024).unwrap())
+        .map(|s| {
+            layout
+                .zero_shot(&layout.render(&[s]).unwrap(), 1024)
+                .unwrap()
+        })
         .filter(|s| s.target().len() >= 16)
         .take(12)
         .collect();
@@ -147,9 +161,12 @@ fn an_exact_duplicate_as_example_gives_a_clearly_negative_miwv() {
         .filter(|s| s.turns[0].output.len() > 200)
         .take(5)
     {
-        let block = layout.block(sample);
-        let zero = layout.zero_shot(&block, 1024).unwrap();
-        let (one, dropped) = layout.one_shot(Some(&block), &block, 1024).unwrap();
+        let zero = layout
+            .zero_shot(&layout.render(&[sample]).unwrap(), 1024)
+            .unwrap();
+        let (one, dropped) = layout
+            .one_shot(&layout.render(&[sample, sample]).unwrap(), 1024)
+            .unwrap();
         assert_eq!(dropped, 0);
         let lps = scorer.target_log_probs(&[&zero, &one]).unwrap();
         let miwv = mean_loss(&lps[1]) - mean_loss(&lps[0]);

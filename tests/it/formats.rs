@@ -114,9 +114,17 @@ fn conversations_are_scored_per_turn_with_ifd_and_a_progress_bar_on_a_terminal()
     );
     assert_eq!(run["template_choice"], "auto");
     assert_eq!(run["template_name"], "model");
+    let chat = &run["template"]["chat"];
+    assert_eq!(chat["source"], "gguf");
+    assert!(chat["jinja"]
+        .as_str()
+        .unwrap()
+        .contains("loop.first and messages[0]['role'] != 'system'"));
+    assert_eq!(chat["sha256"].as_str().unwrap().len(), 64);
     assert_eq!(
-        run["template"]["chat"]["assistant_open"],
-        "<|im_end|>\n<|im_start|>assistant\n"
+        chat["markup"],
+        "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n\
+         <|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n{assistant}<|im_end|>\n"
     );
     assert_eq!(run["also_ifd"], true);
 
@@ -160,10 +168,14 @@ fn a_conversation_loss_is_the_token_weighted_mean_of_its_turns() {
         turns: vec![chat.turns[t].clone()],
         ..chat.clone()
     };
-    let whole = layout.zero_shot(&layout.block(chat), 1024).unwrap();
-    let first = layout.zero_shot(&layout.block(&turn(0)), 1024).unwrap();
+    let whole = layout
+        .zero_shot(&layout.render(&[chat]).unwrap(), 1024)
+        .unwrap();
+    let first = layout
+        .zero_shot(&layout.render(&[&turn(0)]).unwrap(), 1024)
+        .unwrap();
     let (second, _) = layout
-        .one_shot(Some(&layout.block(&turn(0))), &layout.block(&turn(1)), 1024)
+        .one_shot(&layout.render(&[&turn(0), &turn(1)]).unwrap(), 1024)
         .unwrap();
     assert_eq!(second.tokens, whole.tokens);
 
@@ -431,7 +443,9 @@ fn the_response_only_pass_matches_each_response_decoded_alone() {
     let layout = Layout::new(&model, &template, false);
     let mut scorer = Scorer::new(&model, sizes(1)).unwrap();
     for (sample, &scheduled) in samples.iter().zip(&outcome.response_only) {
-        let alone = layout.response_only(&layout.block(sample), 2048).unwrap();
+        let alone = layout
+            .response_only(&layout.render(&[sample]).unwrap(), 2048)
+            .unwrap();
         let lps = scorer.target_log_probs(&[&alone]).unwrap();
         let single = alone.mean_loss(&lps[0]);
         assert!(

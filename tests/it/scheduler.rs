@@ -330,7 +330,7 @@ fn shards_of_the_plan_in_any_order_gather_to_the_scores_of_one_run() {
     let reference = score(&options);
     let samples = samples();
     let examples = examples(samples.len());
-    let plan = ScoringPlan::new(&ByteTokenizer, &samples, &examples, &options);
+    let plan = ScoringPlan::new(&ByteTokenizer, &samples, &examples, &options).unwrap();
     let total = plan.tokens_in(0..plan.steps());
     for count in [1, 2, 3, 5, 8, 64] {
         let ranges: Vec<_> = (0..count)

@@ -1,0 +1,588 @@
+//! Chat templates: a conversation rendered by the model's own Jinja template, as the trainer
+//! rendered it, and split back into markup and message contents.
+//!
+//! Fine-tuning frameworks render chat data with Hugging Face transformers'
+//! `apply_chat_template`: the Jinja template stored with the model (in a GGUF,
+//! `tokenizer.chat_template`) run by Jinja2 with `trim_blocks` and `lstrip_blocks`,
+//! `raise_exception`, `bos_token`/`eos_token` and Python's string methods. The template may
+//! add a default system message, date headers, fold a system message into the first user
+//! turn, trim contents or refuse some role orders, so scoring must run it rather than guess its
+//! family. It runs here in MiniJinja, configured the same way.
+//!
+//! The segment-wise token layout (docs/METHOD.md) needs to know which parts of the render are
+//! markup and which are message contents. The conversation is rendered a second time with each
+//! content replaced by a unique sentinel, which gives the markup between contents; the real
+//! render is then walked against it. A template may emit a content trimmed (Jinja's `trim`,
+//! Python's `strip`): what it emitted is what is scored.
+
+use std::sync::{Arc, OnceLock};
+
+use minijinja::{context, Environment, Error as JinjaError, ErrorKind, Value};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// A chat message: role (`system`, `user`, `assistant`) and content.
+pub type Message<'a> = (&'a str, &'a str);
+
+/// miwv's ChatML template, for `--template chatml`.
+pub const CHATML: &str = include_str!("../assets/templates/chatml.jinja");
+
+/// The date templates print as today's (`strftime_now`), fixed so that a run's sequences never
+/// depend on the day it runs: Llama 3.1's own default date.
+pub const TEMPLATE_DATE: (i32, u32, u32) = (2024, 7, 26);
+
+/// A Jinja chat template and the special-token strings it is rendered with.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct ChatTemplate {
+    /// Where the template comes from: `gguf` (the model's `tokenizer.chat_template`) or the
+    /// name of a template built into miwv (`chatml`).
+    pub source: String,
+    /// The template's Jinja text.
+    pub jinja: String,
+    /// sha256 of the Jinja text.
+    pub sha256: String,
+    /// The text of the model's BOS token, passed as `bos_token`.
+    pub bos_token: String,
+    /// The text of the model's EOS token, passed as `eos_token`.
+    pub eos_token: String,
+    /// A user and an assistant message rendered with `{user}` and `{assistant}` as contents:
+    /// the markup at a glance (`None` when the template refuses that conversation).
+    pub markup: Option<String>,
+    #[serde(skip)]
+    compiled: OnceLock<Arc<Environment<'static>>>,
+}
+
+impl PartialEq for ChatTemplate {
+    fn eq(&self, other: &Self) -> bool {
+        (&self.source, &self.jinja, &self.bos_token, &self.eos_token)
+            == (
+                &other.source,
+                &other.jinja,
+                &other.bos_token,
+                &other.eos_token,
+            )
+    }
+}
+
+impl Eq for ChatTemplate {}
+
+impl std::fmt::Debug for ChatTemplate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChatTemplate")
+            .field("source", &self.source)
+            .field("sha256", &self.sha256)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a conversation could not be rendered.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RenderError {
+    /// The template does not compile, or raised while rendering (`raise_exception` included).
+    #[error("the chat template says: {0}")]
+    Template(String),
+    /// The render does not contain message `message`'s content, as written or trimmed.
+    #[error(
+        "the chat template's output does not contain message {message} ({role}) as written or \
+         trimmed, so its tokens cannot be told from the template's markup"
+    )]
+    Unsplittable {
+        /// The message's index in the conversation (0-based).
+        message: usize,
+        /// Its role.
+        role: String,
+    },
+}
+
+/// A part of a rendered conversation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Segment {
+    /// Template markup (may be empty).
+    Markup(String),
+    /// Message `message`'s content as the template emitted it.
+    Content {
+        /// Index of the message in the conversation.
+        message: usize,
+        /// The emitted text.
+        text: String,
+    },
+}
+
+impl ChatTemplate {
+    /// A template from its Jinja text; `source` says where it comes from.
+    ///
+    /// # Errors
+    /// [`RenderError::Template`] when the text is not a template MiniJinja can compile.
+    pub fn new(
+        source: &str,
+        jinja: &str,
+        bos_token: &str,
+        eos_token: &str,
+    ) -> Result<Self, RenderError> {
+        let mut template = Self {
+            source: source.to_string(),
+            jinja: jinja.to_string(),
+            sha256: format!("{:x}", Sha256::digest(jinja.as_bytes())),
+            bos_token: bos_token.to_string(),
+            eos_token: eos_token.to_string(),
+            markup: None,
+            compiled: OnceLock::new(),
+        };
+        template.environment()?;
+        template.markup = template
+            .render(&[("user", "{user}"), ("assistant", "{assistant}")])
+            .ok();
+        Ok(template)
+    }
+
+    /// The environment with the template compiled, built once.
+    fn environment(&self) -> Result<&Environment<'static>, RenderError> {
+        if let Some(env) = self.compiled.get() {
+            return Ok(env);
+        }
+        let env = Arc::new(huggingface_environment(&self.jinja)?);
+        Ok(self.compiled.get_or_init(|| env))
+    }
+
+    /// The conversation as the template renders it for training: no generation prompt at the
+    /// end, as `apply_chat_template(messages, add_generation_prompt=False)`.
+    ///
+    /// # Errors
+    /// [`RenderError::Template`] with the template's own message when it raises.
+    pub fn render(&self, messages: &[Message]) -> Result<String, RenderError> {
+        let env = self.environment()?;
+        let messages: Vec<Value> = messages
+            .iter()
+            .map(|(role, content)| context! { role => *role, content => *content })
+            .collect();
+        env.get_template(TEMPLATE_NAME)
+            .and_then(|t| {
+                t.render(context! {
+                    messages => messages,
+                    add_generation_prompt => false,
+                    tools => (),
+                    documents => (),
+                    bos_token => &self.bos_token,
+                    eos_token => &self.eos_token,
+                })
+            })
+            .map_err(|e| RenderError::Template(describe(&e)))
+    }
+
+    /// The render split into markup and contents, alternating and starting and ending with
+    /// markup: `M0 c0 M1 c1 ... Mn`, one content per message, each as the template emitted it.
+    ///
+    /// # Errors
+    /// [`RenderError`] when the template raises, or when its output cannot be split (a
+    /// template that rewrites a content beyond trimming it).
+    pub fn segments(&self, messages: &[Message]) -> Result<Vec<Segment>, RenderError> {
+        let rendered = self.render(messages)?;
+        let sentinels: Vec<String> = (0..messages.len()).map(sentinel).collect();
+        let placeholders: Vec<Message> = messages
+            .iter()
+            .zip(&sentinels)
+            .map(|((role, _), s)| (*role, s.as_str()))
+            .collect();
+        let skeleton = self.render(&placeholders)?;
+        let mut markup = Vec::with_capacity(messages.len() + 1);
+        let mut rest = skeleton.as_str();
+        for (j, s) in sentinels.iter().enumerate() {
+            let (before, after) = rest
+                .split_once(s.as_str())
+                .ok_or_else(|| unsplittable(messages, j))?;
+            markup.push(before);
+            rest = after;
+        }
+        markup.push(rest);
+        let contents = emitted_contents(&rendered, messages, &markup)
+            .ok_or_else(|| unsplittable(messages, first_unmatched(&rendered, messages, &markup)))?;
+        let mut segments = Vec::with_capacity(2 * messages.len() + 1);
+        for (j, text) in contents.into_iter().enumerate() {
+            segments.push(Segment::Markup(markup[j].to_string()));
+            segments.push(Segment::Content {
+                message: j,
+                text: text.to_string(),
+            });
+        }
+        segments.push(Segment::Markup(markup[messages.len()].to_string()));
+        Ok(segments)
+    }
+}
+
+const TEMPLATE_NAME: &str = "chat";
+
+fn sentinel(j: usize) -> String {
+    format!("MIWVCONTENT{j}MIWVEND")
+}
+
+fn unsplittable(messages: &[Message], j: usize) -> RenderError {
+    RenderError::Unsplittable {
+        message: j,
+        role: messages.get(j).map_or("", |m| m.0).to_string(),
+    }
+}
+
+/// The forms in which a template may emit a content: as written, or trimmed as Jinja's `trim`
+/// and Python's `strip`, `lstrip` and `rstrip` do.
+fn emitted_forms(content: &str) -> [&str; 4] {
+    [
+        content,
+        content.trim(),
+        content.trim_start(),
+        content.trim_end(),
+    ]
+}
+
+/// Each message's content as it appears in `rendered` between the markup pieces, or `None`
+/// when no choice of forms reproduces the render exactly.
+fn emitted_contents<'r>(
+    rendered: &'r str,
+    messages: &[Message],
+    markup: &[&str],
+) -> Option<Vec<&'r str>> {
+    let rest = rendered.strip_prefix(markup[0])?;
+    let mut found = Vec::with_capacity(messages.len());
+    walk(rest, messages, &markup[1..], &mut found).then_some(found)
+}
+
+/// Backtracking over the forms of each content; in practice the first form fits.
+fn walk<'r>(
+    rest: &'r str,
+    messages: &[Message],
+    markup: &[&str],
+    found: &mut Vec<&'r str>,
+) -> bool {
+    let Some(((_, content), later)) = messages.split_first() else {
+        return rest.is_empty();
+    };
+    let mut tried: Vec<&str> = Vec::with_capacity(4);
+    for form in emitted_forms(content) {
+        if tried.contains(&form) {
+            continue;
+        }
+        tried.push(form);
+        let Some(after) = rest.strip_prefix(form) else {
+            continue;
+        };
+        let Some(next) = after.strip_prefix(markup[0]) else {
+            continue;
+        };
+        found.push(&rest[..form.len()]);
+        if walk(next, later, &markup[1..], found) {
+            return true;
+        }
+        found.pop();
+    }
+    false
+}
+
+/// The first message whose content cannot be matched, for the error message.
+fn first_unmatched(rendered: &str, messages: &[Message], markup: &[&str]) -> usize {
+    (0..messages.len())
+        .find(|&j| !prefix_matches(rendered, &messages[..=j], &markup[..=j + 1]))
+        .unwrap_or(messages.len().saturating_sub(1))
+}
+
+/// Whether some forms of the first contents, with their markup, start `rendered`.
+fn prefix_matches(rendered: &str, messages: &[Message], markup: &[&str]) -> bool {
+    fn go(rest: &str, messages: &[Message], markup: &[&str]) -> bool {
+        let Some((open, later_markup)) = markup.split_first() else {
+            return true;
+        };
+        let Some(rest) = rest.strip_prefix(open) else {
+            return false;
+        };
+        let Some(((_, content), later)) = messages.split_first() else {
+            return true;
+        };
+        emitted_forms(content).iter().any(|form| {
+            rest.strip_prefix(form)
+                .is_some_and(|r| go(r, later, later_markup))
+        })
+    }
+    go(rendered, messages, markup)
+}
+
+/// An environment configured as transformers configures Jinja2 for chat templates.
+fn huggingface_environment(jinja: &str) -> Result<Environment<'static>, RenderError> {
+    let mut env = Environment::new();
+    let syntax = minijinja::syntax::SyntaxConfig::builder()
+        .trim_blocks(true)
+        .lstrip_blocks(true)
+        .build()
+        .map_err(|e| RenderError::Template(describe(&e)))?;
+    env.set_syntax(syntax);
+    env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+    env.add_function(
+        "raise_exception",
+        |message: String| -> Result<Value, JinjaError> {
+            Err(JinjaError::new(ErrorKind::InvalidOperation, message))
+        },
+    );
+    env.add_function("strftime_now", |format: String| {
+        strftime_template_date(&format)
+    });
+    env.add_filter("tojson", python_json);
+    env.add_template_owned(TEMPLATE_NAME, jinja.to_string())
+        .map_err(|e| RenderError::Template(describe(&e)))?;
+    Ok(env)
+}
+
+/// A MiniJinja error as one line: the template's own message for `raise_exception`, and the
+/// line it comes from otherwise.
+fn describe(error: &JinjaError) -> String {
+    let detail = error.detail().unwrap_or_default();
+    match (error.kind(), error.line()) {
+        (ErrorKind::InvalidOperation, _) if !detail.is_empty() => detail.to_string(),
+        (kind, Some(line)) => format!("{kind}: {detail} (template line {line})"),
+        (kind, None) => format!("{kind}: {detail}"),
+    }
+}
+
+/// Python's `strftime` for [`TEMPLATE_DATE`] at midnight, for the directives templates use.
+fn strftime_template_date(format: &str) -> Result<String, JinjaError> {
+    const MONTHS: [&str; 12] = [
+        "January",
+        "February",
+        "March",
+        "April",
+        "May",
+        "June",
+        "July",
+        "August",
+        "September",
+        "October",
+        "November",
+        "December",
+    ];
+    const DAYS: [&str; 7] = [
+        "Monday",
+        "Tuesday",
+        "Wednesday",
+        "Thursday",
+        "Friday",
+        "Saturday",
+        "Sunday",
+    ];
+    let (year, month, day) = TEMPLATE_DATE;
+    // 2024-07-26 was a Friday.
+    let weekday = DAYS[4];
+    let month_name = MONTHS[month as usize - 1];
+    let mut out = String::new();
+    let mut chars = format.chars();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('d') => out.push_str(&format!("{day:02}")),
+            Some('-') if chars.clone().next() == Some('d') => {
+                chars.next();
+                out.push_str(&day.to_string());
+            }
+            Some('m') => out.push_str(&format!("{month:02}")),
+            Some('Y') => out.push_str(&year.to_string()),
+            Some('y') => out.push_str(&format!("{:02}", year % 100)),
+            Some('B') => out.push_str(month_name),
+            Some('b') => out.push_str(&month_name[..3]),
+            Some('A') => out.push_str(weekday),
+            Some('a') => out.push_str(&weekday[..3]),
+            Some('H' | 'M' | 'S') => out.push_str("00"),
+            Some('%') => out.push('%'),
+            other => {
+                return Err(JinjaError::new(
+                    ErrorKind::InvalidOperation,
+                    format!(
+                        "strftime_now: unsupported directive %{}",
+                        other.unwrap_or(' ')
+                    ),
+                ))
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// `tojson` as transformers defines it: Python's `json.dumps` with `ensure_ascii=False`, so
+/// `", "` and `": "` between items, or one item per line with `indent`; no HTML escaping.
+fn python_json(value: &Value, kwargs: minijinja::value::Kwargs) -> Result<Value, JinjaError> {
+    let indent: Option<usize> = kwargs.get("indent")?;
+    let _: Option<bool> = kwargs.get("ensure_ascii")?;
+    let _: Option<bool> = kwargs.get("sort_keys")?;
+    kwargs.assert_all_used()?;
+    let json = serde_json::to_value(value)
+        .map_err(|e| JinjaError::new(ErrorKind::BadSerialization, e.to_string()))?;
+    let mut out = String::new();
+    write_python_json(&json, indent, 0, &mut out);
+    Ok(Value::from_safe_string(out))
+}
+
+fn write_python_json(
+    value: &serde_json::Value,
+    indent: Option<usize>,
+    depth: usize,
+    out: &mut String,
+) {
+    use serde_json::Value as J;
+    let newline = |out: &mut String, depth: usize| {
+        if let Some(width) = indent {
+            out.push('\n');
+            out.push_str(&" ".repeat(width * depth));
+        }
+    };
+    let item_separator = if indent.is_some() { "," } else { ", " };
+    match value {
+        J::Array(items) if !items.is_empty() => {
+            out.push('[');
+            for (n, item) in items.iter().enumerate() {
+                if n > 0 {
+                    out.push_str(item_separator);
+                }
+                newline(out, depth + 1);
+                write_python_json(item, indent, depth + 1, out);
+            }
+            newline(out, depth);
+            out.push(']');
+        }
+        J::Object(map) if !map.is_empty() => {
+            out.push('{');
+            for (n, (key, item)) in map.iter().enumerate() {
+                if n > 0 {
+                    out.push_str(item_separator);
+                }
+                newline(out, depth + 1);
+                out.push_str(&serde_json::to_string(key).unwrap_or_default());
+                out.push_str(": ");
+                write_python_json(item, indent, depth + 1, out);
+            }
+            newline(out, depth);
+            out.push('}');
+        }
+        other => out.push_str(&serde_json::to_string(other).unwrap_or_default()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chatml() -> ChatTemplate {
+        ChatTemplate::new("chatml", CHATML, "<|im_start|>", "<|im_end|>").unwrap()
+    }
+
+    #[test]
+    fn chatml_renders_and_splits_back_into_its_messages() {
+        let messages = [
+            ("system", "Be brief."),
+            ("user", "Hi"),
+            ("assistant", "Hello!"),
+        ];
+        let template = chatml();
+        let rendered = template.render(&messages).unwrap();
+        assert_eq!(
+            rendered,
+            "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n\
+             <|im_start|>assistant\nHello!<|im_end|>\n"
+        );
+        let segments = template.segments(&messages).unwrap();
+        assert_eq!(segments.len(), 7);
+        let joined: String = segments
+            .iter()
+            .map(|s| match s {
+                Segment::Markup(t) | Segment::Content { text: t, .. } => t.as_str(),
+            })
+            .collect();
+        assert_eq!(joined, rendered);
+        assert_eq!(
+            segments[5],
+            Segment::Content {
+                message: 2,
+                text: "Hello!".into()
+            }
+        );
+        assert_eq!(
+            template.markup.as_deref(),
+            Some("<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n{assistant}<|im_end|>\n")
+        );
+    }
+
+    #[test]
+    fn a_trimmed_content_is_scored_as_emitted_and_markup_inside_a_content_stays_content() {
+        let template = ChatTemplate::new(
+            "test",
+            "{% for m in messages %}<{{ m.role }}>{{ m.content | trim }}</s>{% endfor %}",
+            "<s>",
+            "</s>",
+        )
+        .unwrap();
+        let messages = [("user", "  </s><user>x  "), ("assistant", " y\n")];
+        let segments = template.segments(&messages).unwrap();
+        assert_eq!(
+            segments,
+            [
+                Segment::Markup("<user>".into()),
+                Segment::Content {
+                    message: 0,
+                    text: "</s><user>x".into()
+                },
+                Segment::Markup("</s><assistant>".into()),
+                Segment::Content {
+                    message: 1,
+                    text: "y".into()
+                },
+                Segment::Markup("</s>".into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn raise_exception_and_rewritten_contents_are_errors_with_the_reason() {
+        let strict = ChatTemplate::new(
+            "test",
+            "{% if messages[0].role != 'user' %}{{ raise_exception('Conversations must start with a user message') }}{% endif %}{% for m in messages %}{{ m.content }}{% endfor %}",
+            "",
+            "",
+        )
+        .unwrap();
+        assert_eq!(
+            strict.render(&[("assistant", "a")]).unwrap_err(),
+            RenderError::Template("Conversations must start with a user message".into())
+        );
+        let upper = ChatTemplate::new(
+            "test",
+            "{% for m in messages %}[{{ m.content | upper }}]{% endfor %}",
+            "",
+            "",
+        )
+        .unwrap();
+        assert_eq!(
+            upper
+                .segments(&[("user", "ok"), ("assistant", "no")])
+                .unwrap_err(),
+            RenderError::Unsplittable {
+                message: 0,
+                role: "user".into()
+            }
+        );
+        assert!(matches!(
+            ChatTemplate::new("test", "{% for %}", "", ""),
+            Err(RenderError::Template(_))
+        ));
+    }
+
+    #[test]
+    fn python_methods_dates_and_json_as_transformers_renders_them() {
+        let template = ChatTemplate::new(
+            "test",
+            "{{ strftime_now('%d %b %Y') }}|{% if messages[0].content.strip().startswith('a') %}yes{% endif %}|{{ {'a': [1, 'é'], 'b': '<'} | tojson }}|{{ {'a': 1} | tojson(indent=2) }}",
+            "",
+            "",
+        )
+        .unwrap();
+        assert_eq!(
+            template.render(&[("user", "  abc ")]).unwrap(),
+            "26 Jul 2024|yes|{\"a\": [1, \"é\"], \"b\": \"<\"}|{\n  \"a\": 1\n}"
+        );
+    }
+}
