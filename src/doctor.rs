@@ -166,6 +166,8 @@ pub fn describe_template(template: &Template) -> String {
 /// One sample as the scorer decodes it zero-shot: every token, and which are scored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SampleView {
+    /// The sample's index in the data.
+    pub index: usize,
     /// The sample's id.
     pub id: String,
     /// The sequence's tokens.
@@ -174,26 +176,32 @@ pub struct SampleView {
     pub scored: Vec<bool>,
 }
 
-/// How `sample` renders under `template` and which of its tokens are scored.
+/// How sample `index` of `samples` renders under `template` and which of its tokens are
+/// scored; `None` when there is no such sample.
 ///
 /// # Errors
 /// [`UnrenderableSample`] when the chat template cannot render it.
 pub fn view_sample(
     tokenizer: &impl Tokenize,
     template: &Template,
-    sample: &Sample,
+    samples: &[Sample],
+    index: usize,
     append_eos: bool,
-) -> Result<SampleView, UnrenderableSample> {
+) -> Result<Option<SampleView>, UnrenderableSample> {
+    let Some(sample) = samples.get(index) else {
+        return Ok(None);
+    };
     let rendered = Layout::new(tokenizer, template, append_eos).render(&[sample])?;
     let mut scored = vec![false; rendered.tokens.len()];
     for span in &rendered.spans {
         scored[span.clone()].fill(true);
     }
-    Ok(SampleView {
+    Ok(Some(SampleView {
+        index,
         id: sample.id.clone(),
         tokens: rendered.tokens,
         scored,
-    })
+    }))
 }
 
 impl SampleView {
@@ -218,7 +226,8 @@ impl SampleView {
         }
         let scored = self.scored.iter().filter(|&&s| s).count();
         let mut out = format!(
-            "sample {}: {} tokens, {} scored (between ⟦ and ⟧)\n{text}\n\ntokens (position, * scored, id, text):\n",
+            "sample {} (id {}): {} tokens, {} scored (between ⟦ and ⟧)\n{text}\n\ntokens (position, * scored, id, text):\n",
+            self.index,
             self.id,
             self.tokens.len(),
             scored

@@ -142,14 +142,14 @@ fn run_doctor(settings: DoctorSettings) -> Result<(), miwv::Error> {
     let model = miwv::engine::Model::load(&settings.model, 0)?;
     let template = miwv::run::resolve_template(&model, settings.template)?;
     println!("{}", miwv::doctor::describe_template(&template));
-    let sample = dataset.samples.get(settings.sample).ok_or_else(|| {
-        miwv::Error::Config(miwv::config::ConfigError::new(format!(
-            "--sample {}: the data has {} samples",
-            settings.sample,
-            dataset.samples.len()
-        )))
-    })?;
-    let view = view_sample(&model, &template, sample, false)?;
+    let view = view_sample(&model, &template, &dataset.samples, settings.sample, false)?
+        .ok_or_else(|| {
+            miwv::config::ConfigError::new(format!(
+                "--sample {}: the data has {} samples",
+                settings.sample,
+                dataset.samples.len()
+            ))
+        })?;
     println!("{}", view.render(|token| model.piece(token)));
     let Some(tokenizer) = settings.tokenizer else {
         return Ok(());

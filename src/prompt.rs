@@ -10,6 +10,7 @@
 use std::borrow::Cow;
 use std::ops::Range;
 
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::chat::{ChatTemplate, Message, RenderError, Segment, CHATML};
@@ -265,6 +266,27 @@ impl Template {
             }
         }
         Ok(pieces)
+    }
+
+    /// Renders every sample alone and after itself, as it will be shown as a target and as
+    /// an example, so that a template that refuses a sample says so before any model time is
+    /// spent (the text formats render anything).
+    ///
+    /// # Errors
+    /// The first [`UnrenderableSample`] in dataset order.
+    pub fn check_samples(&self, samples: &[Sample]) -> Result<(), UnrenderableSample> {
+        if !matches!(self, Template::Chat(_)) {
+            return Ok(());
+        }
+        let failures: Vec<UnrenderableSample> = samples
+            .par_iter()
+            .filter_map(|sample| {
+                self.pieces(&[sample])
+                    .and_then(|_| self.pieces(&[sample, sample]))
+                    .err()
+            })
+            .collect();
+        failures.into_iter().next().map_or(Ok(()), Err)
     }
 
     /// A sample's block in a text format: system message, then each turn's prompt and
@@ -774,6 +796,12 @@ pub(crate) mod tests {
         assert_eq!(
             error.to_string(),
             "sample t7 (after its example, sample e3): the chat template says: System message must come first"
+        );
+        // Checked up front: the sample after itself shows the same refusal.
+        let error = strict.check_samples(&[example, target]).unwrap_err();
+        assert_eq!(
+            (error.id.as_str(), error.example.as_deref()),
+            ("t7", Some("t7"))
         );
     }
 

@@ -72,6 +72,7 @@ pub fn select_until(config: &SelectConfig, stop: &AtomicBool) -> Result<RunSumma
 
     let clock = Instant::now();
     let loaded = load_models(config)?;
+    loaded.template.check_samples(&dataset.samples)?;
     timings.load_s = clock.elapsed().as_secs_f64();
 
     let clock = Instant::now();

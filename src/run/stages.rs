@@ -95,6 +95,7 @@ pub fn embed(config: &SelectConfig, shard: Shard) -> Result<StageSummary, Error>
     let (_, dataset) = read_input(config)?;
     let clock = Instant::now();
     let loaded = load_models(config)?;
+    loaded.template.check_samples(&dataset.samples)?;
     let dir = loaded.state.stage_dir("embed", shard.count)?;
     let marker = shard_file(&dir, shard, "json");
     if let Some(earlier) = read_json::<EmbedShard>(&marker)? {

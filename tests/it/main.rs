@@ -9,6 +9,7 @@ mod common;
 #[path = "../../fuzz/invariants.rs"]
 mod invariants;
 
+mod chat;
 mod cli;
 mod compare;
 mod crash;

@@ -4,7 +4,8 @@ Hugging Face transformers in float32 on the CPU, one sequence at a time, no padd
 reuse, written straight from docs/METHOD.md (it shares no code with the Rust side).
 
     reference.py --model HF_DIR --data DATA --neighbours SCORES_JSONL \\
-        [--template alpaca|raw] [--ctx-size N] [--append-eos] [--bos auto|on|off] --out FILE
+        [--template alpaca|raw|model|chatml] [--chat-template FILE] [--chat-date YYYY-MM-DD]
+        [--ctx-size N] [--append-eos] [--bos auto|on|off] [--first-turn] [--dump-tokens FILE] --out FILE
 
 HF_DIR is the directory hf_from_gguf.py wrote (the GGUF's weights dequantised to float32, its
 tokenizer as tokenizer.json, and miwv_reference.json with the GGUF's add_bos_token). Retrieval is
@@ -25,17 +26,37 @@ vocabulary; L = mean over the response tokens of -log p. Context: when [BOS] + b
 longer than --ctx-size the sample is NaN with reason `too_long`; otherwise the example is cut
 from the left to make the one-shot sequence fit (the separator goes with it when nothing of the
 example is left), and the number of example tokens cut is reported.
+
+Chat-template mode (--template model: the HF directory's own chat template; --template chatml:
+miwv's assets/templates/chatml.jinja; --chat-template FILE: any Jinja template): each sample is a
+conversation, [system] then each turn's user prompt and assistant response, rendered whole by
+transformers' apply_chat_template (add_generation_prompt=False) and tokenised segment-wise by
+chat_segments.py (markup with special tokens parsed, message contents as plain text). No BOS is
+added beyond what the template writes. The zero-shot sequence is the sample's conversation; the
+one-shot sequence is the neighbour's messages followed by the target's, rendered as one
+conversation. Scored: the tokens of the target's assistant contents, all turns pooled into one
+mean (with --append-eos also the first token of the markup after each non-empty one). A one-shot
+sequence longer than --ctx-size is not cut: the sample's one-shot loss and MIWV are left null and
+the row says `"skipped": "one_shot_too_long"`.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import math
 import os
 import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import chat_segments  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent.parent
+CHAT_TEMPLATES = {"chatml": REPO / "assets" / "templates" / "chatml.jinja"}  # besides `model`
 
 # Before torch loads libgomp: OpenMP threads that spin at barriers crawl on a busy 2-core machine.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -67,8 +88,64 @@ def render_prompt(template: str, instruction: str, input_text: str) -> str:
 # Reading
 
 
-def read_records(path: Path) -> list[dict]:
-    """A JSON array, or JSON Lines (blank lines skipped)."""
+def prompt_text(turn: dict) -> str:
+    """The user's text of a turn: the instruction, then the input on the next line when there is
+    one (miwv's Turn::prompt_text)."""
+    return f"{turn['instruction']}\n{turn['input']}" if turn["input"] else turn["instruction"]
+
+
+ROLES = {
+    "system": "system",
+    "human": "user",
+    "user": "user",
+    **{name: "assistant" for name in ("gpt", "assistant", "model", "chatgpt", "bing", "bard")},
+}
+
+
+def conversation_turns(messages, where: str) -> tuple[str, list[dict]]:
+    """(system message, turns) of a conversation, by miwv's rules (FastChat's): an optional
+    system message first, then user and assistant alternating; assistant messages before the
+    first user message and a last unanswered user message are skipped."""
+    if not isinstance(messages, list):
+        sys.exit(f"{where}: expected a list of messages")
+    system, turns, last = "", [], None
+    for n, message in enumerate(messages):
+        at = f"{where}[{n}]"
+        if not isinstance(message, dict):
+            sys.exit(f"{at}: expected a message object")
+        role_key, text_key = ("from", "value") if ("from" in message or "value" in message) else ("role", "content")
+        raw_role = message.get(role_key)
+        if not isinstance(raw_role, str):
+            sys.exit(f"{at}.{role_key}: missing or not a string")
+        role = ROLES.get(raw_role)
+        if role is None:
+            sys.exit(f"{at}.{role_key}: unknown role {raw_role!r} (expected system, user/human or assistant/gpt)")
+        text = message.get(text_key)
+        if not isinstance(text, str):
+            sys.exit(f"{at}.{text_key}: missing or not a string")
+        if role == "system":
+            if last is not None:
+                sys.exit(f"{at}.{role_key}: a system message is only allowed first")
+            system = text
+        elif role == "assistant" and last in (None, "system"):
+            continue  # no prompt before it: not a target
+        elif role == last:
+            sys.exit(f"{at}.{role_key}: two messages of the same role in a row; user and assistant must alternate")
+        elif role == "user":
+            turns.append({"instruction": text, "input": "", "output": ""})
+        else:
+            turns[-1]["output"] = text
+        last = role
+    if last == "user":
+        turns.pop()
+    return system, turns
+
+
+def read_records(path: Path, first_turn_only: bool = False) -> list[dict]:
+    """A JSON array, or JSON Lines (blank lines skipped), of Alpaca records (`instruction`,
+    `input?`, `output`) or conversations (`conversations: [{from, value}]` or
+    `messages: [{role, content}]`), as miwv's dataset reader takes them. Each sample is
+    {id, system, turns: [{instruction, input, output}]}."""
     text = path.read_text(encoding="utf-8")
     stripped = text.lstrip()
     if stripped.startswith("["):
@@ -97,15 +174,34 @@ def read_records(path: Path) -> list[dict]:
             sys.exit(f"{path}: record {index}: field `id`: expected a string or number")
         else:
             sample_id = raw_id if isinstance(raw_id, str) else json.dumps(raw_id)
-        samples.append(
-            {
-                "id": sample_id,
+        conversation = None
+        if "instruction" not in record:
+            conversation = next((name for name in ("conversations", "messages") if name in record), None)
+        if conversation is not None:
+            system, turns = conversation_turns(record[conversation], f"{path}: record {index}: {conversation}")
+        else:
+            if "instruction" not in record:
+                sys.exit(f"{path}: record {index}: field `instruction` missing (and no `conversations` or "
+                         f"`messages` list either)")
+            system = ""
+            turns = [{
                 "instruction": text_field("instruction", True),
                 "input": text_field("input", False),
                 "output": text_field("output", True),
-            }
-        )
+            }]
+        if first_turn_only:
+            turns = turns[:1]
+        samples.append({"id": sample_id, "system": system, "turns": turns})
     return samples
+
+
+def chat_messages(sample: dict) -> list[dict]:
+    """A sample as chat messages: its system message (if any), then each turn's prompt and response."""
+    messages = [{"role": "system", "content": sample["system"]}] if sample["system"] else []
+    for turn in sample["turns"]:
+        messages.append({"role": "user", "content": prompt_text(turn)})
+        messages.append({"role": "assistant", "content": turn["output"]})
+    return messages
 
 
 def read_neighbours(path: Path, samples: list[dict]) -> list[int | None]:
@@ -154,8 +250,11 @@ class Tokens:
 
     def block(self, template: str, sample: dict) -> tuple[list[int], int]:
         """(prompt tokens + response tokens [+ EOS], number of prompt tokens)."""
-        prompt = self.encode(render_prompt(template, sample["instruction"], sample["input"]))
-        response = self.encode(sample["output"])
+        if not sample["turns"]:
+            return [], 0
+        turn = sample["turns"][0]
+        prompt = self.encode(render_prompt(template, turn["instruction"], turn["input"]))
+        response = self.encode(turn["output"])
         if response:
             response = response + self.eos
         return prompt + response, len(prompt)
@@ -179,6 +278,50 @@ def response_loss(model, torch, tokens: list[int], start: int) -> float:
         target = torch.tensor(tokens[start:], dtype=torch.long)
         nll = -logp.gather(1, target[:, None])[:, 0]
     return float(nll.double().mean())
+
+
+def positions_loss(model, torch, tokens: list[int], positions: list[int]) -> float:
+    """Mean -log p of the tokens at `positions` (each >= 1), each from the logits of the token
+    before it: the same computation as response_loss, for scored tokens that are not one run."""
+    assert positions and positions[0] >= 1 and positions == sorted(set(positions))
+    ids = torch.tensor([tokens], dtype=torch.long)
+    with torch.inference_mode():
+        keep = torch.tensor([p - 1 for p in positions], dtype=torch.long)
+        out = model(input_ids=ids, use_cache=False, logits_to_keep=keep)
+        logits = out.logits[0].float()  # [len(positions), vocab]
+        logp = torch.log_softmax(logits, dim=-1)
+        target = torch.tensor([tokens[p] for p in positions], dtype=torch.long)
+        nll = -logp.gather(1, target[:, None])[:, 0]
+    return float(nll.double().mean())
+
+
+class ChatSequences:
+    """Chat-template mode: a conversation rendered with the template and tokenised segment-wise
+    (chat_segments.py), and the positions scored in it."""
+
+    def __init__(self, tokenizer, template: str, bos_token, eos_token, append_eos: bool):
+        self.tokenizer = tokenizer
+        self.template = template
+        self.bos_token = bos_token
+        self.eos_token = eos_token
+        self.append_eos = append_eos
+        self.seg_tok = chat_segments.SegmentTokenizer(tokenizer)
+
+    def render(self, messages: list[dict]) -> str:
+        return chat_segments.render(self.tokenizer, messages, self.template, self.bos_token, self.eos_token)
+
+    def sequence(self, messages: list[dict], first_target: int) -> tuple[list[int], list[int]]:
+        """(token ids, scored positions): the assistant contents of messages[first_target:],
+        plus with --append-eos the first token of the markup after each non-empty one.
+        Raises on a template error (the template's own raise_exception, or CannotSplit)."""
+        segments = chat_segments.split(self.render, messages)
+        tokens, spans = self.seg_tok.layout(segments)
+        ranges, end_of_turn = chat_segments.assistant_spans(segments, spans, first_target)
+        positions = [p for start, end in ranges for p in range(start, end)]
+        if self.append_eos:
+            positions += end_of_turn
+        positions = sorted(p for p in set(positions) if p >= 1)  # position 0 has no logits before it
+        return tokens, positions
 
 
 def register_f16_kv_attention(torch) -> str:
@@ -211,12 +354,45 @@ def register_f16_kv_attention(torch) -> str:
     return "miwv_f16_kv"
 
 
+
+def empty_row(samples, i, k):
+    """A scores.jsonl row for sample i (neighbour k) with nothing computed yet, and its token dump."""
+    sample = samples[i]
+    row = {
+        "id": sample["id"],
+        "index": i,
+        "miwv": None,
+        "loss_zero_shot": None,
+        "loss_one_shot": None,
+        "reason": None,
+        "neighbour_id": samples[k]["id"] if k is not None else None,
+        "neighbour_index": k,
+        "response_tokens": None,
+        "prompt_tokens_zero_shot": None,
+        "prompt_tokens_one_shot": None,
+        "example_tokens_dropped": None,
+        "turns": len(sample["turns"]),
+    }
+    return row, {"id": sample["id"], "index": i, "zero_shot": None, "one_shot": None}
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, type=Path, help="HF directory written by hf_from_gguf.py")
-    parser.add_argument("--data", required=True, type=Path, help="JSON array or JSONL of {instruction, input?, output, id?}")
+    parser.add_argument("--data", required=True, type=Path, help="JSON array or JSONL of Alpaca records {instruction, input?, output, id?} "
+                             "or conversations (conversations: [{from, value}] or messages: [{role, content}])")
     parser.add_argument("--neighbours", required=True, type=Path, help="a miwv scores.jsonl for the same data")
-    parser.add_argument("--template", choices=sorted(SEPARATORS), default="alpaca")
+    parser.add_argument("--template", choices=sorted(SEPARATORS) + ["model"] + sorted(CHAT_TEMPLATES), default="alpaca",
+                        help="alpaca/raw: miwv's text templates; model: the HF directory's own chat template; "
+                             "chatml: miwv's assets/templates/chatml.jinja")
+    parser.add_argument("--chat-template", type=Path,
+                        help="a Jinja chat template file (chat-template mode; overrides --template)")
+    parser.add_argument("--chat-bos-token", help="bos_token given to the chat template (default: the tokenizer's)")
+    parser.add_argument("--chat-eos-token", help="eos_token given to the chat template (default: the tokenizer's)")
+    parser.add_argument("--chat-date", type=datetime.date.fromisoformat,
+                        help="YYYY-MM-DD: the date a chat template's strftime_now gives (default: today)")
+    parser.add_argument("--first-turn", action="store_true", help="keep only a conversation's first exchange")
+    parser.add_argument("--dump-tokens", type=Path,
+                        help="also write each sample's sequences as JSON lines: token ids and scored positions")
     parser.add_argument("--ctx-size", type=int, default=2048, help="longest sequence in tokens (miwv's -c)")
     parser.add_argument("--append-eos", action="store_true", help="end each response with EOS (miwv's --append-eos)")
     parser.add_argument("--bos", choices=["auto", "on", "off"], default="auto",
@@ -235,10 +411,20 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
-    samples = read_records(args.data)
+    chat = args.chat_template is not None or args.template not in SEPARATORS
+    samples = read_records(args.data, args.first_turn)
     neighbours = read_neighbours(args.neighbours, samples)
+    if not chat:
+        for i, sample in enumerate(samples):
+            if len(sample["turns"]) > 1 or sample["system"]:
+                sys.exit(f"{args.data}: sample {sample['id']!r} (index {i}) is a conversation with a system "
+                         f"message or several turns; score it with a chat template (--template model, "
+                         f"--template chatml or --chat-template FILE)")
 
     tokenizer = AutoTokenizer.from_pretrained(args.model)
+    if chat:
+        main_chat(args, torch, tokenizer, samples, neighbours)
+        return
     meta_path = args.model / "miwv_reference.json"
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
     if args.bos == "auto":
@@ -267,26 +453,14 @@ def main() -> None:
     blocks = [tok.block(args.template, s) for s in samples]
     count = len(samples) if args.limit is None else min(args.limit, len(samples))
     rows = []
+    dumps = []
     started = time.time()
     scored_tokens = 0
     for i in range(count):
         sample = samples[i]
         block_i, prompt_len_i = blocks[i]
         k = neighbours[i]
-        row = {
-            "id": sample["id"],
-            "index": i,
-            "miwv": None,
-            "loss_zero_shot": None,
-            "loss_one_shot": None,
-            "reason": None,
-            "neighbour_id": samples[k]["id"] if k is not None else None,
-            "neighbour_index": k,
-            "response_tokens": None,
-            "prompt_tokens_zero_shot": None,
-            "prompt_tokens_one_shot": None,
-            "example_tokens_dropped": None,
-        }
+        row, dump = empty_row(samples, i, k)
         base = len(tok.prefix) + len(block_i)
         if len(block_i) == prompt_len_i:
             row["reason"] = "empty_response"
@@ -298,6 +472,7 @@ def main() -> None:
             row["loss_zero_shot"] = response_loss(model, torch, zero, zero_start)
             row["response_tokens"] = len(block_i) - prompt_len_i
             row["prompt_tokens_zero_shot"] = zero_start
+            dump["zero_shot"] = {"tokens": zero, "scored": list(range(zero_start, len(zero)))}
             scored_tokens += len(zero)
             if k is None:
                 row["reason"] = "no_neighbour"
@@ -317,7 +492,9 @@ def main() -> None:
                 row["prompt_tokens_one_shot"] = one_start
                 row["example_tokens_dropped"] = dropped
                 row["miwv"] = row["loss_one_shot"] - row["loss_zero_shot"]
+                dump["one_shot"] = {"tokens": one, "scored": list(range(one_start, len(one)))}
                 scored_tokens += len(one)
+        dumps.append(dump)
         for key in ("miwv", "loss_zero_shot", "loss_one_shot"):
             if row[key] is not None and not math.isfinite(row[key]):
                 row[key] = None
@@ -332,12 +509,124 @@ def main() -> None:
             flush=True,
         )
 
-    tmp = args.out.with_name(args.out.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(tmp, args.out)
+    write_outputs(args, rows, dumps)
     print(f"wrote {args.out}: {len(rows)} samples, {scored_tokens} tokens in {time.time() - started:.0f}s", file=sys.stderr)
+
+
+def write_jsonl(path: Path, items: list[dict]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for item in items:
+            f.write(json.dumps(item, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+
+
+def write_outputs(args, rows: list[dict], dumps: list[dict]) -> None:
+    write_jsonl(args.out, rows)
+    if args.dump_tokens is not None:
+        write_jsonl(args.dump_tokens, dumps)
+
+
+def main_chat(args, torch, tokenizer, samples: list[dict], neighbours: list[int | None]) -> None:
+    """Chat-template mode (see the module docstring)."""
+    from transformers import AutoModelForCausalLM
+
+    if args.bos == "on":
+        sys.exit("--bos on does not apply with a chat template: the sequence starts with what the template writes")
+    if args.chat_template is not None:
+        template, template_name = args.chat_template.read_text(encoding="utf-8"), str(args.chat_template)
+    elif args.template == "model":
+        template, template_name = tokenizer.chat_template, f"{args.model} (its own)"
+        if not template:
+            sys.exit(f"{args.model}: the tokenizer has no chat template; pass --chat-template FILE")
+    else:
+        path = CHAT_TEMPLATES[args.template]
+        template, template_name = path.read_text(encoding="utf-8"), str(path)
+    bos_token = args.chat_bos_token if args.chat_bos_token is not None else tokenizer.bos_token
+    eos_token = args.chat_eos_token if args.chat_eos_token is not None else tokenizer.eos_token
+    chat = ChatSequences(tokenizer, template, bos_token, eos_token, args.append_eos)
+    if args.chat_date is not None:
+        chat_segments.pin_strftime_now(args.chat_date)
+
+    attention = "eager" if args.kv_cache == "f32" else register_f16_kv_attention(torch)
+    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32, attn_implementation=attention)
+    model.eval()
+    print(
+        f"model {args.model} ({model.config.model_type}, vocab {model.config.vocab_size}), chat template "
+        f"{template_name}, bos_token {bos_token!r}, eos_token {eos_token!r}, no BOS added, ctx {args.ctx_size}, "
+        f"attention {attention}, {args.threads} threads",
+        file=sys.stderr,
+    )
+
+    messages = [chat_messages(sample) for sample in samples]
+    count = len(samples) if args.limit is None else min(args.limit, len(samples))
+    rows, dumps = [], []
+    started = time.time()
+    scored_tokens = 0
+    skipped = 0
+    for i in range(count):
+        sample = samples[i]
+        k = neighbours[i]
+        row, dump = empty_row(samples, i, k)
+        try:
+            zero, zero_scored = chat.sequence(messages[i], 0)
+        except Exception as e:  # noqa: BLE001 - a template error is reported on the sample's row
+            zero, zero_scored = None, None
+            row["skipped"] = f"template: {type(e).__name__}: {e}"
+        if zero is None:
+            pass
+        elif not zero_scored:
+            row["reason"] = "empty_response"
+        elif len(zero) > args.ctx_size:
+            row["reason"] = "too_long"
+        else:
+            row["loss_zero_shot"] = positions_loss(model, torch, zero, zero_scored)
+            row["response_tokens"] = len(zero_scored)
+            row["prompt_tokens_zero_shot"] = zero_scored[0]
+            dump["zero_shot"] = {"tokens": zero, "scored": zero_scored}
+            scored_tokens += len(zero)
+            if k is None:
+                row["reason"] = "no_neighbour"
+            else:
+                try:
+                    one, one_scored = chat.sequence(messages[k] + messages[i], len(messages[k]))
+                except Exception as e:  # noqa: BLE001
+                    one, one_scored = None, None
+                    row["skipped"] = f"template (one-shot): {type(e).__name__}: {e}"
+                if one is None:
+                    pass
+                elif len(one) > args.ctx_size:
+                    row["skipped"] = "one_shot_too_long"
+                else:
+                    if [one[p] for p in one_scored] != [zero[p] for p in zero_scored]:
+                        print(f"warning: sample {sample['id']}: the scored tokens differ between the zero-shot "
+                              f"and one-shot renders", file=sys.stderr)
+                    row["loss_one_shot"] = positions_loss(model, torch, one, one_scored)
+                    row["prompt_tokens_one_shot"] = one_scored[0]
+                    row["example_tokens_dropped"] = 0
+                    row["miwv"] = row["loss_one_shot"] - row["loss_zero_shot"]
+                    dump["one_shot"] = {"tokens": one, "scored": one_scored}
+                    scored_tokens += len(one)
+        for key in ("miwv", "loss_zero_shot", "loss_one_shot"):
+            if row[key] is not None and not math.isfinite(row[key]):
+                row[key] = None
+        skipped += "skipped" in row
+        rows.append(row)
+        dumps.append(dump)
+        elapsed = time.time() - started
+        shown = "null" if row["miwv"] is None else f"{row['miwv']:+.4f}"
+        why = row["reason"] or row.get("skipped")
+        print(
+            f"[{i + 1}/{count}] {sample['id']}: miwv {shown}{' (' + why + ')' if why else ''}  "
+            f"{scored_tokens / max(elapsed, 1e-9):.0f} tok/s, {elapsed:.0f}s",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    write_outputs(args, rows, dumps)
+    note = f", {skipped} skipped (see their `skipped` field)" if skipped else ""
+    print(f"wrote {args.out}: {len(rows)} samples{note}, {scored_tokens} tokens in {time.time() - started:.0f}s",
+          file=sys.stderr)
 
 
 if __name__ == "__main__":
