@@ -4,13 +4,13 @@
 //! how much a similar sample, shown as a one-shot example, changes the model's loss on its
 //! response: `MIWV = L(y | example, x) - L(y | x)`. Higher is selected first.
 //!
-//! The modules follow the pipeline: `records` / `dataset` -> `prompt` -> `embed` ->
+//! The modules follow the pipeline: `records` / `dataset` -> `prompt` (with `chat`) -> `embed` ->
 //! `neighbours` -> `plan` / `scheduler` (through the `decoder` seam, implemented by `engine`)
 //! -> `score` -> `select` -> `output` / `schema`; `run` wires them together, `config`
 //! checks the settings first and `resume` keeps what a stopped run did. `compare` measures how
-//! far two runs' scores agree; `doctor` checks the GGUF vocabulary against the model's
-//! reference tokenizer; `report` draws a finished run's scores; `cli` turns the command line
-//! into checked settings.
+//! far two runs' scores agree; `doctor` shows how a sample renders and checks the GGUF
+//! vocabulary against the model's reference tokenizer; `report` draws a finished run's scores;
+//! `cli` turns the command line into checked settings.
 //!
 //! Everything that links native code (llama.cpp, FAISS, Oniguruma) sits behind the default
 //! `native` feature; without it the crate is the data, planning, scheduling and output layers
@@ -21,7 +21,7 @@
 // Data: files in, samples out.
 pub mod dataset;
 pub mod records;
-// Samples into the exact token sequences that are scored.
+// Samples into the exact token sequences that are scored; `chat` runs Jinja chat templates.
 pub mod chat;
 pub mod prompt;
 // Scoring without a model: plan, schedule through the decoder seam, losses, selection.

@@ -109,9 +109,36 @@ def main() -> None:
         "tokenizer_model": field("tokenizer.ggml.model"),
         "tokenizer_pre": field("tokenizer.ggml.pre"),
     }
+    restore_pre_tokenizer(out / "tokenizer.json", meta["tokenizer_pre"])
     (out / "miwv_reference.json").write_text(json.dumps(meta, indent=2) + "\n")
     print(f"saved {out} ({sum(p.numel() for p in model.parameters()):,} parameters, float32); "
           f"GGUF add_bos_token = {meta['add_bos_token']}")
+
+
+# The pre-tokenizers of the original tokenizer.json files, for the GGUF `tokenizer.ggml.pre`
+# values whose split transformers' GGUF loader does not reproduce: it writes a plain ByteLevel
+# pre-tokenizer, while SmolLM2's splits every digit off first (llama.cpp's `smollm`: `\p{N}`,
+# then GPT-2's expression). Without it, whitespace before a digit tokenises differently
+# ("\n\n1." gives two newline tokens instead of one).
+PRE_TOKENIZERS = {
+    "smollm": {
+        "type": "Sequence",
+        "pretokenizers": [
+            {"type": "Digits", "individual_digits": True},
+            {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True},
+        ],
+    },
+}
+
+
+def restore_pre_tokenizer(path: Path, pre: str | None) -> None:
+    """Puts back the original pre-tokenizer of a GGUF's tokenizer family, when it is known."""
+    if pre not in PRE_TOKENIZERS:
+        return
+    config = json.loads(path.read_text())
+    config["pre_tokenizer"] = PRE_TOKENIZERS[pre]
+    path.write_text(json.dumps(config, ensure_ascii=False, indent=2) + "\n")
+    print(f"tokenizer: {pre} pre-tokenizer restored in {path}")
 
 
 if __name__ == "__main__":
