@@ -197,7 +197,7 @@ pub fn run(config: &BenchConfig) -> Result<Report, Error> {
     let samples = first_samples(config, largest)?;
     let (vectors, dim) = embed_all(config, &samples)?;
     let model = Model::load(&config.model, config.gpu_layers)?;
-    let template = resolve_template(&model, config.template)?;
+    let template = resolve_template(&model, config.template, None)?;
     let bench = Bench {
         config,
         model: &model,

@@ -198,6 +198,9 @@ struct DoctorArgs {
     /// Prompt template (its text is tokenized too).
     #[arg(long, value_enum, default_value_t = TemplateChoice::Auto)]
     template: TemplateChoice,
+    /// A Jinja chat template file used instead of the GGUF's own.
+    #[arg(long, value_name = "FILE")]
+    chat_template: Option<PathBuf>,
     #[command(flatten)]
     fields: FieldArgs,
     /// Disagreements printed in full.
@@ -257,6 +260,10 @@ struct SelectArgs {
     /// otherwise alpaca.
     #[arg(long, value_enum, default_value_t = TemplateChoice::Auto)]
     template: TemplateChoice,
+    /// A Jinja chat template file used instead of the GGUF's own, e.g. for a GGUF without
+    /// one or a model tuned with another (with `--template auto` or `model`).
+    #[arg(long, value_name = "FILE")]
+    chat_template: Option<PathBuf>,
     #[command(flatten)]
     fields: FieldArgs,
     /// Extra scores from one more pass: `ifd` adds L(y), IFD and the Superfiltering ratio.
@@ -505,6 +512,8 @@ pub struct DoctorSettings {
     pub model: PathBuf,
     /// `--template`.
     pub template: TemplateChoice,
+    /// `--chat-template`: a Jinja file in place of the GGUF's template.
+    pub chat_template: Option<PathBuf>,
     /// Field names and conversation handling.
     pub read: ReadOptions,
     /// `--limit`: disagreements printed in full (0 prints the counts alone).
@@ -564,7 +573,7 @@ where
         Command::Bench(args) => Action::Bench(args.check()?),
         Command::BenchNeighbours(args) => Action::BenchNeighbours(args.check()?),
         Command::Compare(args) => Action::Compare(args.check()?),
-        Command::Doctor(args) => Action::Doctor(args.check()),
+        Command::Doctor(args) => Action::Doctor(args.check()?),
         Command::Report(args) => Action::Report(args.check()?),
         Command::Completions { shell } => Action::Completions(shell),
     };
@@ -616,6 +625,7 @@ impl SelectArgs {
             },
             embed_prefix: self.embed_prefix,
             template: self.template,
+            chat_template: self.chat_template,
             budget: self.count.map_or(Budget::Ratio(self.ratio), Budget::Count),
             append_eos: self.append_eos,
             also_ifd: self.also.contains(&Also::Ifd),
@@ -734,18 +744,22 @@ impl CompareArgs {
 }
 
 impl DoctorArgs {
-    /// Nothing to refuse: any `--limit` is fine, 0 printing the counts alone.
-    fn check(self) -> DoctorSettings {
-        DoctorSettings {
+    /// Any `--limit` is fine, 0 printing the counts alone; `--chat-template` only with a
+    /// template that asks for the model's own.
+    fn check(self) -> Result<DoctorSettings, clap::Error> {
+        config::check_chat_template(self.template, self.chat_template.as_deref())
+            .map_err(invalid("doctor"))?;
+        Ok(DoctorSettings {
             data: self.data,
             tokenizer: self.tokenizer,
             sample: self.sample,
             model: self.model,
             template: self.template,
+            chat_template: self.chat_template,
             read: self.fields.options(),
             limit: self.limit,
             json: self.json,
-        }
+        })
     }
 }
 
@@ -900,6 +914,30 @@ mod tests {
         ] {
             assert_eq!(select(&["--template", name]).template, choice);
         }
+        assert_eq!(select(&[]).chat_template, None);
+        for template in ["auto", "model"] {
+            let c = select(&["--template", template, "--chat-template", "t.jinja"]);
+            assert_eq!(c.chat_template, Some(PathBuf::from("t.jinja")));
+        }
+        for template in ["chatml", "alpaca", "raw", "oda"] {
+            for command in ["select", "doctor"] {
+                refused(
+                    &[
+                        command,
+                        "d.json",
+                        "--template",
+                        template,
+                        "--chat-template",
+                        "t.jinja",
+                    ],
+                    &["--chat-template t.jinja", &format!("--template {template}")],
+                );
+            }
+        }
+        assert_eq!(
+            doctor(&["--chat-template", "t.jinja"]).chat_template,
+            Some(PathBuf::from("t.jinja"))
+        );
     }
 
     #[test]
@@ -1137,6 +1175,7 @@ mod tests {
                 sample: 0,
                 model: crate::DEFAULT_MODEL.into(),
                 template: TemplateChoice::Auto,
+                chat_template: None,
                 read: ReadOptions::default(),
                 limit: 10,
                 json: None,

@@ -128,6 +128,8 @@ pub struct SelectConfig {
     pub embed_prefix: Option<String>,
     /// How samples are rendered.
     pub template: TemplateChoice,
+    /// A Jinja chat template file used instead of the GGUF's own (`--chat-template`).
+    pub chat_template: Option<PathBuf>,
     /// How many samples to keep.
     pub budget: Budget,
     /// End every response with EOS (scored as part of the response).
@@ -159,6 +161,25 @@ impl ConfigError {
     }
 }
 
+/// `--chat-template` replaces the model's own template: only with `--template auto` or
+/// `model`, which ask for it.
+///
+/// # Errors
+/// [`ConfigError`] naming both flags.
+pub fn check_chat_template(
+    template: TemplateChoice,
+    chat_template: Option<&std::path::Path>,
+) -> Result<(), ConfigError> {
+    match (template, chat_template) {
+        (TemplateChoice::Auto | TemplateChoice::Model, _) | (_, None) => Ok(()),
+        (other, Some(path)) => Err(ConfigError(format!(
+            "--chat-template {} replaces the model's own template; it cannot be combined with --template {}",
+            path.display(),
+            clap::ValueEnum::to_possible_value(&other).map_or(String::new(), |v| v.get_name().to_string())
+        ))),
+    }
+}
+
 /// Checks `--ratio` or `--count`.
 ///
 /// # Errors
@@ -183,6 +204,7 @@ impl SelectConfig {
     /// [`ConfigError`] naming the flag at fault.
     pub fn validate(&self) -> Result<(), ConfigError> {
         check_budget(self.budget)?;
+        check_chat_template(self.template, self.chat_template.as_deref())?;
         self.neighbours
             .validate()
             .map_err(|e| ConfigError(format!("--{e}")))?;

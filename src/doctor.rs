@@ -149,6 +149,7 @@ pub fn describe_template(template: &Template) -> String {
         Template::Chat(chat) => {
             let source = match chat.source.as_str() {
                 "gguf" => "the GGUF's tokenizer.chat_template".to_string(),
+                "file" => "a --chat-template file".to_string(),
                 builtin => format!("miwv's built-in {builtin} template"),
             };
             format!(

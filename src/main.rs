@@ -140,7 +140,8 @@ fn run_doctor(settings: DoctorSettings) -> Result<(), miwv::Error> {
     use miwv::doctor::{check_tokenizer, view_sample, ReferenceTokenizer};
     let (_, dataset) = miwv::records::read_samples(&settings.data, &settings.read)?;
     let model = miwv::engine::Model::load(&settings.model, 0)?;
-    let template = miwv::run::resolve_template(&model, settings.template)?;
+    let template =
+        miwv::run::resolve_template(&model, settings.template, settings.chat_template.as_deref())?;
     println!("{}", miwv::doctor::describe_template(&template));
     let view = view_sample(&model, &template, &dataset.samples, settings.sample, false)?
         .ok_or_else(|| {

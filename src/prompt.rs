@@ -104,26 +104,30 @@ pub struct ModelChat {
 impl Template {
     /// The template `choice` means for a model whose own chat template is `model_chat`
     /// (`None` when its GGUF has none): `auto` is the model's own template when there is one,
-    /// otherwise Alpaca.
+    /// otherwise Alpaca. `replacement` is the Jinja text of a `--chat-template` file, which
+    /// takes the place of the model's own template.
     ///
     /// # Errors
     /// [`TemplateError`] when the model's own template is asked for and missing or unusable.
     pub fn resolve(
         choice: TemplateChoice,
         model_chat: Option<&ModelChat>,
+        replacement: Option<&str>,
     ) -> Result<Self, TemplateError> {
+        // A template without BOS and EOS of its own is rendered with the model's.
+        let (bos, eos) = model_chat.map_or(("", ""), |m| (&m.bos_token, &m.eos_token));
         let own = || -> Result<Option<Template>, TemplateError> {
-            model_chat
-                .map(|m| ChatTemplate::new("gguf", &m.jinja, &m.bos_token, &m.eos_token))
+            let own = match replacement {
+                Some(jinja) => Some(("file", jinja)),
+                None => model_chat.map(|m| ("gguf", m.jinja.as_str())),
+            };
+            own.map(|(source, jinja)| ChatTemplate::new(source, jinja, bos, eos))
                 .transpose()
                 .map(|t| t.map(Template::Chat))
                 .map_err(TemplateError::Unusable)
         };
-        let chatml = || {
-            // ChatML names no BOS or EOS token of its own: the model's are passed on.
-            let (bos, eos) = model_chat.map_or(("", ""), |m| (&m.bos_token, &m.eos_token));
-            ChatTemplate::new("chatml", CHATML, bos, eos).map_err(TemplateError::Unusable)
-        };
+        let chatml =
+            || ChatTemplate::new("chatml", CHATML, bos, eos).map_err(TemplateError::Unusable);
         Ok(match choice {
             TemplateChoice::Auto => own()?.unwrap_or(Template::Alpaca),
             TemplateChoice::Model => own()?.ok_or(TemplateError::Missing)?,
@@ -166,6 +170,7 @@ impl Template {
             Template::Raw => "raw",
             Template::Oda => "oda",
             Template::Chat(chat) if chat.source == "gguf" => "model",
+            Template::Chat(chat) if chat.source == "file" => "chat-template",
             Template::Chat(chat) => &chat.source,
         }
     }

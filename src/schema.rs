@@ -11,7 +11,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::config::ContextSizes;
 use crate::dataset::{ReadOptions, Truncation};
-use crate::prompt::{Template, TemplateChoice};
+use crate::prompt::TemplateChoice;
 use crate::scheduler::Stats;
 use crate::score::Unscorable;
 
@@ -124,8 +124,10 @@ pub struct RunRecord {
     pub template_choice: TemplateChoice,
     /// The template it resolved to (`chatml`, `alpaca`, `model`, ...).
     pub template_name: String,
-    /// The template's exact markup.
-    pub template: Template,
+    /// The template as [`crate::prompt::Template`] records it (a chat template's source, Jinja text,
+    /// sha256 and markup). Kept as JSON when read, so that runs recorded by earlier versions,
+    /// which described templates differently, still read.
+    pub template: serde_json::Value,
     /// Text between the example and the target in a one-shot sequence.
     pub separator: String,
     /// Field names and conversation handling.

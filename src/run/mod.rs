@@ -138,7 +138,7 @@ fn load_models(config: &SelectConfig) -> Result<Loaded, Error> {
     let model = Model::load(&config.model, config.gpu_layers)?;
     model.check_can_score(config.sizes.ctx_per_sequence)?;
     scoring_model.gguf = Some(model.info());
-    let template = resolve_template(&model, config.template)?;
+    let template = resolve_template(&model, config.template, config.chat_template.as_deref())?;
     tracing::info!(template = template.name(), "template");
     let settings = settings(
         config,
@@ -159,14 +159,30 @@ fn load_models(config: &SelectConfig) -> Result<Loaded, Error> {
     })
 }
 
-/// The template `choice` means for `model` (its own chat template for `auto` and `model`).
+/// The template `choice` means for `model` (its own chat template for `auto` and `model`,
+/// or the Jinja file `chat_template` in its place).
 ///
 /// # Errors
-/// [`Error::Template`] naming the model file.
-pub fn resolve_template(model: &Model, choice: TemplateChoice) -> Result<Template, Error> {
-    Template::resolve(choice, model.chat().as_ref()).map_err(|source| Error::Template {
-        path: model.path().to_path_buf(),
-        source,
+/// [`Error::Io`] when the file cannot be read, [`Error::Template`] naming the model file or
+/// the template file.
+pub fn resolve_template(
+    model: &Model,
+    choice: TemplateChoice,
+    chat_template: Option<&Path>,
+) -> Result<Template, Error> {
+    let replacement = chat_template
+        .map(|path| {
+            std::fs::read_to_string(path).map_err(|source| Error::Io {
+                path: path.to_path_buf(),
+                source,
+            })
+        })
+        .transpose()?;
+    Template::resolve(choice, model.chat().as_ref(), replacement.as_deref()).map_err(|source| {
+        Error::Template {
+            path: chat_template.unwrap_or(model.path()).to_path_buf(),
+            source,
+        }
     })
 }
 
@@ -381,7 +397,7 @@ fn run_record(
         template_choice: config.template,
         template_name: loaded.template.name().to_string(),
         separator: loaded.template.separator().into(),
-        template: loaded.template,
+        template: serde_json::to_value(&loaded.template).expect("a template is plain data"),
         read: config.read.clone(),
         append_eos: config.append_eos,
         also_ifd: config.also_ifd,

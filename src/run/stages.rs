@@ -154,6 +154,7 @@ fn with_absolute_paths(config: &SelectConfig) -> SelectConfig {
     let mut config = config.clone();
     config.data = absolute(&config.data);
     config.model = absolute(&config.model);
+    config.chat_template = config.chat_template.as_deref().map(absolute);
     match &config.embed_model {
         EmbedModel::File(path) => config.embed_model = EmbedModel::File(absolute(path)),
         EmbedModel::Precomputed(path) => {

@@ -251,7 +251,7 @@ fn the_default_template_is_the_gguf_template_transformers_renders() {
     let fixtures = fixtures();
     let model = Model::load(&common::scoring_model(), 0).unwrap();
     let Template::Chat(ours) =
-        miwv::run::resolve_template(&model, miwv::prompt::TemplateChoice::Auto).unwrap()
+        miwv::run::resolve_template(&model, miwv::prompt::TemplateChoice::Auto, None).unwrap()
     else {
         panic!("the default model has a chat template")
     };
@@ -260,5 +260,104 @@ fn the_default_template_is_the_gguf_template_transformers_renders() {
     assert_eq!(
         (ours.bos_token.as_str(), ours.eos_token.as_str()),
         (catalogued.bos_token.as_str(), catalogued.eos_token.as_str())
+    );
+}
+
+/// `--chat-template` with a template that refuses a system message: the run stops before any
+/// embedding, naming the sample and quoting the template.
+#[test]
+fn a_template_that_refuses_a_sample_stops_the_run_before_embedding() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = common::miwv()
+        .args(["select", "examples/chat-mini.jsonl", "-o"])
+        .arg(dir.path())
+        .args([
+            "--chat-template",
+            "tests/fixtures/chat/templates/mistral-v0.1.jinja",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(
+            "sample chat-000: the chat template says: Conversation roles must alternate \
+             user/assistant/user/assistant/..."
+        ),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("embedded samples"), "{stderr}");
+    assert!(!dir.path().join("scores.jsonl").exists());
+
+    // Combined with a text format it is a command-line error.
+    let output = common::miwv()
+        .args(["select", "examples/chat-mini.jsonl", "--template", "alpaca"])
+        .args(["--chat-template", "t.jinja"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--chat-template t.jinja") && stderr.contains("--template alpaca"),
+        "{stderr}"
+    );
+}
+
+/// `miwv doctor` shows a sample as the model sees it: the template's own default system
+/// message, the scored responses between ⟦ and ⟧, each token; and another template in its
+/// place with `--chat-template`.
+#[test]
+fn doctor_shows_a_sample_as_the_model_will_see_it() {
+    let doctor = |extra: &[&str]| {
+        let output = common::miwv()
+            .args(["doctor", "examples/chat-mini.jsonl", "--sample", "1"])
+            .args(extra)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        assert!(
+            output.status.success(),
+            "{stdout}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        stdout
+    };
+    let shown = doctor(&[]);
+    for part in [
+        "template: model (the GGUF's tokenizer.chat_template, Jinja sha256 ",
+        "sample 1 (id chat-001): ",
+        "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n",
+        "<|im_start|>assistant\n⟦391⟧<|im_end|>\n",
+    ] {
+        assert!(shown.contains(part), "{part:?} missing:\n{shown}");
+    }
+    let token_lines = shown
+        .lines()
+        .skip_while(|l| !l.starts_with("tokens (position"));
+    let scored_lines = token_lines
+        .filter(|l| {
+            let mut fields = l.split_whitespace();
+            fields.next().is_some_and(|p| p.parse::<usize>().is_ok()) && fields.next() == Some("*")
+        })
+        .count();
+    let scored: usize = shown
+        .split(" tokens, ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    assert_eq!(scored_lines, scored, "one marked line per scored token");
+
+    let zephyr = doctor(&[
+        "--chat-template",
+        "tests/fixtures/chat/templates/zephyr.jinja",
+    ]);
+    assert!(
+        zephyr.contains("template: chat-template (a --chat-template file, Jinja sha256 "),
+        "{zephyr}"
+    );
+    assert!(
+        zephyr.contains("<|assistant|>\n⟦391⟧<|im_end|>\n"),
+        "{zephyr}"
     );
 }

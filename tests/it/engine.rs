@@ -30,7 +30,7 @@ fn segment_concatenation_decodes_back_to_the_exact_text() {
         TemplateChoice::Auto,
         TemplateChoice::Chatml,
     ] {
-        let template = resolve_template(&model, choice).unwrap();
+        let template = resolve_template(&model, choice, None).unwrap();
         let layout = Layout::new(&model, &template, false);
         for sample in &samples {
             let pieces = template.pieces(&[sample]).unwrap();
@@ -70,7 +70,7 @@ fn segment_concatenation_decodes_back_to_the_exact_text() {
 #[test]
 fn the_model_template_is_the_gguf_jinja_with_its_default_system_message() {
     let model = Model::load(&common::scoring_model(), 0).unwrap();
-    let template = resolve_template(&model, TemplateChoice::Auto).unwrap();
+    let template = resolve_template(&model, TemplateChoice::Auto, None).unwrap();
     let Template::Chat(chat) = &template else {
         panic!("SmolLM2-Instruct has a chat template");
     };
@@ -88,7 +88,7 @@ fn the_model_template_is_the_gguf_jinja_with_its_default_system_message() {
     // Markup tokens are special tokens; the same text inside data stays plain text.
     assert_eq!(model.tokenize_markup("<|im_start|>").len(), 1);
     assert!(model.tokenize("<|im_start|>").len() > 1);
-    let chatml = resolve_template(&model, TemplateChoice::Chatml).unwrap();
+    let chatml = resolve_template(&model, TemplateChoice::Chatml, None).unwrap();
     assert_eq!(chatml.name(), "chatml");
     let Template::Chat(chatml) = chatml else {
         panic!("ChatML is a chat template")

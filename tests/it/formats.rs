@@ -158,7 +158,7 @@ fn conversations_are_scored_per_turn_with_ifd_and_a_progress_bar_on_a_terminal()
 #[test]
 fn a_conversation_loss_is_the_token_weighted_mean_of_its_turns() {
     let model = Model::load(&common::scoring_model(), 0).unwrap();
-    let template = resolve_template(&model, TemplateChoice::Auto).unwrap();
+    let template = resolve_template(&model, TemplateChoice::Auto, None).unwrap();
     let layout = Layout::new(&model, &template, false);
     let text = r#"{"messages": [{"role": "user", "content": "Name a primary colour."}, {"role": "assistant", "content": "Red is a primary colour."}, {"role": "user", "content": "And a secondary one?"}, {"role": "assistant", "content": "Green, which mixes blue and yellow."}]}"#;
     let chat = &parse_dataset(text.as_bytes(), Path::new("c.jsonl"))
@@ -419,7 +419,7 @@ fn the_response_only_pass_matches_each_response_decoded_alone() {
         ubatch: 512,
         threads: common::threads(),
     };
-    let template = resolve_template(&model, TemplateChoice::Chatml).unwrap();
+    let template = resolve_template(&model, TemplateChoice::Chatml, None).unwrap();
     let options = ScoringOptions {
         sizes: sizes(4),
         kv_reuse: true,

@@ -9,7 +9,7 @@ use base64::Engine as _;
 use miwv::config::ContextSizes;
 use miwv::dataset::ReadOptions;
 use miwv::output::{file_sha256, write_json, write_jsonl};
-use miwv::prompt::{Template, TemplateChoice};
+use miwv::prompt::TemplateChoice;
 use miwv::scheduler::Stats;
 use miwv::schema::{
     BudgetRecord, EmbedderRecord, FileRecord, Ifd, ModelInfo, RunRecord, ScoreRow, Timings,
@@ -75,7 +75,15 @@ fn run_record(data: &Path) -> RunRecord {
         neighbour_search: None,
         template_choice: TemplateChoice::Alpaca,
         template_name: "alpaca".into(),
-        template: Template::Alpaca,
+        // As an earlier version recorded a chat template: a run made by it still reads.
+        template: serde_json::json!({"chat": {
+            "name": "model",
+            "header": "",
+            "system": ["<|im_start|>system\n", "<|im_end|>\n"],
+            "user_open": "<|im_start|>user\n",
+            "assistant_open": "<|im_end|>\n<|im_start|>assistant\n",
+            "assistant_close": "<|im_end|>\n"
+        }}),
         separator: "\n\n".into(),
         read: ReadOptions::default(),
         append_eos: true,

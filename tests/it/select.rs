@@ -110,10 +110,11 @@ fn select_writes_scores_selection_and_run_record() {
         serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).unwrap()).unwrap();
     assert_eq!(run["samples"], 41);
     assert_eq!(run["selected"], 4);
-    // SmolLM2-Instruct is a chat model: its own template (ChatML, read from the GGUF).
+    // SmolLM2-Instruct is a chat model: its own Jinja template, read from the GGUF.
     assert_eq!(run["template_choice"], "auto");
     assert_eq!(run["template_name"], "model");
-    assert_eq!(run["template"]["chat"]["user_open"], "<|im_start|>user\n");
+    assert_eq!(run["template"]["chat"]["source"], "gguf");
+    assert_eq!(run["template"]["chat"]["eos_token"], "<|im_end|>");
     assert_eq!(run["budget"]["ratio"], 0.1);
     assert_eq!(
         run["scoring_model"]["sha256"],
