@@ -585,4 +585,17 @@ mod tests {
             "26 Jul 2024|yes|{\"a\": [1, \"é\"], \"b\": \"<\"}|{\n  \"a\": 1\n}"
         );
     }
+
+    #[test]
+    fn booleans_print_as_in_python_and_the_generation_tag_is_refused() {
+        let prints_bool =
+            ChatTemplate::new("test", "{{ messages[0].content == 'a' }}", "", "").unwrap();
+        assert_eq!(prints_bool.render(&[("user", "a")]).unwrap(), "True");
+        let generation =
+            "{% for m in messages %}{% generation %}{{ m.content }}{% endgeneration %}{% endfor %}";
+        assert!(matches!(
+            ChatTemplate::new("test", generation, "", ""),
+            Err(RenderError::Template(_))
+        ));
+    }
 }

@@ -388,8 +388,9 @@ def main() -> None:
                         help="a Jinja chat template file (chat-template mode; overrides --template)")
     parser.add_argument("--chat-bos-token", help="bos_token given to the chat template (default: the tokenizer's)")
     parser.add_argument("--chat-eos-token", help="eos_token given to the chat template (default: the tokenizer's)")
-    parser.add_argument("--chat-date", type=datetime.date.fromisoformat,
-                        help="YYYY-MM-DD: the date a chat template's strftime_now gives (default: today)")
+    parser.add_argument("--chat-date", type=datetime.date.fromisoformat, default=datetime.date(2024, 7, 26),
+                        help="YYYY-MM-DD: the date a chat template's strftime_now gives "
+                             "(default: 2024-07-26, the date miwv pins, docs/METHOD.md)")
     parser.add_argument("--first-turn", action="store_true", help="keep only a conversation's first exchange")
     parser.add_argument("--dump-tokens", type=Path,
                         help="also write each sample's sequences as JSON lines: token ids and scored positions")
@@ -545,8 +546,7 @@ def main_chat(args, torch, tokenizer, samples: list[dict], neighbours: list[int 
     bos_token = args.chat_bos_token if args.chat_bos_token is not None else tokenizer.bos_token
     eos_token = args.chat_eos_token if args.chat_eos_token is not None else tokenizer.eos_token
     chat = ChatSequences(tokenizer, template, bos_token, eos_token, args.append_eos)
-    if args.chat_date is not None:
-        chat_segments.pin_strftime_now(args.chat_date)
+    chat_segments.pin_strftime_now(args.chat_date)
 
     attention = "eager" if args.kv_cache == "f32" else register_f16_kv_attention(torch)
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32, attn_implementation=attention)
