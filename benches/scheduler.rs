@@ -2,7 +2,8 @@
 //!
 //! Uses the bundled examples unless `MIWV_BENCH_DATA` names another Alpaca-style file (e.g. the
 //! ShareGPT pairs from `benches/fetch-data.py`); `MIWV_BENCH_SIZES` overrides the sizes
-//! (comma-separated). `scripts/bench.sh` runs the full benchmark behind docs/PERFORMANCE.md.
+//! (comma-separated), and `MIWV_BENCH_BUSY=1` also scores the largest with one core kept busy.
+//! `scripts/bench.sh` runs the full benchmark behind docs/PERFORMANCE.md.
 
 use std::path::PathBuf;
 
@@ -37,6 +38,8 @@ fn main() {
         gpu_layers: 0,
         template: TemplateChoice::Alpaca,
         ceiling_repeats: 8,
+        // MIWV_BENCH_BUSY=1: also with one core kept busy.
+        busy: std::env::var_os("MIWV_BENCH_BUSY").is_some(),
     };
     match run(&config) {
         Ok(report) => print!("{}", report.render()),

@@ -4,7 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-# OpenMP threads that spin at barriers crawl on a busy machine; passive waiting costs little.
-export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
 cargo build --release
 cargo run --release --quiet -- select examples/alpaca-mini.json --out miwv-out --ratio 0.1 "$@"

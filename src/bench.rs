@@ -40,6 +40,8 @@ pub struct BenchConfig {
     pub template: TemplateChoice,
     /// Full-batch decodes timed for each ceiling.
     pub ceiling_repeats: usize,
+    /// Also score the largest size with one core kept busy.
+    pub busy: bool,
 }
 
 /// llama.cpp's prompt processing alone.
@@ -91,6 +93,8 @@ pub struct Report {
     pub with_reuse: Vec<Run>,
     /// The largest size without reuse.
     pub without_reuse: Run,
+    /// The largest size with reuse, with another thread keeping one core busy (`--busy`).
+    pub busy: Option<Run>,
 }
 
 impl Report {
@@ -107,6 +111,13 @@ impl Report {
     /// Samples/s with reuse over samples/s without.
     pub fn reuse_speedup(&self) -> f64 {
         self.largest().samples_per_s / self.without_reuse.samples_per_s
+    }
+
+    /// Seconds with one core kept busy over seconds on the quiet machine, same work.
+    pub fn busy_slowdown(&self) -> Option<f64> {
+        self.busy
+            .as_ref()
+            .map(|b| b.seconds / self.largest().seconds)
     }
 
     fn largest(&self) -> &Run {
@@ -179,6 +190,12 @@ impl Report {
                 r.tokens_per_sample
             );
         }
+        if let (Some(busy), Some(slowdown)) = (&self.busy, self.busy_slowdown()) {
+            out += &format!(
+                "(6) one core kept busy by another thread: {:.1} s for {} samples, {slowdown:.2}x the quiet time\n",
+                busy.seconds, busy.samples
+            );
+        }
         out
     }
 }
@@ -213,6 +230,10 @@ pub fn run(config: &BenchConfig) -> Result<Report, Error> {
         tracing::info!("scored {n} samples with reuse");
     }
     let without_reuse = bench.score(largest, false)?;
+    let busy = config
+        .busy
+        .then(|| with_one_core_busy(|| bench.score(largest, true)))
+        .transpose()?;
     let share = with_reuse.last().map_or(0.0, |r| r.logit_share);
 
     let tokens = ceiling_tokens(&model, &samples, &template, 512);
@@ -238,7 +259,25 @@ pub fn run(config: &BenchConfig) -> Result<Report, Error> {
         ceiling_workload_logits,
         with_reuse,
         without_reuse,
+        busy,
     })
+}
+
+/// Runs `work` while another thread spins, as a competing program keeps one core busy.
+fn with_one_core_busy<T>(work: impl FnOnce() -> T) -> T {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let spinner = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                std::hint::spin_loop();
+            }
+        })
+    };
+    let result = work();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = spinner.join();
+    result
 }
 
 /// The dataset's first `n` samples.

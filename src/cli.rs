@@ -392,6 +392,10 @@ struct BenchArgs {
     /// Full-batch decodes timed for each engine ceiling.
     #[arg(long, default_value_t = 8)]
     repeats: usize,
+    /// Also score the largest size again with another thread keeping one core busy, as a
+    /// browser or a build does on a laptop, and report the slowdown.
+    #[arg(long)]
+    busy: bool,
     /// Also write the report as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -663,6 +667,7 @@ impl BenchArgs {
                 gpu_layers: self.context.n_gpu_layers,
                 template: self.template,
                 ceiling_repeats: self.repeats,
+                busy: self.busy,
             },
             json: self.json,
         })
@@ -1037,6 +1042,8 @@ mod tests {
         assert_eq!(c.ceiling_repeats, 8);
         assert_eq!(c.gpu_layers, 0);
         assert_eq!(c.context, select(&[]).sizes);
+        assert!(!c.busy);
+        assert!(bench(&["--busy"]).config.busy);
 
         let c = bench(&[
             "-m",

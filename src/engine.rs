@@ -262,6 +262,18 @@ impl Tokenize for Model {
     }
 }
 
+/// How llama.cpp's OpenMP threads wait between parallel regions unless the user says
+/// otherwise. libgomp's default spins about 300,000 times at every barrier before sleeping:
+/// fastest on an idle machine, but when another program keeps a core busy, a spinning thread
+/// takes the CPU from the one it waits for, and a 2-core laptop scored 2.9 times slower. A
+/// short spin keeps the idle speed and most of the busy speed (docs/PERFORMANCE.md, "On a busy
+/// machine"); `OMP_WAIT_POLICY=PASSIVE` gives up 15% on the idle machine for little more.
+pub const OPENMP_WAIT: (&str, &str) = ("GOMP_SPINCOUNT", "1000");
+
+/// The variables with which a user chooses how OpenMP threads wait; when either is set,
+/// [`OPENMP_WAIT`] is not applied.
+pub const OPENMP_WAIT_VARIABLES: [&str; 2] = ["OMP_WAIT_POLICY", "GOMP_SPINCOUNT"];
+
 /// llama.cpp's `llama_ftype` values, as names.
 fn file_type_name(value: &str) -> String {
     let name = match value.parse::<u32>() {

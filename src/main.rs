@@ -9,12 +9,14 @@ use miwv::cli::{Action, BenchSettings, CompareSettings, DoctorSettings, ReportSe
 use miwv::config::SelectConfig;
 
 fn main() -> ExitCode {
+    with_openmp_wait_policy();
     let invocation = match miwv::cli::parse(std::env::args_os()) {
         Ok(invocation) => invocation,
         // Help and version exit with 0, a bad command line with 2.
         Err(e) => e.exit(),
     };
     init_logging(invocation.verbose);
+    log_openmp_wait_policy();
     let result = match invocation.action {
         Action::Select(config) => run_select(&config),
         Action::Embed(config, shard) => stage(miwv::run::stages::embed(&config, shard)),
@@ -46,6 +48,45 @@ fn main() -> ExitCode {
             eprintln!("miwv: error: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Starts the process again with [`miwv::engine::OPENMP_WAIT`] set, unless the user chose how
+/// OpenMP threads wait. libgomp reads its settings once, when it is loaded, before `main`
+/// runs, so setting the variable here would be too late; `exec` keeps the process id, the
+/// arguments and everything else.
+#[cfg(unix)]
+fn with_openmp_wait_policy() {
+    use miwv::engine::{OPENMP_WAIT, OPENMP_WAIT_VARIABLES};
+    use std::os::unix::process::CommandExt;
+    if OPENMP_WAIT_VARIABLES
+        .iter()
+        .any(|v| std::env::var_os(v).is_some())
+    {
+        return;
+    }
+    let Ok(exe) = std::env::current_exe() else {
+        return;
+    };
+    let error = std::process::Command::new(exe)
+        .args(std::env::args_os().skip(1))
+        .env(OPENMP_WAIT.0, OPENMP_WAIT.1)
+        .exec();
+    // `exec` returns only when it failed: run on with OpenMP's own defaults.
+    eprintln!(
+        "miwv: warning: could not restart with {}={}: {error}",
+        OPENMP_WAIT.0, OPENMP_WAIT.1
+    );
+}
+
+#[cfg(not(unix))]
+fn with_openmp_wait_policy() {}
+
+/// How OpenMP threads wait in this process, at `-v`.
+fn log_openmp_wait_policy() {
+    for variable in miwv::engine::OPENMP_WAIT_VARIABLES {
+        let value = std::env::var(variable).unwrap_or_else(|_| "unset".into());
+        tracing::debug!("OpenMP: {variable}={value}");
     }
 }
 

@@ -1,5 +1,6 @@
 //! The command line end to end through the built binary, without loading any model: bad values
-//! exit with 2 naming their flag, help works, and logs to a file carry no colour codes.
+//! exit with 2 naming their flag, help works, logs to a file carry no colour codes, and
+//! OpenMP waits as documented.
 
 use std::process::{Command, Output, Stdio};
 
@@ -97,5 +98,43 @@ fn logs_to_a_file_have_no_colour_codes() {
     assert!(
         !log.contains("\x1b["),
         "colour codes in a log file: {log:?}"
+    );
+}
+
+/// OpenMP's wait is set for the user who set nothing (libgomp reads it before `main`, so the
+/// binary restarts itself with it), and left alone for the user who chose.
+#[test]
+fn openmp_threads_spin_briefly_unless_the_user_chose() {
+    let openmp_lines = |env: &[(&str, &str)]| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_miwv"));
+        command
+            .args(["-v", "completions", "bash"])
+            .env_remove("OMP_WAIT_POLICY")
+            .env_remove("GOMP_SPINCOUNT")
+            .envs(env.iter().copied());
+        let output = command.output().unwrap();
+        assert!(output.status.success());
+        assert!(
+            !output.stdout.is_empty(),
+            "the restarted process did the work"
+        );
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        let lines: Vec<String> = stderr
+            .lines()
+            .filter_map(|l| l.split_once("OpenMP: ").map(|(_, v)| v.to_string()))
+            .collect();
+        lines
+    };
+    assert_eq!(
+        openmp_lines(&[]),
+        ["OMP_WAIT_POLICY=unset", "GOMP_SPINCOUNT=1000"]
+    );
+    assert_eq!(
+        openmp_lines(&[("OMP_WAIT_POLICY", "PASSIVE")]),
+        ["OMP_WAIT_POLICY=PASSIVE", "GOMP_SPINCOUNT=unset"]
+    );
+    assert_eq!(
+        openmp_lines(&[("GOMP_SPINCOUNT", "50")]),
+        ["OMP_WAIT_POLICY=unset", "GOMP_SPINCOUNT=50"]
     );
 }
