@@ -195,7 +195,7 @@ impl ChatTemplate {
         }
         markup.push(rest);
         let contents = emitted_contents(&rendered, messages, &markup)
-            .ok_or_else(|| unsplittable(messages, first_unmatched(&rendered, messages, &markup)))?;
+            .map_err(|j| unsplittable(messages, j))?;
         let mut segments = Vec::with_capacity(2 * messages.len() + 1);
         for (j, text) in contents.into_iter().enumerate() {
             segments.push(Segment::Markup(markup[j].to_string()));
@@ -233,25 +233,31 @@ fn emitted_forms(content: &str) -> [&str; 4] {
     ]
 }
 
-/// Each message's content as it appears in `rendered` between the markup pieces, or `None`
-/// when no choice of forms reproduces the render exactly.
+/// Each message's content as it appears in `rendered` between the markup pieces; when no
+/// choice of forms reproduces the render exactly, the first message that none accounts for.
 fn emitted_contents<'r>(
     rendered: &'r str,
     messages: &[Message],
     markup: &[&str],
-) -> Option<Vec<&'r str>> {
-    let rest = rendered.strip_prefix(markup[0])?;
+) -> Result<Vec<&'r str>, usize> {
     let mut found = Vec::with_capacity(messages.len());
-    walk(rest, messages, &markup[1..], &mut found).then_some(found)
+    let mut deepest = 0;
+    match rendered.strip_prefix(markup[0]) {
+        Some(rest) if walk(rest, messages, &markup[1..], &mut found, &mut deepest) => Ok(found),
+        _ => Err(deepest.min(messages.len().saturating_sub(1))),
+    }
 }
 
-/// Backtracking over the forms of each content; in practice the first form fits.
+/// Backtracking over the forms of each content (in practice the first form fits); `deepest`
+/// keeps the furthest message reached, for the error.
 fn walk<'r>(
     rest: &'r str,
     messages: &[Message],
     markup: &[&str],
     found: &mut Vec<&'r str>,
+    deepest: &mut usize,
 ) -> bool {
+    *deepest = (*deepest).max(found.len());
     let Some(((_, content), later)) = messages.split_first() else {
         return rest.is_empty();
     };
@@ -268,39 +274,12 @@ fn walk<'r>(
             continue;
         };
         found.push(&rest[..form.len()]);
-        if walk(next, later, &markup[1..], found) {
+        if walk(next, later, &markup[1..], found, deepest) {
             return true;
         }
         found.pop();
     }
     false
-}
-
-/// The first message whose content cannot be matched, for the error message.
-fn first_unmatched(rendered: &str, messages: &[Message], markup: &[&str]) -> usize {
-    (0..messages.len())
-        .find(|&j| !prefix_matches(rendered, &messages[..=j], &markup[..=j + 1]))
-        .unwrap_or(messages.len().saturating_sub(1))
-}
-
-/// Whether some forms of the first contents, with their markup, start `rendered`.
-fn prefix_matches(rendered: &str, messages: &[Message], markup: &[&str]) -> bool {
-    fn go(rest: &str, messages: &[Message], markup: &[&str]) -> bool {
-        let Some((open, later_markup)) = markup.split_first() else {
-            return true;
-        };
-        let Some(rest) = rest.strip_prefix(open) else {
-            return false;
-        };
-        let Some(((_, content), later)) = messages.split_first() else {
-            return true;
-        };
-        emitted_forms(content).iter().any(|form| {
-            rest.strip_prefix(form)
-                .is_some_and(|r| go(r, later, later_markup))
-        })
-    }
-    go(rendered, messages, markup)
 }
 
 /// An environment configured as transformers configures Jinja2 for chat templates.

@@ -283,15 +283,14 @@ impl Template {
         if !matches!(self, Template::Chat(_)) {
             return Ok(());
         }
-        let failures: Vec<UnrenderableSample> = samples
+        samples
             .par_iter()
-            .filter_map(|sample| {
+            .find_map_first(|sample| {
                 self.pieces(&[sample])
                     .and_then(|_| self.pieces(&[sample, sample]))
                     .err()
             })
-            .collect();
-        failures.into_iter().next().map_or(Ok(()), Err)
+            .map_or(Ok(()), Err)
     }
 
     /// A sample's block in a text format: system message, then each turn's prompt and

@@ -355,6 +355,17 @@ def register_f16_kv_attention(torch) -> str:
 
 
 
+def load_model(args):
+    """The float32 model, with the KV cache precision asked for; and the attention used."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    attention = "eager" if args.kv_cache == "f32" else register_f16_kv_attention(torch)
+    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32, attn_implementation=attention)
+    model.eval()
+    return model, attention
+
+
 def empty_row(samples, i, k):
     """A scores.jsonl row for sample i (neighbour k) with nothing computed yet, and its token dump."""
     sample = samples[i]
@@ -407,7 +418,7 @@ def main() -> None:
     args = parser.parse_args()
 
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -441,9 +452,7 @@ def main() -> None:
     tok = Tokens(tokenizer, bos_id, eos_id, args.append_eos)
     sep = tok.encode(SEPARATORS[args.template])
 
-    attention = "eager" if args.kv_cache == "f32" else register_f16_kv_attention(torch)
-    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32, attn_implementation=attention)
-    model.eval()
+    model, attention = load_model(args)
     print(
         f"model {args.model} ({model.config.model_type}, vocab {model.config.vocab_size}), BOS "
         f"{'id ' + str(bos_id) if add_bos else 'none'}, template {args.template}, SEP ids {sep}, "
@@ -530,8 +539,6 @@ def write_outputs(args, rows: list[dict], dumps: list[dict]) -> None:
 
 def main_chat(args, torch, tokenizer, samples: list[dict], neighbours: list[int | None]) -> None:
     """Chat-template mode (see the module docstring)."""
-    from transformers import AutoModelForCausalLM
-
     if args.bos == "on":
         sys.exit("--bos on does not apply with a chat template: the sequence starts with what the template writes")
     if args.chat_template is not None:
@@ -548,9 +555,7 @@ def main_chat(args, torch, tokenizer, samples: list[dict], neighbours: list[int 
     chat = ChatSequences(tokenizer, template, bos_token, eos_token, args.append_eos)
     chat_segments.pin_strftime_now(args.chat_date)
 
-    attention = "eager" if args.kv_cache == "f32" else register_f16_kv_attention(torch)
-    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32, attn_implementation=attention)
-    model.eval()
+    model, attention = load_model(args)
     print(
         f"model {args.model} ({model.config.model_type}, vocab {model.config.vocab_size}), chat template "
         f"{template_name}, bos_token {bos_token!r}, eos_token {eos_token!r}, no BOS added, ctx {args.ctx_size}, "
