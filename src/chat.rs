@@ -31,12 +31,43 @@ pub const CHATML: &str = include_str!("../assets/templates/chatml.jinja");
 /// depend on the day it runs: Llama 3.1's own default date.
 pub const TEMPLATE_DATE: (i32, u32, u32) = (2024, 7, 26);
 
+/// Where a chat template comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChatSource {
+    /// The GGUF's `tokenizer.chat_template`.
+    Gguf,
+    /// A `--chat-template` file.
+    File,
+    /// miwv's built-in ChatML template ([`CHATML`]).
+    Chatml,
+}
+
+impl ChatSource {
+    /// The template's name in messages and `run.json`'s `template_name`.
+    pub fn name(self) -> &'static str {
+        match self {
+            ChatSource::Gguf => "model",
+            ChatSource::File => "chat-template",
+            ChatSource::Chatml => "chatml",
+        }
+    }
+
+    /// Where the template comes from, in words.
+    pub fn describe(self) -> &'static str {
+        match self {
+            ChatSource::Gguf => "the GGUF's tokenizer.chat_template",
+            ChatSource::File => "a --chat-template file",
+            ChatSource::Chatml => "miwv's built-in chatml template",
+        }
+    }
+}
+
 /// A Jinja chat template and the special-token strings it is rendered with.
 #[derive(Clone, Serialize, Deserialize)]
 pub struct ChatTemplate {
-    /// Where the template comes from: `gguf` (the model's `tokenizer.chat_template`) or the
-    /// name of a template built into miwv (`chatml`).
-    pub source: String,
+    /// Where the template comes from.
+    pub source: ChatSource,
     /// The template's Jinja text.
     pub jinja: String,
     /// sha256 of the Jinja text.
@@ -109,18 +140,18 @@ pub enum Segment {
 }
 
 impl ChatTemplate {
-    /// A template from its Jinja text; `source` says where it comes from.
+    /// A template from its Jinja text, which comes from `source`.
     ///
     /// # Errors
     /// [`RenderError::Template`] when the text is not a template MiniJinja can compile.
     pub fn new(
-        source: &str,
+        source: ChatSource,
         jinja: &str,
         bos_token: &str,
         eos_token: &str,
     ) -> Result<Self, RenderError> {
         let mut template = Self {
-            source: source.to_string(),
+            source,
             jinja: jinja.to_string(),
             sha256: format!("{:x}", Sha256::digest(jinja.as_bytes())),
             bos_token: bos_token.to_string(),
@@ -447,7 +478,7 @@ mod tests {
     use super::*;
 
     fn chatml() -> ChatTemplate {
-        ChatTemplate::new("chatml", CHATML, "<|im_start|>", "<|im_end|>").unwrap()
+        ChatTemplate::new(ChatSource::Chatml, CHATML, "<|im_start|>", "<|im_end|>").unwrap()
     }
 
     #[test]
@@ -489,7 +520,7 @@ mod tests {
     #[test]
     fn a_trimmed_content_is_scored_as_emitted_and_markup_inside_a_content_stays_content() {
         let template = ChatTemplate::new(
-            "test",
+            ChatSource::File,
             "{% for m in messages %}<{{ m.role }}>{{ m.content | trim }}</s>{% endfor %}",
             "<s>",
             "</s>",
@@ -518,7 +549,7 @@ mod tests {
     #[test]
     fn raise_exception_and_rewritten_contents_are_errors_with_the_reason() {
         let strict = ChatTemplate::new(
-            "test",
+            ChatSource::File,
             "{% if messages[0].role != 'user' %}{{ raise_exception('Conversations must start with a user message') }}{% endif %}{% for m in messages %}{{ m.content }}{% endfor %}",
             "",
             "",
@@ -529,7 +560,7 @@ mod tests {
             RenderError::Template("Conversations must start with a user message".into())
         );
         let upper = ChatTemplate::new(
-            "test",
+            ChatSource::File,
             "{% for m in messages %}[{{ m.content | upper }}]{% endfor %}",
             "",
             "",
@@ -545,7 +576,7 @@ mod tests {
             }
         );
         assert!(matches!(
-            ChatTemplate::new("test", "{% for %}", "", ""),
+            ChatTemplate::new(ChatSource::File, "{% for %}", "", ""),
             Err(RenderError::Template(_))
         ));
     }
@@ -553,7 +584,7 @@ mod tests {
     #[test]
     fn python_methods_dates_and_json_as_transformers_renders_them() {
         let template = ChatTemplate::new(
-            "test",
+            ChatSource::File,
             "{{ strftime_now('%d %b %Y') }}|{% if messages[0].content.strip().startswith('a') %}yes{% endif %}|{{ {'a': [1, 'é'], 'b': '<'} | tojson }}|{{ {'a': 1} | tojson(indent=2) }}",
             "",
             "",
@@ -568,12 +599,13 @@ mod tests {
     #[test]
     fn booleans_print_as_in_python_and_the_generation_tag_is_refused() {
         let prints_bool =
-            ChatTemplate::new("test", "{{ messages[0].content == 'a' }}", "", "").unwrap();
+            ChatTemplate::new(ChatSource::File, "{{ messages[0].content == 'a' }}", "", "")
+                .unwrap();
         assert_eq!(prints_bool.render(&[("user", "a")]).unwrap(), "True");
         let generation =
             "{% for m in messages %}{% generation %}{{ m.content }}{% endgeneration %}{% endfor %}";
         assert!(matches!(
-            ChatTemplate::new("test", generation, "", ""),
+            ChatTemplate::new(ChatSource::File, generation, "", ""),
             Err(RenderError::Template(_))
         ));
     }

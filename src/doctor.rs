@@ -147,14 +147,10 @@ pub fn check_tokenizer(
 pub fn describe_template(template: &Template) -> String {
     match template {
         Template::Chat(chat) => {
-            let source = match chat.source.as_str() {
-                "gguf" => "the GGUF's tokenizer.chat_template".to_string(),
-                "file" => "a --chat-template file".to_string(),
-                builtin => format!("miwv's built-in {builtin} template"),
-            };
             format!(
-                "template: {} ({source}, Jinja sha256 {}), bos_token {:?}, eos_token {:?}",
+                "template: {} ({}, Jinja sha256 {}), bos_token {:?}, eos_token {:?}",
                 template.name(),
+                chat.source.describe(),
                 chat.sha256,
                 chat.bos_token,
                 chat.eos_token

@@ -13,7 +13,7 @@ use std::ops::Range;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::chat::{ChatTemplate, Message, RenderError, Segment, CHATML};
+use crate::chat::{ChatSource, ChatTemplate, Message, RenderError, Segment, CHATML};
 use crate::dataset::{Sample, Turn};
 use crate::score::{mean_loss, Unscorable};
 
@@ -118,16 +118,17 @@ impl Template {
         let (bos, eos) = model_chat.map_or(("", ""), |m| (&m.bos_token, &m.eos_token));
         let own = || -> Result<Option<Template>, TemplateError> {
             let own = match replacement {
-                Some(jinja) => Some(("file", jinja)),
-                None => model_chat.map(|m| ("gguf", m.jinja.as_str())),
+                Some(jinja) => Some((ChatSource::File, jinja)),
+                None => model_chat.map(|m| (ChatSource::Gguf, m.jinja.as_str())),
             };
             own.map(|(source, jinja)| ChatTemplate::new(source, jinja, bos, eos))
                 .transpose()
                 .map(|t| t.map(Template::Chat))
                 .map_err(TemplateError::Unusable)
         };
-        let chatml =
-            || ChatTemplate::new("chatml", CHATML, bos, eos).map_err(TemplateError::Unusable);
+        let chatml = || {
+            ChatTemplate::new(ChatSource::Chatml, CHATML, bos, eos).map_err(TemplateError::Unusable)
+        };
         Ok(match choice {
             TemplateChoice::Auto => own()?.unwrap_or(Template::Alpaca),
             TemplateChoice::Model => own()?.ok_or(TemplateError::Missing)?,
@@ -162,16 +163,14 @@ pub enum Piece {
 pub type OwnedPiece = (Option<usize>, Piece);
 
 impl Template {
-    /// A short name for messages and `run.json`: the text format's name, or for a chat
-    /// template `model` (the GGUF's own) or the built-in's name.
-    pub fn name(&self) -> &str {
+    /// A short name for messages and `run.json`: the text format's name, or the chat
+    /// template's ([`ChatSource::name`]).
+    pub fn name(&self) -> &'static str {
         match self {
             Template::Alpaca => "alpaca",
             Template::Raw => "raw",
             Template::Oda => "oda",
-            Template::Chat(chat) if chat.source == "gguf" => "model",
-            Template::Chat(chat) if chat.source == "file" => "chat-template",
-            Template::Chat(chat) => &chat.source,
+            Template::Chat(chat) => chat.source.name(),
         }
     }
 
@@ -654,7 +653,7 @@ pub(crate) mod tests {
     fn chat() -> Template {
         Template::Chat(
             ChatTemplate::new(
-                "test",
+                ChatSource::File,
                 "H|{% if messages[0].role != 'system' %}S:default<E>\n{% endif %}\
                  {% for m in messages %}{{ {'system': 'S:', 'user': 'U:', 'assistant': 'A:'}[m.role] }}\
                  {{ m.content }}<E>\n{% endfor %}",
@@ -780,7 +779,7 @@ pub(crate) mod tests {
     fn a_template_that_raises_names_the_sample_and_its_message() {
         let strict = Template::Chat(
             ChatTemplate::new(
-                "test",
+                ChatSource::File,
                 "{% for m in messages %}{% if m.role == 'system' and not loop.first %}\
                  {{ raise_exception('System message must come first') }}{% endif %}\
                  {{ m.content }}{% endfor %}",

@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 use crate::common;
 
-use miwv::chat::{ChatTemplate, RenderError, Segment};
+use miwv::chat::{ChatSource, ChatTemplate, RenderError, Segment};
 use miwv::dataset::{Sample, Turn};
 use miwv::engine::Model;
 use miwv::prompt::{Layout, Template, Token, Tokenize};
@@ -71,7 +71,13 @@ fn template(fixtures: &Fixtures, name: &str) -> ChatTemplate {
     let path = common::root().join("tests/fixtures/chat").join(&t.file);
     let jinja = std::fs::read_to_string(path).unwrap();
     let text = |s: &Option<String>| s.clone().unwrap_or_default();
-    ChatTemplate::new(name, &jinja, &text(&t.bos_token), &text(&t.eos_token)).unwrap()
+    ChatTemplate::new(
+        ChatSource::File,
+        &jinja,
+        &text(&t.bos_token),
+        &text(&t.eos_token),
+    )
+    .unwrap()
 }
 
 /// The messages as a sample, when they are one: an optional system message, then user and

@@ -74,7 +74,10 @@ fn the_model_template_is_the_gguf_jinja_with_its_default_system_message() {
     let Template::Chat(chat) = &template else {
         panic!("SmolLM2-Instruct has a chat template");
     };
-    assert_eq!((template.name(), chat.source.as_str()), ("model", "gguf"));
+    assert_eq!(
+        (template.name(), chat.source),
+        ("model", miwv::chat::ChatSource::Gguf)
+    );
     assert_eq!(
         (chat.bos_token.as_str(), chat.eos_token.as_str()),
         ("<|im_start|>", "<|im_end|>")
