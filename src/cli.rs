@@ -88,6 +88,12 @@ enum Command {
         after_help = "Exits with 1 when a sample cannot be rendered or any segment differs.\nExamples:\n  miwv doctor examples/alpaca-mini.json --sample 3\n  miwv doctor examples/alpaca-mini.json --tokenizer tokenizer.json -m model.gguf"
     )]
     Doctor(DoctorArgs),
+    /// Write a GGUF's weights in another format, as llama.cpp's llama-quantize does.
+    #[command(
+        after_help = "Examples:\n  miwv quantize model.F16.gguf model.Q8_0.gguf --type Q8_0\n  miwv quantize model.Q4_1.gguf model.F16.gguf --type F16   (from quantised weights: warned)\n\n\
+            Which format to score with: docs/PERFORMANCE.md, \"Weight formats\"."
+    )]
+    Quantize(QuantizeArgs),
     /// Print a shell completion script.
     #[command(
         after_help = "Example:\n  miwv completions bash > ~/.local/share/bash-completion/completions/miwv\n  miwv completions zsh > ~/.zfunc/_miwv"
@@ -209,6 +215,20 @@ struct DoctorArgs {
     /// Also write every disagreement as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct QuantizeArgs {
+    /// The GGUF model to convert.
+    input: PathBuf,
+    /// Where to write the converted GGUF.
+    output: PathBuf,
+    /// The weight format to write.
+    #[arg(long = "type", ignore_case = true, value_parser = clap::builder::PossibleValuesParser::new(crate::engine::QUANTIZE_FORMATS))]
+    format: String,
+    /// CPU threads [default: one per physical performance core].
+    #[arg(short = 't', long)]
+    threads: Option<usize>,
 }
 
 #[derive(Args)]
@@ -349,9 +369,14 @@ struct ContextArgs {
     /// Most tokens per compute step.
     #[arg(long = "ubatch-size", default_value_t = 512)]
     ubatch_size: usize,
-    /// CPU threads [default: all cores].
+    /// CPU threads [default: one per physical performance core].
     #[arg(short = 't', long)]
     threads: Option<usize>,
+    /// Scoring contexts decoding different parts of the data at once, the threads shared out
+    /// among them; each holds its own KV cache [default: one per thread on the CPU, one with
+    /// -ngl].
+    #[arg(long)]
+    workers: Option<usize>,
     /// Layers to offload to the GPU, llama.cpp's -ngl (builds with the cuda, metal or vulkan
     /// feature; 999 offloads all).
     #[arg(long = "n-gpu-layers", visible_alias = "ngl", default_value_t = 0)]
@@ -360,14 +385,16 @@ struct ContextArgs {
 
 impl ContextArgs {
     fn sizes(&self) -> ContextSizes {
+        let threads = self.threads.unwrap_or_else(config::default_threads);
         ContextSizes {
             ctx_per_sequence: self.ctx_size,
             parallel: self.parallel,
             batch: self.batch_size,
             ubatch: self.ubatch_size,
-            threads: self
-                .threads
-                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from)),
+            threads,
+            workers: self
+                .workers
+                .unwrap_or_else(|| ContextSizes::default_workers(threads, self.n_gpu_layers)),
         }
     }
 }
@@ -464,6 +491,8 @@ pub enum Action {
     BenchNeighbours(BenchNeighboursSettings),
     /// `miwv compare`.
     Compare(CompareSettings),
+    /// `miwv quantize`.
+    Quantize(QuantizeSettings),
     /// `miwv doctor`.
     Doctor(DoctorSettings),
     /// `miwv report`.
@@ -501,6 +530,19 @@ pub struct CompareSettings {
     pub ratios: Vec<f64>,
     /// `--json`: also write the comparison here.
     pub json: Option<PathBuf>,
+}
+
+/// `miwv quantize`'s settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuantizeSettings {
+    /// The GGUF read.
+    pub input: PathBuf,
+    /// The GGUF written.
+    pub output: PathBuf,
+    /// `--type`: a name from [`crate::engine::QUANTIZE_FORMATS`], upper case.
+    pub format: String,
+    /// `-t`: at least 1.
+    pub threads: usize,
 }
 
 /// `miwv doctor`'s settings.
@@ -577,6 +619,7 @@ where
         Command::Bench(args) => Action::Bench(args.check()?),
         Command::BenchNeighbours(args) => Action::BenchNeighbours(args.check()?),
         Command::Compare(args) => Action::Compare(args.check()?),
+        Command::Quantize(args) => Action::Quantize(args.check()?),
         Command::Doctor(args) => Action::Doctor(args.check()?),
         Command::Report(args) => Action::Report(args.check()?),
         Command::Completions { shell } => Action::Completions(shell),
@@ -768,6 +811,27 @@ impl DoctorArgs {
     }
 }
 
+impl QuantizeArgs {
+    fn check(self) -> Result<QuantizeSettings, clap::Error> {
+        if self.input == self.output {
+            return Err(invalid("quantize")(ConfigError::new(
+                "the output must be another file than the input".into(),
+            )));
+        }
+        if self.threads == Some(0) {
+            return Err(invalid("quantize")(ConfigError::new(
+                "--threads must be at least 1".into(),
+            )));
+        }
+        Ok(QuantizeSettings {
+            input: self.input,
+            output: self.output,
+            format: self.format.to_ascii_uppercase(),
+            threads: self.threads.unwrap_or_else(config::default_threads),
+        })
+    }
+}
+
 impl ReportArgs {
     fn check(self) -> Result<ReportSettings, clap::Error> {
         config::check_top(self.top).map_err(invalid("report"))?;
@@ -853,7 +917,7 @@ mod tests {
     }
 
     fn cores() -> usize {
-        std::thread::available_parallelism().map_or(1, usize::from)
+        config::default_threads()
     }
 
     #[test]
@@ -880,11 +944,28 @@ mod tests {
                 batch: 2048,
                 ubatch: 512,
                 threads: cores(),
+                workers: cores(),
             }
         );
         assert_eq!(c.gpu_layers, 0);
         assert!(c.kv_reuse);
         assert_eq!(c.checkpoint_tokens, config::DEFAULT_CHECKPOINT_TOKENS);
+    }
+
+    #[test]
+    fn workers_default_to_one_per_thread_on_the_cpu_and_one_on_a_gpu() {
+        assert_eq!(select(&["-t", "3"]).sizes.workers, 3);
+        assert_eq!(select(&["-t", "3", "--workers", "1"]).sizes.workers, 1);
+        assert_eq!(select(&["-t", "3", "-ngl", "99"]).sizes.workers, 1);
+        let sizes = select(&["-t", "5", "--workers", "2"]).sizes;
+        assert_eq!((sizes.workers, sizes.threads_per_worker()), (2, 2));
+        for bad in [&["-t", "2", "--workers", "3"][..], &["--workers", "0"]] {
+            let err = run(&[&["select", "d.json"], bad].concat()).err().unwrap();
+            assert!(
+                err.to_string().contains("--workers must be 1..=--threads"),
+                "{err}"
+            );
+        }
     }
 
     #[test]
@@ -1083,6 +1164,7 @@ mod tests {
                 batch: 1024,
                 ubatch: 128,
                 threads: 2,
+                workers: 2,
             }
         );
         assert_eq!(

@@ -52,3 +52,17 @@ pub trait Decoder {
     /// Empties every slot, as in a new context.
     fn clear(&mut self);
 }
+
+/// Makes a decoder for each worker of a pool, on the worker's own thread (a llama.cpp context
+/// stays on the thread that made it). Workers decode different segments of a plan at once,
+/// each with its own cache; no thread waits for another inside a decode.
+pub trait DecoderPool: Sync {
+    /// How many workers to run.
+    fn workers(&self) -> usize;
+
+    /// A new decoder for the calling thread.
+    ///
+    /// # Errors
+    /// When the engine cannot make one (usually: not enough memory).
+    fn decoder(&self) -> Result<Box<dyn Decoder + '_>, DecodeError>;
+}

@@ -24,7 +24,7 @@ use llama_cpp_2::token::LlamaToken;
 use rayon::prelude::*;
 
 use crate::config::ContextSizes;
-use crate::decoder::{DecodeError, Decoder, Item};
+use crate::decoder::{DecodeError, Decoder, DecoderPool, Item};
 use crate::prompt::{ModelChat, ScoredSequence, Token, Tokenize};
 use crate::schema::ModelInfo;
 use crate::score::log_prob;
@@ -274,49 +274,174 @@ pub const OPENMP_WAIT: (&str, &str) = ("GOMP_SPINCOUNT", "1000");
 /// [`OPENMP_WAIT`] is not applied.
 pub const OPENMP_WAIT_VARIABLES: [&str; 2] = ["OMP_WAIT_POLICY", "GOMP_SPINCOUNT"];
 
-/// llama.cpp's `llama_ftype` values, as names.
+/// llama.cpp's `llama_ftype` values and their names, as `llama-quantize` spells them.
+const FILE_TYPES: [(u32, &str); 33] = [
+    (0, "F32"),
+    (1, "F16"),
+    (2, "Q4_0"),
+    (3, "Q4_1"),
+    (7, "Q8_0"),
+    (8, "Q5_0"),
+    (9, "Q5_1"),
+    (10, "Q2_K"),
+    (11, "Q3_K_S"),
+    (12, "Q3_K_M"),
+    (13, "Q3_K_L"),
+    (14, "Q4_K_S"),
+    (15, "Q4_K_M"),
+    (16, "Q5_K_S"),
+    (17, "Q5_K_M"),
+    (18, "Q6_K"),
+    (19, "IQ2_XXS"),
+    (20, "IQ2_XS"),
+    (21, "Q2_K_S"),
+    (22, "IQ3_XS"),
+    (23, "IQ3_XXS"),
+    (24, "IQ1_S"),
+    (25, "IQ4_NL"),
+    (26, "IQ3_S"),
+    (27, "IQ3_M"),
+    (28, "IQ2_S"),
+    (29, "IQ2_M"),
+    (30, "IQ4_XS"),
+    (31, "IQ1_M"),
+    (32, "BF16"),
+    (36, "TQ1_0"),
+    (37, "TQ2_0"),
+    (38, "MXFP4_MOE"),
+];
+
+/// The weight formats `miwv quantize` writes: those llama.cpp makes without an importance
+/// matrix (the IQ formats need one, and the ternary and MoE formats suit other models).
+pub const QUANTIZE_FORMATS: [&str; 17] = [
+    "F32", "BF16", "F16", "Q8_0", "Q6_K", "Q5_K_M", "Q5_K_S", "Q5_1", "Q5_0", "Q4_K_M", "Q4_K_S",
+    "Q4_1", "Q4_0", "Q3_K_L", "Q3_K_M", "Q3_K_S", "Q2_K",
+];
+
+/// A `general.file_type` value as a name.
 fn file_type_name(value: &str) -> String {
-    let name = match value.parse::<u32>() {
-        Ok(0) => "F32",
-        Ok(1) => "F16",
-        Ok(2) => "Q4_0",
-        Ok(3) => "Q4_1",
-        Ok(7) => "Q8_0",
-        Ok(8) => "Q5_0",
-        Ok(9) => "Q5_1",
-        Ok(10) => "Q2_K",
-        Ok(11) => "Q3_K_S",
-        Ok(12) => "Q3_K_M",
-        Ok(13) => "Q3_K_L",
-        Ok(14) => "Q4_K_S",
-        Ok(15) => "Q4_K_M",
-        Ok(16) => "Q5_K_S",
-        Ok(17) => "Q5_K_M",
-        Ok(18) => "Q6_K",
-        Ok(19) => "IQ2_XXS",
-        Ok(20) => "IQ2_XS",
-        Ok(21) => "Q2_K_S",
-        Ok(22) => "IQ3_XS",
-        Ok(23) => "IQ3_XXS",
-        Ok(24) => "IQ1_S",
-        Ok(25) => "IQ4_NL",
-        Ok(26) => "IQ3_S",
-        Ok(27) => "IQ3_M",
-        Ok(28) => "IQ2_S",
-        Ok(29) => "IQ2_M",
-        Ok(30) => "IQ4_XS",
-        Ok(31) => "IQ1_M",
-        Ok(32) => "BF16",
-        Ok(36) => "TQ1_0",
-        Ok(37) => "TQ2_0",
-        Ok(38) => "MXFP4_MOE",
-        _ => return format!("file_type {value}"),
+    value
+        .parse::<u32>()
+        .ok()
+        .and_then(|v| FILE_TYPES.iter().find(|(t, _)| *t == v))
+        .map_or_else(
+            || format!("file_type {value}"),
+            |(_, name)| name.to_string(),
+        )
+}
+
+/// Whether a weight format is quantised (stores fewer bits than 16 per weight).
+fn is_quantised(format: &str) -> bool {
+    !matches!(format, "F32" | "F16" | "BF16")
+}
+
+/// What [`quantize`] did.
+#[derive(Debug, Clone)]
+pub struct Quantized {
+    /// The input's weight format, as llama.cpp names it.
+    pub from: String,
+    /// The format written.
+    pub to: String,
+    /// Whether the input's weights were already quantised, so the output rounds them twice.
+    pub requantised: bool,
+    /// The output's sha256, to check that two machines wrote the same bytes.
+    pub sha256: String,
+    /// The output's size in bytes.
+    pub bytes: u64,
+}
+
+/// Writes the weights of the GGUF `input` to `output` in another `format` (a name from
+/// [`QUANTIZE_FORMATS`]), as llama.cpp's `llama-quantize` does, with `threads` threads. An
+/// input that is already quantised is converted too (its values are dequantised and rounded
+/// again), with a warning. The output holds the
+/// same bytes for the same input and format on every machine.
+///
+/// # Errors
+/// [`EngineError::Model`] naming the input when it cannot be read, the format is not one
+/// llama.cpp writes without an importance matrix, or llama.cpp fails.
+pub fn quantize(
+    input: &Path,
+    output: &Path,
+    format: &str,
+    threads: usize,
+) -> Result<Quantized, EngineError> {
+    let fail = |problem: String| EngineError::Model {
+        path: input.to_path_buf(),
+        problem,
     };
-    name.to_string()
+    let format = format.to_ascii_uppercase();
+    if !QUANTIZE_FORMATS.contains(&format.as_str()) {
+        return Err(fail(format!(
+            "cannot write `{format}`; --type takes one of {}",
+            QUANTIZE_FORMATS.join(", ")
+        )));
+    }
+    let (ftype, _) = FILE_TYPES
+        .iter()
+        .find(|(_, name)| *name == format)
+        .expect("every writable format has a file type");
+    check_model_file(input)?;
+    let header = LlamaModelParams::default().with_vocab_only(true);
+    let from = LlamaModel::load_from_file(backend()?, input, &header)
+        .map_err(|_| fail("llama.cpp could not read this model's metadata".into()))?
+        .meta_val_str("general.file_type")
+        .map_or_else(|_| "unknown".to_string(), |t| file_type_name(&t));
+    let requantised = is_quantised(&from);
+    if requantised {
+        let consequence = if is_quantised(&format) {
+            "rounded again, so this copy is further from the original weights than one made from F16 or F32"
+        } else {
+            "written as they are: the copy is no closer to the original weights than the input"
+        };
+        tracing::warn!(
+            "{} is already quantised ({from}): its weights are dequantised and {consequence}",
+            input.display()
+        );
+    }
+    // Written beside the output and renamed when complete, so a stopped conversion never
+    // leaves a truncated file under the output's name.
+    let partial = PathBuf::from(format!("{}.part", output.display()));
+    let path = |p: &Path| {
+        std::ffi::CString::new(p.as_os_str().as_encoded_bytes())
+            .map_err(|_| fail(format!("{} has a NUL byte in its name", p.display())))
+    };
+    let (c_input, c_output) = (path(input)?, path(&partial)?);
+    // SAFETY: the default parameters are plain values with null pointers for the optional
+    // tables; both paths are NUL-terminated and outlive the call.
+    let failed = unsafe {
+        let mut params = llama_cpp_sys_2::llama_model_quantize_default_params();
+        params.ftype = *ftype as llama_cpp_sys_2::llama_ftype;
+        params.nthread = threads as i32;
+        params.allow_requantize = true;
+        llama_cpp_sys_2::llama_model_quantize(c_input.as_ptr(), c_output.as_ptr(), &params)
+    };
+    if failed != 0 {
+        let _ = std::fs::remove_file(&partial);
+        return Err(fail(format!(
+            "llama.cpp could not write it as {format} to {} (run with -vv for llama.cpp's log)",
+            output.display()
+        )));
+    }
+    std::fs::rename(&partial, output).map_err(|e| {
+        fail(format!(
+            "cannot move {} to {}: {e}",
+            partial.display(),
+            output.display()
+        ))
+    })?;
+    let (sha256, bytes) = crate::output::file_sha256(output)
+        .map_err(|e| fail(format!("cannot read back {}: {e}", output.display())))?;
+    Ok(Quantized {
+        requantised,
+        from,
+        to: format,
+        sha256,
+        bytes,
+    })
 }
 
 fn context_params(sizes: &ContextSizes) -> LlamaContextParams {
-    let threads = sizes.threads as i32;
+    let threads = sizes.threads_per_worker() as i32;
     LlamaContextParams::default()
         .with_n_ctx(NonZeroU32::new(
             (sizes.ctx_per_sequence * sizes.parallel) as u32,
@@ -328,6 +453,30 @@ fn context_params(sizes: &ContextSizes) -> LlamaContextParams {
         .with_n_threads_batch(threads)
         // Pinned so results do not change with llama.cpp's automatic choice (numerics differ).
         .with_flash_attention_policy(llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_DISABLED)
+}
+
+/// Scoring contexts for [`ContextSizes::workers`] workers, all on one loaded model (the
+/// weights are shared; each context has its own KV cache and buffers).
+pub struct ScorerPool<'m> {
+    model: &'m Model,
+    sizes: ContextSizes,
+}
+
+impl<'m> ScorerPool<'m> {
+    /// A pool for `sizes.workers` contexts of `sizes`; they are made by the workers.
+    pub fn new(model: &'m Model, sizes: ContextSizes) -> Self {
+        ScorerPool { model, sizes }
+    }
+}
+
+impl DecoderPool for ScorerPool<'_> {
+    fn workers(&self) -> usize {
+        self.sizes.workers
+    }
+
+    fn decoder(&self) -> Result<Box<dyn Decoder + '_>, DecodeError> {
+        Ok(Box::new(Scorer::new(self.model, self.sizes)?))
+    }
 }
 
 /// A context for teacher-forced scoring of many sequences per decode: the llama.cpp
@@ -519,6 +668,7 @@ impl<'m> Embedder<'m> {
             // Non-causal encoders need a whole sequence in one ubatch.
             ubatch: Self::BATCH_TOKENS,
             threads,
+            workers: 1,
         };
         // Causal models (`--embed-model self`) keep a KV stream per sequence, as for scoring.
         let params = context_params(&sizes)

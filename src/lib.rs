@@ -62,7 +62,7 @@ pub mod run;
 use std::path::PathBuf;
 
 /// The default scoring model, as fetched by `ggml-models/fetch.py`.
-pub const DEFAULT_MODEL: &str = "ggml-models/SmolLM2-135M-Instruct.Q4_1.gguf";
+pub const DEFAULT_MODEL: &str = "ggml-models/SmolLM2-135M-Instruct.F16.gguf";
 /// The default retrieval embedder, as fetched by `ggml-models/fetch.py`.
 pub const DEFAULT_EMBED_MODEL: &str = "ggml-models/nomic-embed-text-v1.5.f16.gguf";
 

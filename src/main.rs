@@ -5,7 +5,9 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use miwv::cli::{Action, BenchSettings, CompareSettings, DoctorSettings, ReportSettings};
+use miwv::cli::{
+    Action, BenchSettings, CompareSettings, DoctorSettings, QuantizeSettings, ReportSettings,
+};
 use miwv::config::SelectConfig;
 
 fn main() -> ExitCode {
@@ -31,6 +33,7 @@ fn main() -> ExitCode {
         Action::Bench(settings) => run_bench(settings),
         Action::BenchNeighbours(settings) => run_bench_neighbours(settings),
         Action::Compare(settings) => run_compare(settings),
+        Action::Quantize(settings) => run_quantize(&settings),
         Action::Doctor(settings) => run_doctor(settings),
         Action::Report(settings) => run_report(settings),
         Action::Completions(shell) => {
@@ -174,6 +177,25 @@ fn run_compare(settings: CompareSettings) -> Result<(), miwv::Error> {
     if let Some(path) = settings.json {
         miwv::output::write_json(&path, &comparison)?;
     }
+    Ok(())
+}
+
+fn run_quantize(settings: &QuantizeSettings) -> Result<(), miwv::Error> {
+    let done = miwv::engine::quantize(
+        &settings.input,
+        &settings.output,
+        &settings.format,
+        settings.threads,
+    )?;
+    println!(
+        "{} ({}) -> {} ({}, {} bytes, sha256 {})",
+        settings.input.display(),
+        done.from,
+        settings.output.display(),
+        done.to,
+        done.bytes,
+        done.sha256
+    );
     Ok(())
 }
 

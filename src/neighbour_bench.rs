@@ -22,10 +22,10 @@ use std::time::Instant;
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::bench::{peak_rss_mib, reset_peak_rss};
 use crate::neighbours::{
     find_neighbours, recall_at_1, FileVectors, IndexOptions, IndexPlan, IndexReport, Stage,
 };
+use crate::progress::{peak_rss_mib, reset_peak_rss};
 use crate::schema::Neighbour;
 use crate::Error;
 

@@ -1,5 +1,5 @@
-//! Progress bars for the long phases (embedding, neighbours, scoring), and a log writer that
-//! keeps tracing's lines from tearing them.
+//! Progress bars for the long phases (embedding, neighbours, scoring), a log writer that
+//! keeps tracing's lines from tearing them, and the process's peak memory for the record.
 //!
 //! Bars draw on stderr only when it is a terminal; in a pipe or a CI log they stay silent and
 //! the phases' `tracing` lines say what is going on instead.
@@ -141,4 +141,18 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogWriter {
     fn make_writer(&'a self) -> Self::Writer {
         *self
     }
+}
+
+/// Starts measuring the peak resident memory afresh (Linux; elsewhere a no-op).
+pub fn reset_peak_rss() {
+    // Linux: writing 5 resets the peak resident set size (VmHWM).
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// The peak resident memory since the last reset, MiB (Linux).
+pub fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
 }

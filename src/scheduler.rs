@@ -14,14 +14,17 @@
 //! fold, checkpoint); [`ScoringPlan::fold`] turns the losses into scores. It talks to the
 //! model only through a [`Decoder`].
 
+use std::collections::BTreeMap;
 use std::ops::Range;
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
 use crate::config::ContextSizes;
 use crate::dataset::Sample;
-use crate::decoder::{DecodeError, Decoder, Item};
+use crate::decoder::{DecodeError, Decoder, DecoderPool, Item};
 use crate::plan::{digest, schedule, tokens_of, Entry, Limits, OneShot, Shape, Step, Work};
 use crate::prompt::{Layout, ScoredSequence, Template, Tokenize, UnrenderableSample};
 use crate::score::{Scores, Unscorable};
@@ -167,6 +170,22 @@ pub struct Stats {
     pub decode_seconds: f64,
     /// Seconds turning logit rows into log-probabilities.
     pub loss_seconds: f64,
+    /// Decoders that ran at once (each with its own context); the seconds above add up
+    /// over them.
+    #[serde(default)]
+    pub workers: usize,
+}
+
+impl Stats {
+    /// Adds the work another segment or shard did (its decodes, tokens and seconds).
+    pub fn add(&mut self, other: &Stats) {
+        self.decodes += other.decodes;
+        self.tokens_decoded += other.tokens_decoded;
+        self.scored_rows += other.scored_rows;
+        self.prefix_copies += other.prefix_copies;
+        self.decode_seconds += other.decode_seconds;
+        self.loss_seconds += other.loss_seconds;
+    }
 }
 
 /// Per-sample scores and usage, and run statistics.
@@ -229,7 +248,7 @@ pub enum ScoringError {
 /// Decoder and journal failures; [`ScoringError::Interrupted`] when the journal asks to stop.
 pub fn score_samples<T: Tokenize>(
     tokenizer: &T,
-    decoder: &mut dyn Decoder,
+    decoders: Decoders<'_>,
     samples: &[Sample],
     examples: &[Option<usize>],
     options: &ScoringOptions,
@@ -237,7 +256,7 @@ pub fn score_samples<T: Tokenize>(
     progress: impl FnMut(Progress),
 ) -> Result<Outcome, ScoringError> {
     let plan = ScoringPlan::new(tokenizer, samples, examples, options)?;
-    let (saved, stats) = plan.decode(decoder, 0..plan.steps(), journal, progress)?;
+    let (saved, stats) = plan.decode(decoders, 0..plan.steps(), journal, progress)?;
     plan.fold(&saved.losses, stats)
 }
 
@@ -327,21 +346,23 @@ impl ScoringPlan {
     /// Decoder and journal failures; [`ScoringError::Interrupted`] when the journal asks to stop.
     pub fn decode(
         &self,
-        decoder: &mut dyn Decoder,
+        decoders: Decoders<'_>,
         range: Range<usize>,
         journal: &mut dyn Journal,
         progress: impl FnMut(Progress),
     ) -> Result<(Saved, Stats), ScoringError> {
         let mut saved = journal.start(&self.digest, self.steps.len(), range.clone())?;
         self.check_resumable(&saved, &range)?;
-        let mut run = PlanRun {
-            decoder,
-            plan: self,
-            range,
-        };
         let first = saved.steps_done;
-        let stats = run.decode_from(first, &mut saved.losses, journal, progress)?;
-        saved.steps_done = run.range.end;
+        let stats = self.decode_from(
+            decoders,
+            range.clone(),
+            first,
+            &mut saved.losses,
+            journal,
+            progress,
+        )?;
+        saved.steps_done = range.end;
         Ok((saved, stats))
     }
 
@@ -596,88 +617,296 @@ impl Losses {
     }
 }
 
-/// A range of a plan being decoded.
-struct PlanRun<'a> {
-    decoder: &'a mut dyn Decoder,
-    plan: &'a ScoringPlan,
-    range: Range<usize>,
+/// Which decoders run a plan's segments.
+pub enum Decoders<'a> {
+    /// One decoder, on the calling thread.
+    One(&'a mut dyn Decoder),
+    /// A decoder per worker, each on its own thread, taking the next segment when it is done
+    /// with one.
+    Pool(&'a dyn DecoderPool),
 }
 
-impl PlanRun<'_> {
-    /// Decodes the range from step `first` on, adding the losses to `losses` and saving them
-    /// at every checkpoint.
-    fn decode_from(
+/// What a segment's decoder tells whoever watches it.
+trait Watch {
+    /// Whether to stop before the next step.
+    fn stopped(&self) -> bool;
+    /// A step of `tokens` tokens is done.
+    fn step_done(&mut self, tokens: usize);
+}
+
+/// What a worker sends to the thread that keeps the journal.
+enum Report {
+    Step(usize),
+    Segment(usize, Vec<Loss>, Stats),
+    Failed(ScoringError),
+}
+
+/// A worker's side of the channel.
+struct WorkerWatch<'a> {
+    stop: &'a AtomicBool,
+    reports: mpsc::Sender<Report>,
+}
+
+impl Watch for WorkerWatch<'_> {
+    fn stopped(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+    fn step_done(&mut self, tokens: usize) {
+        let _ = self.reports.send(Report::Step(tokens));
+    }
+}
+
+/// Keeps the journal while segments finish, perhaps out of order: a segment's losses are
+/// saved once every segment before it is, so the journal always holds a prefix of the plan
+/// and a resumed run starts right after it.
+struct Keeper<'a, P> {
+    plan: &'a ScoringPlan,
+    journal: &'a mut dyn Journal,
+    progress: P,
+    report: Progress,
+    segments: Vec<Range<usize>>,
+    finished: BTreeMap<usize, Vec<Loss>>,
+    saved_segments: usize,
+    saved_through: usize,
+    losses: &'a mut Vec<Loss>,
+    stats: Stats,
+}
+
+impl<P: FnMut(Progress)> Keeper<'_, P> {
+    fn segment_done(
         &mut self,
+        index: usize,
+        losses: Vec<Loss>,
+        stats: Stats,
+    ) -> Result<(), ScoringError> {
+        self.stats.add(&stats);
+        self.finished.insert(index, losses);
+        while let Some(losses) = self.finished.remove(&self.saved_segments) {
+            self.saved_through = self.segments[self.saved_segments].end;
+            self.journal.save(self.saved_through, &losses)?;
+            self.losses.extend(losses);
+            self.saved_segments += 1;
+        }
+        Ok(())
+    }
+
+    fn interrupted(&self) -> ScoringError {
+        ScoringError::Interrupted {
+            saved_steps: self.saved_through,
+            total_steps: self.plan.steps.len(),
+        }
+    }
+}
+
+impl<P: FnMut(Progress)> Watch for Keeper<'_, P> {
+    fn stopped(&self) -> bool {
+        self.journal.stop_requested()
+    }
+    fn step_done(&mut self, tokens: usize) {
+        self.report.steps_done += 1;
+        self.report.tokens_done += tokens;
+        (self.progress)(self.report);
+    }
+}
+
+impl ScoringPlan {
+    /// Decodes `range` from step `first` on with `decoders`, adding the losses to `losses`
+    /// and saving them at every checkpoint.
+    fn decode_from(
+        &self,
+        decoders: Decoders<'_>,
+        range: Range<usize>,
         first: usize,
         losses: &mut Vec<Loss>,
         journal: &mut dyn Journal,
         mut progress: impl FnMut(Progress),
     ) -> Result<Stats, ScoringError> {
-        let plan = self.plan;
-        let range = self.range.clone();
-        let mut stats = Stats {
-            planned_steps: range.len(),
-            resumed_steps: first - range.start,
-            ..Stats::default()
-        };
-        let mut report = Progress {
+        let report = Progress {
             steps_done: first - range.start,
             steps: range.len(),
-            tokens_done: plan.tokens_in(range.start..first),
-            tokens: plan.tokens_in(range.clone()),
+            tokens_done: self.tokens_in(range.start..first),
+            tokens: self.tokens_in(range.clone()),
         };
         progress(report);
-        let mut unsaved = Vec::new();
-        for t in first..range.end {
-            if journal.stop_requested() {
-                return Err(ScoringError::Interrupted {
-                    saved_steps: t - unsaved_steps(&plan.steps[range.start..t]),
-                    total_steps: plan.steps.len(),
+        let mut keeper = Keeper {
+            plan: self,
+            journal,
+            progress,
+            report,
+            segments: self.segments(first..range.end),
+            finished: BTreeMap::new(),
+            saved_segments: 0,
+            saved_through: first,
+            losses,
+            stats: Stats {
+                planned_steps: range.len(),
+                resumed_steps: first - range.start,
+                workers: 1,
+                ..Stats::default()
+            },
+        };
+        match decoders {
+            Decoders::One(decoder) => {
+                for (index, steps) in keeper.segments.clone().into_iter().enumerate() {
+                    match self.decode_segment(decoder, steps, &mut keeper)? {
+                        Some((losses, stats)) => keeper.segment_done(index, losses, stats)?,
+                        None => return Err(keeper.interrupted()),
+                    }
+                }
+            }
+            Decoders::Pool(pool) => self.decode_in_workers(pool, &mut keeper)?,
+        }
+        Ok(keeper.stats)
+    }
+
+    /// The segments of `steps`: runs of steps that each end at a checkpoint (or at the end of
+    /// `steps`), so no KV cache crosses from one to the next.
+    fn segments(&self, steps: Range<usize>) -> Vec<Range<usize>> {
+        let mut segments = Vec::new();
+        let mut start = steps.start;
+        for t in steps.clone() {
+            if self.steps[t].checkpoint || t + 1 == steps.end {
+                segments.push(start..t + 1);
+                start = t + 1;
+            }
+        }
+        segments
+    }
+
+    /// Runs `keeper`'s segments on the pool's workers, the journal kept on this thread.
+    fn decode_in_workers<P: FnMut(Progress)>(
+        &self,
+        pool: &dyn DecoderPool,
+        keeper: &mut Keeper<'_, P>,
+    ) -> Result<(), ScoringError> {
+        let segments = keeper.segments.clone();
+        let workers = pool.workers().clamp(1, segments.len().max(1));
+        keeper.stats.workers = workers;
+        let next = AtomicUsize::new(0);
+        let stop = AtomicBool::new(false);
+        let (reports, received) = mpsc::channel();
+        let mut failure = None;
+        std::thread::scope(|scope| {
+            for _ in 0..workers {
+                let mut watch = WorkerWatch {
+                    stop: &stop,
+                    reports: reports.clone(),
+                };
+                let (segments, next) = (&segments, &next);
+                scope.spawn(move || {
+                    let mut work = || -> Result<(), ScoringError> {
+                        let mut decoder = pool.decoder().map_err(ScoringError::Decode)?;
+                        loop {
+                            let index = next.fetch_add(1, Ordering::Relaxed);
+                            let Some(steps) = segments.get(index) else {
+                                return Ok(());
+                            };
+                            let Some((losses, stats)) =
+                                self.decode_segment(&mut *decoder, steps.clone(), &mut watch)?
+                            else {
+                                return Ok(());
+                            };
+                            let _ = watch.reports.send(Report::Segment(index, losses, stats));
+                        }
+                    };
+                    if let Err(e) = work() {
+                        let _ = watch.reports.send(Report::Failed(e));
+                    }
                 });
             }
-            let step = &plan.steps[t];
-            unsaved.extend(self.decode_step(step, &mut stats)?);
-            if step.checkpoint {
-                // An empty cache here is what a resumed run starts from.
-                self.decoder.clear();
-                journal.save(t + 1, &unsaved)?;
-                losses.append(&mut unsaved);
+            drop(reports);
+            loop {
+                let report = match received.recv_timeout(Duration::from_millis(100)) {
+                    Ok(report) => report,
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        if keeper.stopped() {
+                            stop.store(true, Ordering::Relaxed);
+                        }
+                        continue;
+                    }
+                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                };
+                let failed = match report {
+                    Report::Step(tokens) => {
+                        keeper.step_done(tokens);
+                        None
+                    }
+                    Report::Segment(index, losses, stats) => {
+                        keeper.segment_done(index, losses, stats).err()
+                    }
+                    Report::Failed(e) => Some(e),
+                };
+                if let Some(e) = failed {
+                    failure.get_or_insert(e);
+                    stop.store(true, Ordering::Relaxed);
+                } else if keeper.stopped() {
+                    stop.store(true, Ordering::Relaxed);
+                }
             }
-            report.steps_done = t + 1 - range.start;
-            report.tokens_done += plan.step_tokens(step);
-            progress(report);
+        });
+        match failure {
+            Some(e) => Err(e),
+            None if keeper.saved_segments < segments.len() => Err(keeper.interrupted()),
+            None => Ok(()),
         }
-        Ok(stats)
+    }
+
+    /// Decodes one segment on `decoder` and empties it after; `None` when `watch` says to
+    /// stop first.
+    fn decode_segment(
+        &self,
+        decoder: &mut dyn Decoder,
+        steps: Range<usize>,
+        watch: &mut dyn Watch,
+    ) -> Result<Option<(Vec<Loss>, Stats)>, ScoringError> {
+        let mut stats = Stats::default();
+        let mut losses = Vec::new();
+        for step in &self.steps[steps] {
+            if watch.stopped() {
+                decoder.clear();
+                return Ok(None);
+            }
+            losses.extend(self.decode_step(decoder, step, &mut stats)?);
+            watch.step_done(self.step_tokens(step));
+        }
+        // An empty cache here is what a resumed run starts from.
+        decoder.clear();
+        Ok(Some((losses, stats)))
     }
 
     /// One planned step through the decoder: copy the parents' caches, decode, gather the
     /// scored log-probabilities, free the slots the step is done with, and compute each
     /// entry's loss.
-    fn decode_step(&mut self, step: &Step, stats: &mut Stats) -> Result<Vec<Loss>, ScoringError> {
+    fn decode_step(
+        &self,
+        decoder: &mut dyn Decoder,
+        step: &Step,
+        stats: &mut Stats,
+    ) -> Result<Vec<Loss>, ScoringError> {
         // llama.cpp puts sequences in one ubatch only when their ids follow each other in the
         // batch (ascending, consecutive); the plan's entries are decoded in slot order.
         let mut entries = step.entries.clone();
         entries.sort_by_key(|e| e.slot);
         let items: Vec<Item> = entries
             .iter()
-            .map(|e| self.plan.sequences.item(e, &self.plan.shapes))
+            .map(|e| self.sequences.item(e, &self.shapes))
             .collect();
 
         let clock = Instant::now();
         for e in &entries {
             if let Some(from) = e.copy_from {
-                self.decoder
+                decoder
                     .copy_slot(from, e.slot)
                     .map_err(ScoringError::Decode)?;
             }
         }
-        self.decoder.decode(&items).map_err(ScoringError::Decode)?;
+        decoder.decode(&items).map_err(ScoringError::Decode)?;
         let decoded = Instant::now();
-        let log_probs = self.decoder.log_probs(&items);
+        let log_probs = decoder.log_probs(&items);
         stats.decode_seconds += (decoded - clock).as_secs_f64();
         stats.loss_seconds += decoded.elapsed().as_secs_f64();
         for &slot in &step.free_after {
-            self.decoder.free_slot(slot);
+            decoder.free_slot(slot);
         }
 
         stats.decodes += 1;
@@ -686,7 +915,7 @@ impl PlanRun<'_> {
             losses.push(Loss {
                 sample: sample_of(e.work),
                 pass: pass_of(e.work),
-                value: self.plan.sequences.scored(e.work).mean_loss(lps),
+                value: self.sequences.scored(e.work).mean_loss(lps),
             });
             stats.tokens_decoded += item.tokens.len();
             stats.scored_rows += lps.len();
@@ -694,9 +923,4 @@ impl PlanRun<'_> {
         }
         Ok(losses)
     }
-}
-
-/// Steps after the last checkpoint in `steps`.
-fn unsaved_steps(steps: &[Step]) -> usize {
-    steps.iter().rev().take_while(|s| !s.checkpoint).count()
 }

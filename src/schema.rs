@@ -249,6 +249,10 @@ pub struct Timings {
     pub scoring_s: f64,
     /// The whole run.
     pub total_s: f64,
+    /// The process's peak resident memory, MiB (Linux; `null` elsewhere and in runs written
+    /// before it was recorded).
+    #[serde(default)]
+    pub peak_rss_mib: Option<f64>,
 }
 
 /// A retrieved example, as saved in the run's checkpoint and written in `scores.jsonl`.

@@ -15,14 +15,14 @@ use crate::config::{EmbedModel, SelectConfig};
 use crate::dataset::Dataset;
 use crate::dataset::Sample;
 use crate::embed::{default_prefix, embed_samples, read_precomputed};
-use crate::engine::{check_model_file, Embedder, Model, Scorer};
+use crate::engine::{check_model_file, Embedder, Model, ScorerPool};
 use crate::neighbours::{find_neighbours, SliceVectors, VectorSource};
 use crate::output::{file_sha256, write_json, write_jsonl};
 use crate::progress::{Phase, ScoringProgress};
 use crate::prompt::{Template, TemplateChoice};
 use crate::records::{output_file_name, read_samples, write_selected, FileFormat};
 use crate::resume::{ResumeError, Retrieval, RunState};
-use crate::scheduler::{score_samples, Outcome, ScoringOptions, ScoringPlan};
+use crate::scheduler::{score_samples, Decoders, Outcome, ScoringOptions, ScoringPlan};
 use crate::schema::{
     BudgetRecord, EmbedderRecord, FileRecord, Ifd, IndexReport, Neighbour, RunRecord, ScoreRow,
     Timings,
@@ -86,6 +86,7 @@ pub fn select_until(config: &SelectConfig, stop: &AtomicBool) -> Result<RunSumma
     let ranking = Ranking::of(&outcome, config.budget);
     let summary = write_outputs(config, format, &dataset, &retrieval, &outcome, &ranking)?;
     timings.total_s = started.elapsed().as_secs_f64();
+    timings.peak_rss_mib = crate::progress::peak_rss_mib();
     let record = run_record(
         config, loaded, dataset, retrieval, outcome, &ranking, timings,
     );
@@ -221,11 +222,11 @@ fn score(
     retrieval: &Retrieval,
     stop: &AtomicBool,
 ) -> Result<Outcome, Error> {
-    let mut scorer = Scorer::new(&loaded.model, config.sizes)?;
+    let pool = ScorerPool::new(&loaded.model, config.sizes);
     let mut progress = ScoringProgress::default();
     Ok(score_samples(
         &loaded.model,
-        &mut scorer,
+        Decoders::Pool(&pool),
         &dataset.samples,
         &examples(retrieval),
         &scoring_options(config, &loaded.template),

@@ -20,14 +20,14 @@ use super::{
     describe_index, load_models, read_input, scoring_plan, search_neighbours, text_hashes,
     with_embedder, write_outputs, Loaded, Ranking, RunSummary,
 };
-use crate::config::{EmbedModel, SelectConfig};
+use crate::config::{ContextSizes, EmbedModel, SelectConfig};
 use crate::embed::{read_precomputed, EmbeddingBatches};
-use crate::engine::Scorer;
+use crate::engine::ScorerPool;
 use crate::neighbours::FileVectors;
 use crate::output::{write_atomically, write_json};
 use crate::progress::{Phase, ScoringProgress};
 use crate::resume::{read_json, ResumeError, Retrieval};
-use crate::scheduler::Stats;
+use crate::scheduler::{Decoders, Stats};
 use crate::schema::{EmbedderRecord, ShardsRecord, Timings};
 use crate::select::Budget;
 use crate::shard::Shard;
@@ -287,6 +287,7 @@ pub fn score(
     let mut config = read_stage_record(run)?.config;
     if let Some(threads) = threads {
         config.sizes.threads = threads;
+        config.sizes.workers = ContextSizes::default_workers(threads, config.gpu_layers);
     }
     let (_, dataset) = read_input(&config)?;
     let loaded = load_models(&config)?;
@@ -298,10 +299,10 @@ pub fn score(
     }
     let plan = scoring_plan(&config, &loaded, &dataset, &retrieval)?;
     let steps = plan.shard(shard);
-    let mut scorer = Scorer::new(&loaded.model, config.sizes)?;
+    let pool = ScorerPool::new(&loaded.model, config.sizes);
     let mut progress = ScoringProgress::default();
     let (_, stats) = plan.decode(
-        &mut scorer,
+        Decoders::Pool(&pool),
         steps.clone(),
         &mut loaded.state.shard_loss_log(shard, stop),
         |p| progress.update(p),
@@ -364,7 +365,9 @@ pub fn merge(run: &Path, budget: Option<Budget>) -> Result<RunSummary, Error> {
             .into());
         }
         losses.extend(saved.losses);
-        add_stats(&mut stats, &record.stats);
+        stats.resumed_steps += record.stats.resumed_steps;
+        stats.workers = stats.workers.max(record.stats.workers);
+        stats.add(&record.stats);
         timings.scoring_s += record.seconds;
     }
     let outcome = plan.fold(&losses, stats)?;
@@ -380,16 +383,6 @@ pub fn merge(run: &Path, budget: Option<Budget>) -> Result<RunSummary, Error> {
     });
     write_json(&summary.run, &record)?;
     Ok(summary)
-}
-
-fn add_stats(total: &mut Stats, shard: &Stats) {
-    total.resumed_steps += shard.resumed_steps;
-    total.decodes += shard.decodes;
-    total.tokens_decoded += shard.tokens_decoded;
-    total.scored_rows += shard.scored_rows;
-    total.prefix_copies += shard.prefix_copies;
-    total.decode_seconds += shard.decode_seconds;
-    total.loss_seconds += shard.loss_seconds;
 }
 
 /// The run's settings as `neighbours` recorded them, its output directory being `run`

@@ -47,6 +47,14 @@ fn bad_values_exit_with_2_naming_the_flag() {
         &["report", "out", "--top", "0"],
         &["--top must be at least 1"],
     );
+    assert_bad_command_line(
+        &["select", "x.json", "-t", "1", "--workers", "2"],
+        &["--workers must be 1..=--threads (1), got 2"],
+    );
+    assert_bad_command_line(
+        &["quantize", "a.gguf", "b.gguf", "--type", "IQ1_S"],
+        &["invalid value 'IQ1_S' for '--type <FORMAT>'"],
+    );
 }
 
 #[test]

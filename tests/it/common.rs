@@ -21,7 +21,13 @@ fn model_file(name: &str) -> PathBuf {
     path
 }
 
+/// The default scoring model: the shipped weights as F16 (`ggml-models/fetch.py` derives it).
 pub fn scoring_model() -> PathBuf {
+    model_file("SmolLM2-135M-Instruct.F16.gguf")
+}
+
+/// The file the model package ships, in Q4_1.
+pub fn shipped_model() -> PathBuf {
     model_file("SmolLM2-135M-Instruct.Q4_1.gguf")
 }
 

@@ -16,6 +16,7 @@ fn sizes(parallel: usize) -> ContextSizes {
         batch: 1024 * parallel.min(2),
         ubatch: 512,
         threads: common::threads(),
+        workers: 1,
     }
 }
 

@@ -9,7 +9,7 @@ use miwv::embed::{default_prefix, embed_samples};
 use miwv::engine::{Embedder, Model, Scorer};
 use miwv::neighbours::nearest_others;
 use miwv::prompt::Template;
-use miwv::scheduler::{score_samples, NoJournal, ScoringOptions};
+use miwv::scheduler::{score_samples, Decoders, NoJournal, ScoringOptions};
 use miwv::select::{top_by_score, Budget};
 
 /// Largest per-sample |MIWV difference| accepted between layouts, in nats.
@@ -60,6 +60,7 @@ fn reuse_batch_size_and_threads_do_not_change_the_selection() {
                 batch,
                 ubatch,
                 threads,
+                workers: 1,
             },
             kv_reuse,
             template: Template::Raw,
@@ -70,7 +71,7 @@ fn reuse_batch_size_and_threads_do_not_change_the_selection() {
         let mut scorer = Scorer::new(&model, options.sizes).unwrap();
         let outcome = score_samples(
             &model,
-            &mut scorer,
+            Decoders::One(&mut scorer),
             &samples,
             &neighbours,
             &options,

@@ -187,6 +187,7 @@ fn a_conversation_loss_is_the_token_weighted_mean_of_its_turns() {
             batch: 1024,
             ubatch: 512,
             threads: common::threads(),
+            workers: 1,
         },
     )
     .unwrap();
@@ -401,7 +402,7 @@ fn gzip_jsonl_with_other_field_names_gives_a_gzip_selection() {
 /// the loss of its responses decoded alone in a fresh context.
 #[test]
 fn the_response_only_pass_matches_each_response_decoded_alone() {
-    use miwv::scheduler::{score_samples, NoJournal, ScoringOptions};
+    use miwv::scheduler::{score_samples, Decoders, NoJournal, ScoringOptions};
 
     let model = Model::load(&common::scoring_model(), 0).unwrap();
     let text: Vec<String> = chat_examples(8).iter().map(Value::to_string).collect();
@@ -418,6 +419,7 @@ fn the_response_only_pass_matches_each_response_decoded_alone() {
         batch: 2048,
         ubatch: 512,
         threads: common::threads(),
+        workers: 1,
     };
     let template = resolve_template(&model, TemplateChoice::Chatml, None).unwrap();
     let options = ScoringOptions {
@@ -431,7 +433,7 @@ fn the_response_only_pass_matches_each_response_decoded_alone() {
     let mut scheduled = Scorer::new(&model, options.sizes).unwrap();
     let outcome = score_samples(
         &model,
-        &mut scheduled,
+        Decoders::One(&mut scheduled),
         &samples,
         &neighbours,
         &options,

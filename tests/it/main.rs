@@ -19,6 +19,7 @@ mod engine;
 mod equivalence;
 mod formats;
 mod hostile;
+mod quantize;
 mod report;
 mod scheduler;
 mod select;

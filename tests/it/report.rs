@@ -98,6 +98,7 @@ fn run_record(data: &Path) -> RunRecord {
             batch: 2048,
             ubatch: 512,
             threads: 2,
+            workers: 1,
         },
         samples: SAMPLES,
         scored: SAMPLES - UNSCORABLE.len(),

@@ -12,11 +12,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use miwv::config::ContextSizes;
 use miwv::dataset::{read_dataset, Sample};
-use miwv::decoder::{DecodeError, Decoder, Item};
+use miwv::decoder::{DecodeError, Decoder, DecoderPool, Item};
 use miwv::prompt::{Template, Token, Tokenize};
 use miwv::resume::RunState;
 use miwv::scheduler::{
-    score_samples, Journal, NoJournal, Outcome, ScoringError, ScoringOptions, ScoringPlan,
+    score_samples, Decoders, Journal, NoJournal, Outcome, ScoringError, ScoringOptions, ScoringPlan,
 };
 use miwv::score::Unscorable;
 use miwv::shard::Shard;
@@ -167,6 +167,7 @@ fn options(kv_reuse: bool, checkpoint_tokens: usize) -> ScoringOptions {
             batch: 2048,
             ubatch: 512,
             threads: 1,
+            workers: 1,
         },
         kv_reuse,
         template: Template::Alpaca,
@@ -176,9 +177,9 @@ fn options(kv_reuse: bool, checkpoint_tokens: usize) -> ScoringOptions {
     }
 }
 
-/// The example data scored on `decoder`, journalled in `journal`.
-fn score_with(
-    decoder: &mut FakeDecoder,
+/// The example data scored on `decoders`, journalled in `journal`.
+fn score_on(
+    decoders: Decoders,
     options: &ScoringOptions,
     journal: &mut dyn Journal,
 ) -> Result<Outcome, ScoringError> {
@@ -186,13 +187,29 @@ fn score_with(
     let examples = examples(samples.len());
     score_samples(
         &ByteTokenizer,
-        decoder,
+        decoders,
         &samples,
         &examples,
         options,
         journal,
         |_| {},
     )
+}
+
+fn score_with(
+    decoder: &mut FakeDecoder,
+    options: &ScoringOptions,
+    journal: &mut dyn Journal,
+) -> Result<Outcome, ScoringError> {
+    score_on(Decoders::One(decoder), options, journal)
+}
+
+fn score_in_pool(
+    pool: &FakePool,
+    options: &ScoringOptions,
+    journal: &mut dyn Journal,
+) -> Result<Outcome, ScoringError> {
+    score_on(Decoders::Pool(pool), options, journal)
 }
 
 fn score(options: &ScoringOptions) -> Outcome {
@@ -363,7 +380,12 @@ fn shards_of_the_plan_in_any_order_gather_to_the_scores_of_one_run() {
             let mut decoder = FakeDecoder::new(options.sizes);
             let mut log = state.shard_loss_log(shard, &stop);
             let (saved, stats) = plan
-                .decode(&mut decoder, ranges[k].clone(), &mut log, |_| {})
+                .decode(
+                    Decoders::One(&mut decoder),
+                    ranges[k].clone(),
+                    &mut log,
+                    |_| {},
+                )
                 .unwrap();
             assert_eq!(stats.decodes, ranges[k].len());
             assert_eq!(
@@ -378,4 +400,102 @@ fn shards_of_the_plan_in_any_order_gather_to_the_scores_of_one_run() {
         let merged = plan.fold(&losses, Default::default()).unwrap();
         assert_eq!(bits(&merged), bits(&reference), "{count} shards");
     }
+}
+
+/// A fake decoder per worker; each stops the run (or fails) after its own count of decodes.
+struct FakePool<'a> {
+    sizes: ContextSizes,
+    workers: usize,
+    stop_after: Option<(usize, &'a AtomicBool)>,
+    fail_at: Option<usize>,
+}
+
+impl DecoderPool for FakePool<'_> {
+    fn workers(&self) -> usize {
+        self.workers
+    }
+    fn decoder(&self) -> Result<Box<dyn Decoder + '_>, DecodeError> {
+        let mut decoder = FakeDecoder::new(self.sizes);
+        decoder.stop_after = self.stop_after;
+        decoder.fail_at = self.fail_at;
+        Ok(Box::new(decoder))
+    }
+}
+
+fn pool(options: &ScoringOptions, workers: usize) -> FakePool<'static> {
+    FakePool {
+        sizes: options.sizes,
+        workers,
+        stop_after: None,
+        fail_at: None,
+    }
+}
+
+#[test]
+fn workers_decoding_segments_at_once_give_the_scores_of_one_decoder() {
+    let options = options(true, 3000);
+    let reference = score(&options);
+    for workers in [1, 2, 3, 7] {
+        let dir = tempfile::tempdir().unwrap();
+        let state = RunState::open(dir.path(), &serde_json::json!({})).unwrap();
+        let stop = AtomicBool::new(false);
+        let outcome = score_in_pool(
+            &pool(&options, workers),
+            &options,
+            &mut state.loss_log(&stop),
+        )
+        .unwrap();
+        assert_eq!(bits(&outcome), bits(&reference), "{workers} workers");
+        assert_eq!(outcome.stats.workers, workers);
+        assert_eq!(outcome.stats.decodes, reference.stats.decodes);
+        assert_eq!(outcome.stats.tokens_decoded, reference.stats.tokens_decoded);
+        assert!(logged(dir.path()).values().all(|&n| n == 1));
+    }
+    // More workers than segments: the extra ones are not started.
+    let one_segment = self::options(true, 1 << 30);
+    let outcome = score_in_pool(&pool(&one_segment, 4), &one_segment, &mut NoJournal).unwrap();
+    assert_eq!(outcome.stats.workers, 1);
+    assert_eq!(bits(&outcome), bits(&reference));
+}
+
+#[test]
+fn workers_interrupted_keep_a_prefix_of_the_plan_and_resume_to_the_same_scores() {
+    let options = options(true, 3000);
+    let reference = score(&options);
+    let planned = reference.stats.planned_steps;
+    for stop_after in [1, 2, 5, 9] {
+        let dir = tempfile::tempdir().unwrap();
+        let state = RunState::open(dir.path(), &serde_json::json!({})).unwrap();
+        let stop = AtomicBool::new(false);
+        let mut stopping = pool(&options, 3);
+        stopping.stop_after = Some((stop_after, &stop));
+        let first = score_in_pool(&stopping, &options, &mut state.loss_log(&stop));
+        let Err(ScoringError::Interrupted { saved_steps, .. }) = first else {
+            panic!("stop after {stop_after}: not interrupted: {first:?}");
+        };
+        assert!(saved_steps < planned);
+
+        let go_on = AtomicBool::new(false);
+        let resumed =
+            score_in_pool(&pool(&options, 2), &options, &mut state.loss_log(&go_on)).unwrap();
+        assert_eq!(bits(&resumed), bits(&reference), "stop after {stop_after}");
+        assert_eq!(resumed.stats.resumed_steps, saved_steps);
+        assert_eq!(resumed.stats.decodes, planned - saved_steps);
+        let log = logged(dir.path());
+        assert!(log.values().all(|&n| n == 1), "a loss logged twice");
+    }
+
+    // A worker whose decoder fails stops the others; what was saved is kept.
+    let dir = tempfile::tempdir().unwrap();
+    let state = RunState::open(dir.path(), &serde_json::json!({})).unwrap();
+    let stop = AtomicBool::new(false);
+    let mut failing = pool(&options, 2);
+    failing.fail_at = Some(4);
+    let failed = score_in_pool(&failing, &options, &mut state.loss_log(&stop)).unwrap_err();
+    assert!(
+        failed.to_string().contains("the device went away"),
+        "{failed}"
+    );
+    let rerun = score_in_pool(&pool(&options, 2), &options, &mut state.loss_log(&stop)).unwrap();
+    assert_eq!(bits(&rerun), bits(&reference));
 }

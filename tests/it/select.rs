@@ -120,7 +120,7 @@ fn select_writes_scores_selection_and_run_record() {
         run["scoring_model"]["sha256"],
         "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
     );
-    assert_eq!(run["scoring_model"]["quantisation"], "Q4_1");
+    assert_eq!(run["scoring_model"]["quantisation"], "F16");
     assert_eq!(run["scoring_model"]["architecture"], "llama");
     assert_eq!(run["embedder"]["model"]["architecture"], "nomic-bert");
     assert!(run["tool"].as_str().unwrap().starts_with("miwv "));

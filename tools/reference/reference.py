@@ -520,7 +520,7 @@ def main() -> None:
         )
 
     write_outputs(args, rows, dumps)
-    print(f"wrote {args.out}: {len(rows)} samples, {scored_tokens} tokens in {time.time() - started:.0f}s", file=sys.stderr)
+    print(f"wrote {args.out}: {len(rows)} samples, {scored_tokens} tokens in {time.time() - started:.1f}s", file=sys.stderr)
 
 
 def write_jsonl(path: Path, items: list[dict]) -> None:
@@ -630,7 +630,7 @@ def main_chat(args, torch, tokenizer, samples: list[dict], neighbours: list[int 
 
     write_outputs(args, rows, dumps)
     note = f", {skipped} skipped (see their `skipped` field)" if skipped else ""
-    print(f"wrote {args.out}: {len(rows)} samples{note}, {scored_tokens} tokens in {time.time() - started:.0f}s",
+    print(f"wrote {args.out}: {len(rows)} samples{note}, {scored_tokens} tokens in {time.time() - started:.1f}s",
           file=sys.stderr)
 
 
