@@ -132,6 +132,37 @@ impl Model {
         })
     }
 
+    /// What one scoring context of `sizes` allocates besides the shared weights, estimated from
+    /// the model's shape as llama.cpp sizes its buffers: the KV cache (F16 keys and values for
+    /// every cell), the output buffer (F32 logits for every row of a decode that asks for
+    /// them, at most `--batch-size` rows) and the compute buffer (dominated by one ubatch's
+    /// logits).
+    pub fn context_memory(&self, sizes: &ContextSizes) -> ContextMemory {
+        let arch = self
+            .model
+            .meta_val_str("general.architecture")
+            .unwrap_or_default();
+        let head = (self.model.n_embd() as u64) / u64::from(self.model.n_head().max(1));
+        let length = |key: &str| {
+            self.model
+                .meta_val_str(&format!("{arch}.attention.{key}"))
+                .ok()
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(head)
+        };
+        let per_cell = u64::from(self.model.n_layer())
+            * u64::from(self.model.n_head_kv())
+            * (length("key_length") + length("value_length"))
+            * 2;
+        let cells = (sizes.ctx_per_sequence * sizes.parallel) as u64;
+        let row = self.model.n_vocab().max(0) as u64 * 4;
+        ContextMemory {
+            kv_bytes: per_cell * cells,
+            outputs_bytes: row * sizes.batch as u64,
+            compute_bytes: row * sizes.ubatch as u64,
+        }
+    }
+
     /// The file the model came from.
     pub fn path(&self) -> &Path {
         &self.path
@@ -455,6 +486,24 @@ fn context_params(sizes: &ContextSizes) -> LlamaContextParams {
         .with_flash_attention_policy(llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_DISABLED)
 }
 
+/// Bytes one scoring context allocates besides the weights ([`Model::context_memory`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ContextMemory {
+    /// The KV cache.
+    pub kv_bytes: u64,
+    /// The output (logits) buffer, at its largest.
+    pub outputs_bytes: u64,
+    /// The compute buffer, roughly.
+    pub compute_bytes: u64,
+}
+
+impl ContextMemory {
+    /// All of it.
+    pub fn total(&self) -> u64 {
+        self.kv_bytes + self.outputs_bytes + self.compute_bytes
+    }
+}
+
 /// Scoring contexts for [`ContextSizes::workers`] workers, all on one loaded model (the
 /// weights are shared; each context has its own KV cache and buffers).
 pub struct ScorerPool<'m> {
@@ -463,8 +512,21 @@ pub struct ScorerPool<'m> {
 }
 
 impl<'m> ScorerPool<'m> {
-    /// A pool for `sizes.workers` contexts of `sizes`; they are made by the workers.
+    /// A pool for `sizes.workers` contexts of `sizes`; they are made by the workers. Logs
+    /// the layout and the memory each context will take.
     pub fn new(model: &'m Model, sizes: ContextSizes) -> Self {
+        let memory = model.context_memory(&sizes);
+        let mib = |bytes: u64| bytes / (1 << 20);
+        tracing::info!(
+            "scoring with {} workers x {} threads; each context about {} MiB besides the weights \
+             (KV cache {}, logits up to {}, compute about {} MiB)",
+            sizes.workers,
+            sizes.threads_per_worker(),
+            mib(memory.total()),
+            mib(memory.kv_bytes),
+            mib(memory.outputs_bytes),
+            mib(memory.compute_bytes)
+        );
         ScorerPool { model, sizes }
     }
 }
