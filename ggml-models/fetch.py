@@ -211,6 +211,8 @@ def main():
     if which == "qwen-1.5b":
         ensure(QWEN_1_5B, fetch_qwen_1_5b)
     if which in ("scoring", "all"):
+        # The shipped file too: the default is made from it, and it stays beside it.
+        ensure(SHIPPED, fetch_shipped)
         ensure(SCORING, derive_scoring)
     if which in ("embedding", "all"):
         ensure(EMBEDDING, fetch_embedding)

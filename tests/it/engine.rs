@@ -103,8 +103,8 @@ fn the_model_template_is_the_gguf_jinja_with_its_default_system_message() {
 /// llama.cpp is not batch-invariant in general: the same tokens decoded beside other
 /// sequences can take other kernel paths (repacked GEMM vs GEMV for Q4_0/Q4_K weights, ubatch
 /// splits, flash attention), which order floating-point sums differently and move a short
-/// response's mean loss by up to ~0.1 nats. With separate KV streams per sequence and this
-/// model's Q4_1 weights (row-wise dot-product kernels) the difference measured on this CPU is
+/// response's mean loss by up to ~0.1 nats. With separate KV streams per sequence and the
+/// earlier Q4_1 default (row-wise dot-product kernels) the difference measured on this CPU was
 /// 0; the assertion keeps the 1e-2 nats tolerance for 16+ token responses so that it states
 /// the guarantee the scheduler relies on rather than a property of one kernel.
 #[test]

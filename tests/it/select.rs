@@ -118,7 +118,7 @@ fn select_writes_scores_selection_and_run_record() {
     assert_eq!(run["budget"]["ratio"], 0.1);
     assert_eq!(
         run["scoring_model"]["sha256"],
-        "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+        "a269e3181fcbb25046f99f64ba8d3c159165b211c2ff4ffca7ba1bb219d2ccd0"
     );
     assert_eq!(run["scoring_model"]["quantisation"], "F16");
     assert_eq!(run["scoring_model"]["architecture"], "llama");
