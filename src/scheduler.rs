@@ -312,17 +312,10 @@ impl ScoringPlan {
     /// gets about the same number of tokens. Every step belongs to exactly one shard; a shard
     /// is empty when there are fewer segments than shards.
     pub fn shard(&self, shard: Shard) -> Range<usize> {
-        let mut segments = vec![0];
-        segments.extend(
-            self.steps
-                .iter()
-                .enumerate()
-                .filter(|(_, step)| step.checkpoint)
-                .map(|(t, _)| t + 1),
-        );
-        let tokens = |j: usize| self.tokens_in(segments[j]..segments[j + 1]);
-        let mine = shard.split(segments.len() - 1, tokens);
-        segments[mine.start]..segments[mine.end]
+        let segments = self.segments(0..self.steps.len());
+        let mine = shard.split(segments.len(), |j| self.tokens_in(segments[j].clone()));
+        let start = |j: usize| segments.get(j).map_or(self.steps.len(), |s| s.start);
+        start(mine.start)..start(mine.end)
     }
 
     /// Tokens decoded in `steps`.
