@@ -1,5 +1,5 @@
 //! What must hold for `parse_dataset` on any input, shared by the cargo-fuzz target
-//! (`fuzz_targets/dataset.rs`) and the stable mutation test (`tests/it/dataset.rs`), which
+//! (`fuzz_targets/dataset.rs`) and the stable mutation test (`tests/pure/dataset.rs`), which
 //! both include this file with `#[path]`.
 
 use std::collections::HashSet;

@@ -5,6 +5,7 @@
 //! model and threads, and samples/s with and without neighbour-prefix reuse.
 
 use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 use serde::Serialize;
@@ -19,7 +20,7 @@ use crate::progress::{peak_rss_mib, reset_peak_rss};
 use crate::prompt::{Layout, Template, TemplateChoice, Token};
 use crate::records::read_samples;
 use crate::run::resolve_template;
-use crate::scheduler::{score_samples, Decoders, NoJournal, ScoringOptions, Stats};
+use crate::scheduler::{Decoders, NoJournal, ScoringOptions, ScoringPlan, Stats};
 use crate::Error;
 
 /// What to benchmark.
@@ -211,11 +212,8 @@ impl Report {
 /// Input, model and engine errors.
 pub fn run(config: &BenchConfig) -> Result<Report, Error> {
     crate::config::check_sizes(&config.context)?;
-    let largest = *config
-        .sizes
-        .iter()
-        .max()
-        .ok_or_else(|| Error::Bench("no sizes".into()))?;
+    crate::config::check_bench(&config.sizes, config.ceiling_repeats)?;
+    let largest = config.sizes.iter().copied().max().unwrap_or(0);
     let samples = first_samples(config, largest)?;
     let (vectors, dim) = embed_all(config, &samples)?;
     let model = Model::load(&config.model, config.gpu_layers)?;
@@ -270,7 +268,7 @@ pub fn run(config: &BenchConfig) -> Result<Report, Error> {
 
 /// Runs `work` while another thread spins, as a competing program keeps one core busy.
 fn with_one_core_busy<T>(work: impl FnOnce() -> T) -> T {
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
     let spinner = {
         let stop = stop.clone();
         std::thread::spawn(move || {
@@ -290,11 +288,11 @@ fn first_samples(config: &BenchConfig, n: usize) -> Result<Vec<Sample>, Error> {
     let (_, dataset) = read_samples(&config.data, &ReadOptions::default())?;
     let mut samples = dataset.samples;
     if samples.len() < n {
-        return Err(Error::Bench(format!(
-            "{}: {} records, fewer than the largest size {n}",
-            config.data.display(),
-            samples.len()
-        )));
+        return Err(Error::TooFewRecords {
+            path: config.data.clone(),
+            records: samples.len(),
+            needed: n,
+        });
     }
     samples.truncate(n);
     Ok(samples)
@@ -336,13 +334,11 @@ impl Bench<'_> {
         reset_peak_rss();
         let clock = Instant::now();
         let pool = ScorerPool::new(self.model, self.config.context);
-        let outcome = score_samples(
-            self.model,
+        let plan = ScoringPlan::new(self.model, &self.samples[..n], &examples, &options)?;
+        let outcome = plan.score(
             Decoders::Pool(&pool),
-            &self.samples[..n],
-            &examples,
-            &options,
             &mut NoJournal,
+            &AtomicBool::new(false),
             |_| {},
         )?;
         let seconds = clock.elapsed().as_secs_f64();

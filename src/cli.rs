@@ -14,7 +14,9 @@ use clap::error::ErrorKind;
 use clap::{Args, CommandFactory, Parser, Subcommand};
 
 use crate::bench::BenchConfig;
-use crate::config::{self, ConfigError, ContextSizes, EmbedModel, IndexOptions, SelectConfig};
+use crate::config::{
+    self, ConfigError, ContextSizes, EmbedModel, IndexOptions, Problem, SelectConfig,
+};
 use crate::dataset::{Fields, ReadOptions};
 use crate::prompt::TemplateChoice;
 use crate::select::Budget;
@@ -133,7 +135,8 @@ impl ShardArgs {
         subcommand: &str,
         lookup: impl Fn(&str) -> Option<String>,
     ) -> Result<Shard, clap::Error> {
-        let fail = |e: String| invalid(subcommand)(ConfigError::new(format!("--shards: {e}")));
+        let fail =
+            |e: String| invalid(subcommand)(ConfigError::new("--shards", Problem::Refused(e)));
         match (self.shard, self.shards) {
             (Some(shard), _) => Ok(shard),
             (None, Some(count)) => Shard::from_environment(count, lookup).map_err(fail),
@@ -599,7 +602,12 @@ where
         Command::Score(args) => {
             if args.threads == Some(0) {
                 return Err(invalid("score")(ConfigError::new(
-                    "--threads must be at least 1".into(),
+                    "--threads",
+                    Problem::TooSmall {
+                        least: "1".into(),
+                        got: "0".into(),
+                        why: None,
+                    },
                 )));
             }
             let shard = args.shard.check("score", |name| std::env::var(name).ok())?;
@@ -720,20 +728,28 @@ impl BenchArgs {
 impl BenchNeighboursArgs {
     fn check(self) -> Result<BenchNeighboursSettings, clap::Error> {
         use crate::neighbours::IndexOptions;
-        let fail = |message: String| {
-            let mut cli = Cli::command();
-            cli.build();
-            match cli.find_subcommand_mut("bench-neighbours") {
-                Some(sub) => sub.error(ErrorKind::ValueValidation, message),
-                None => cli.error(ErrorKind::ValueValidation, message),
-            }
-        };
-        if self.sizes.iter().any(|&n| n < 2) {
-            return Err(fail("--sizes: each size must be at least 2".into()));
+        let fail = invalid("bench-neighbours");
+        if let Some(&small) = self.sizes.iter().find(|&&n| n < 2) {
+            return Err(fail(ConfigError::new(
+                "--sizes",
+                Problem::TooSmall {
+                    least: "2".into(),
+                    got: small.to_string(),
+                    why: Some("a vector needs a neighbour"),
+                },
+            )));
         }
         if self.dim == 0 {
-            return Err(fail("--dim: must be at least 1".into()));
+            return Err(fail(ConfigError::new(
+                "--dim",
+                Problem::TooSmall {
+                    least: "1".into(),
+                    got: "0".into(),
+                    why: None,
+                },
+            )));
         }
+        config::checked("--dim", self.dim, u32::MAX).map_err(&fail)?;
         let names = if self.indexes.is_empty() {
             vec!["auto".to_string()]
         } else {
@@ -746,9 +762,7 @@ impl BenchNeighboursArgs {
                 nprobe: None,
                 recall_queries: self.recall_queries,
             };
-            options
-                .validate()
-                .map_err(|e| fail(format!("--index: {e}")))?;
+            options.validate().map_err(&fail)?;
             if self.nprobe.is_empty() || !options.takes_nprobe() {
                 indexes.push(options);
                 continue;
@@ -758,7 +772,7 @@ impl BenchNeighboursArgs {
                     nprobe: Some(nprobe),
                     ..options.clone()
                 };
-                options.validate().map_err(|e| fail(format!("--{e}")))?;
+                options.validate().map_err(&fail)?;
                 indexes.push(options);
             }
         }
@@ -815,12 +829,21 @@ impl QuantizeArgs {
     fn check(self) -> Result<QuantizeSettings, clap::Error> {
         if self.input == self.output {
             return Err(invalid("quantize")(ConfigError::new(
-                "the output must be another file than the input".into(),
+                "OUTPUT",
+                Problem::Conflict {
+                    other: "INPUT".into(),
+                    why: "the output must be another file than the input",
+                },
             )));
         }
         if self.threads == Some(0) {
             return Err(invalid("quantize")(ConfigError::new(
-                "--threads must be at least 1".into(),
+                "--threads",
+                Problem::TooSmall {
+                    least: "1".into(),
+                    got: "0".into(),
+                    why: None,
+                },
             )));
         }
         Ok(QuantizeSettings {

@@ -175,24 +175,41 @@ impl IndexOptions {
     /// checked by FAISS once the width is known).
     ///
     /// # Errors
-    /// A message naming the bad value: an empty index string, a `join` without a number of
-    /// lists, `nprobe` 0, or `nprobe` with an index that has no inverted lists.
-    pub fn validate(&self) -> Result<(), String> {
+    /// [`ConfigError`] naming the flag: an empty index string, a `join` without a number of
+    /// lists, `--nprobe` 0, or `--nprobe` with an index that has no inverted lists.
+    pub fn validate(&self) -> Result<(), ConfigError> {
         let index = self.index.trim();
         if index.is_empty() {
-            return Err("index: expected `auto`, `Flat`, `join`, `join{LISTS}` or a FAISS index_factory string".into());
+            return Err(ConfigError::new(
+                "--index",
+                Problem::Unexpected {
+                    expected:
+                        "`auto`, `Flat`, `join`, `join{LISTS}` or a FAISS index_factory string",
+                    got: index.into(),
+                },
+            ));
         }
         if let Some(lists) = index.strip_prefix("join") {
             if !lists.is_empty() && !lists.parse::<usize>().is_ok_and(|l| l >= 1) {
-                return Err(format!("index: `{index}`: expected `join` or `join` and a number of lists, e.g. join1024"));
+                return Err(ConfigError::new(
+                    "--index",
+                    Problem::Unexpected {
+                        expected: "`join` or `join` and a number of lists, e.g. join1024",
+                        got: index.into(),
+                    },
+                ));
             }
         }
         if self.nprobe == Some(0) {
-            return Err("nprobe: must be at least 1".into());
+            return Err(ConfigError::too_small("--nprobe", 1, 0));
         }
         if self.nprobe.is_some() && !self.takes_nprobe() {
-            return Err(format!(
-                "nprobe: applies to `auto`, `join` and inverted-file (IVF) indexes, not `{index}`"
+            return Err(ConfigError::new(
+                "--nprobe",
+                Problem::Conflict {
+                    other: format!("--index {index}"),
+                    why: "it applies to `auto`, `join` and inverted-file (IVF) indexes only",
+                },
             ));
         }
         Ok(())
@@ -249,16 +266,126 @@ pub struct SelectConfig {
     pub neighbours: IndexOptions,
 }
 
-/// An invalid setting.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct ConfigError(String);
+/// An invalid setting: the flag at fault and what is wrong with its value. Every message
+/// about a setting is composed here, from these parts.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{flag} {problem}")]
+pub struct ConfigError {
+    /// The flag, e.g. `--ratio`.
+    pub flag: String,
+    /// What is wrong with it.
+    pub problem: Problem,
+}
+
+/// What is wrong with a setting.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Problem {
+    /// Below the least value it may take.
+    #[error("must be at least {least}, got {got}{}", because(.why))]
+    TooSmall {
+        /// The least value (a number, or another flag and its value).
+        least: String,
+        /// The value given.
+        got: String,
+        /// Why the bound exists.
+        why: Option<&'static str>,
+    },
+    /// Above the largest value it may take.
+    #[error("must be at most {most}, got {got}{}", because(.why))]
+    TooLarge {
+        /// The largest value (a number, or another flag and its value).
+        most: String,
+        /// The value given.
+        got: String,
+        /// Why the bound exists.
+        why: Option<&'static str>,
+    },
+    /// Outside an interval.
+    #[error("must be in {range}, got {got}")]
+    OutOfRange {
+        /// The interval, e.g. `(0, 1]`.
+        range: &'static str,
+        /// The value given.
+        got: String,
+    },
+    /// A list given without values.
+    #[error("needs at least one value")]
+    Empty,
+    /// Another flag's value rules this one out.
+    #[error("cannot be combined with {other}: {why}")]
+    Conflict {
+        /// The other flag and its value.
+        other: String,
+        /// Why not.
+        why: &'static str,
+    },
+    /// A value of the wrong form.
+    #[error("expected {expected}, got `{got}`")]
+    Unexpected {
+        /// What the flag takes.
+        expected: &'static str,
+        /// The value given.
+        got: String,
+    },
+    /// A value the code that reads it refused, with its reason.
+    #[error("{0}")]
+    Refused(String),
+}
+
+fn because(why: &Option<&'static str>) -> String {
+    why.map(|why| format!(" ({why})")).unwrap_or_default()
+}
 
 impl ConfigError {
-    /// An error whose message names the flag at fault.
-    pub fn new(message: String) -> Self {
-        ConfigError(message)
+    /// `flag` is at fault: `problem`.
+    pub fn new(flag: impl Into<String>, problem: Problem) -> Self {
+        ConfigError {
+            flag: flag.into(),
+            problem,
+        }
     }
+
+    fn too_small(flag: &str, least: impl ToString, got: impl ToString) -> Self {
+        Self::new(
+            flag,
+            Problem::TooSmall {
+                least: least.to_string(),
+                got: got.to_string(),
+                why: None,
+            },
+        )
+    }
+
+    fn too_large(flag: &str, most: impl ToString, got: impl ToString) -> Self {
+        Self::new(
+            flag,
+            Problem::TooLarge {
+                most: most.to_string(),
+                got: got.to_string(),
+                why: None,
+            },
+        )
+    }
+
+    fn because(mut self, reason: &'static str) -> Self {
+        if let Problem::TooSmall { why, .. } | Problem::TooLarge { why, .. } = &mut self.problem {
+            *why = Some(reason);
+        }
+        self
+    }
+}
+
+/// `value` as the narrower integer type a C library takes (whose largest value is `max`), or a
+/// range error naming `flag` instead of a silent wrap.
+///
+/// # Errors
+/// [`Problem::TooLarge`] when `value` does not fit.
+pub fn checked<T: TryFrom<usize> + std::fmt::Display>(
+    flag: &str,
+    value: usize,
+    max: T,
+) -> Result<T, ConfigError> {
+    T::try_from(value).map_err(|_| ConfigError::too_large(flag, max, value))
 }
 
 /// `--chat-template` replaces the model's own template: only with `--template auto` or
@@ -272,11 +399,17 @@ pub fn check_chat_template(
 ) -> Result<(), ConfigError> {
     match (template, chat_template) {
         (TemplateChoice::Auto | TemplateChoice::Model, _) | (_, None) => Ok(()),
-        (other, Some(path)) => Err(ConfigError(format!(
-            "--chat-template {} replaces the model's own template; it cannot be combined with --template {}",
-            path.display(),
-            clap::ValueEnum::to_possible_value(&other).map_or(String::new(), |v| v.get_name().to_string())
-        ))),
+        (other, Some(path)) => Err(ConfigError::new(
+            format!("--chat-template {}", path.display()),
+            Problem::Conflict {
+                other: format!(
+                    "--template {}",
+                    clap::ValueEnum::to_possible_value(&other)
+                        .map_or(String::new(), |v| v.get_name().to_string())
+                ),
+                why: "it replaces the model's own template, which only `auto` and `model` use",
+            },
+        )),
     }
 }
 
@@ -287,9 +420,9 @@ pub fn check_chat_template(
 pub fn check_budget(budget: Budget) -> Result<(), ConfigError> {
     match budget {
         Budget::Ratio(r) => check_ratio("--ratio", r),
-        Budget::Count(0) => Err(ConfigError(
-            "--count must be at least 1 (0 would select nothing)".into(),
-        )),
+        Budget::Count(0) => {
+            Err(ConfigError::too_small("--count", 1, 0).because("0 would select nothing"))
+        }
         Budget::Count(_) => Ok(()),
     }
 }
@@ -305,11 +438,9 @@ impl SelectConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         check_budget(self.budget)?;
         check_chat_template(self.template, self.chat_template.as_deref())?;
-        self.neighbours
-            .validate()
-            .map_err(|e| ConfigError(format!("--{e}")))?;
+        self.neighbours.validate()?;
         if self.checkpoint_tokens == 0 {
-            return Err(ConfigError("--checkpoint-tokens must be at least 1".into()));
+            return Err(ConfigError::too_small("--checkpoint-tokens", 1, 0));
         }
         check_sizes(&self.sizes)
     }
@@ -323,9 +454,13 @@ pub fn check_ratio(flag: &str, ratio: f64) -> Result<(), ConfigError> {
     if ratio > 0.0 && ratio <= 1.0 {
         Ok(())
     } else {
-        Err(ConfigError(format!(
-            "{flag} must be in (0, 1], got {ratio}"
-        )))
+        Err(ConfigError::new(
+            flag,
+            Problem::OutOfRange {
+                range: "(0, 1]",
+                got: ratio.to_string(),
+            },
+        ))
     }
 }
 
@@ -335,7 +470,7 @@ pub fn check_ratio(flag: &str, ratio: f64) -> Result<(), ConfigError> {
 /// [`ConfigError`] naming `--ratios`.
 pub fn check_compare_ratios(ratios: &[f64]) -> Result<(), ConfigError> {
     if ratios.is_empty() {
-        return Err(ConfigError("--ratios needs at least one ratio".into()));
+        return Err(ConfigError::new("--ratios", Problem::Empty));
     }
     ratios.iter().try_for_each(|&r| check_ratio("--ratios", r))
 }
@@ -347,15 +482,15 @@ pub fn check_compare_ratios(ratios: &[f64]) -> Result<(), ConfigError> {
 /// [`ConfigError`] naming the flag at fault.
 pub fn check_bench(sizes: &[usize], repeats: usize) -> Result<(), ConfigError> {
     if sizes.is_empty() {
-        return Err(ConfigError("--sizes needs at least one size".into()));
+        return Err(ConfigError::new("--sizes", Problem::Empty));
     }
     if let Some(&small) = sizes.iter().find(|&&n| n < 2) {
-        return Err(ConfigError(format!(
-            "--sizes must each be at least 2 (a sample needs a neighbour), got {small}"
-        )));
+        return Err(
+            ConfigError::too_small("--sizes", 2, small).because("a sample needs a neighbour")
+        );
     }
     if repeats == 0 {
-        return Err(ConfigError("--repeats must be at least 1".into()));
+        return Err(ConfigError::too_small("--repeats", 1, 0));
     }
     Ok(())
 }
@@ -366,7 +501,7 @@ pub fn check_bench(sizes: &[usize], repeats: usize) -> Result<(), ConfigError> {
 /// [`ConfigError`] naming `--top`.
 pub fn check_top(top: usize) -> Result<(), ConfigError> {
     if top == 0 {
-        return Err(ConfigError("--top must be at least 1".into()));
+        return Err(ConfigError::too_small("--top", 1, 0));
     }
     Ok(())
 }
@@ -376,49 +511,58 @@ pub fn check_top(top: usize) -> Result<(), ConfigError> {
 /// # Errors
 /// [`ConfigError`] naming the flag at fault.
 pub fn check_sizes(s: &ContextSizes) -> Result<(), ConfigError> {
-    let fail = |m: String| Err(ConfigError(m));
     if s.ctx_per_sequence < 16 {
-        return fail(format!(
-            "--ctx-size must be at least 16, got {}",
-            s.ctx_per_sequence
-        ));
+        return Err(ConfigError::too_small("--ctx-size", 16, s.ctx_per_sequence));
     }
     if s.parallel == 0 || s.parallel > 256 {
-        return fail(format!("--parallel must be 1..=256, got {}", s.parallel));
+        return Err(ConfigError::new(
+            "--parallel",
+            Problem::OutOfRange {
+                range: "1..=256",
+                got: s.parallel.to_string(),
+            },
+        ));
     }
     // llama.cpp counts the whole KV cache in a u32.
     let kv = s.ctx_per_sequence.saturating_mul(s.parallel);
-    if u32::try_from(kv).is_err() {
-        return fail(format!(
-            "--ctx-size x --parallel ({kv}) exceeds llama.cpp's limit of {} tokens",
-            u32::MAX
-        ));
-    }
+    checked("--ctx-size x --parallel", kv, u32::MAX)?;
     if s.batch < s.ctx_per_sequence {
-        return fail(format!(
-            "--batch-size ({}) must be at least --ctx-size ({}) so that any sequence fits one decode",
-            s.batch, s.ctx_per_sequence
-        ));
+        return Err(ConfigError::too_small(
+            "--batch-size",
+            format!("--ctx-size ({})", s.ctx_per_sequence),
+            s.batch,
+        )
+        .because("any sequence must fit one decode"));
     }
     if s.batch > kv {
-        return fail(format!(
-            "--batch-size ({}) cannot exceed --ctx-size x --parallel ({kv})",
-            s.batch
+        return Err(ConfigError::too_large(
+            "--batch-size",
+            format!("--ctx-size x --parallel ({kv})"),
+            s.batch,
         ));
     }
-    if s.ubatch == 0 || s.ubatch > s.batch {
-        return fail(format!(
-            "--ubatch-size must be 1..=--batch-size ({}), got {}",
-            s.batch, s.ubatch
+    if s.ubatch == 0 {
+        return Err(ConfigError::too_small("--ubatch-size", 1, 0));
+    }
+    if s.ubatch > s.batch {
+        return Err(ConfigError::too_large(
+            "--ubatch-size",
+            format!("--batch-size ({})", s.batch),
+            s.ubatch,
         ));
     }
     if s.threads == 0 {
-        return fail("--threads must be at least 1".into());
+        return Err(ConfigError::too_small("--threads", 1, 0));
     }
-    if s.workers == 0 || s.workers > s.threads {
-        return fail(format!(
-            "--workers must be 1..=--threads ({}), got {}",
-            s.threads, s.workers
+    checked("--threads", s.threads, i32::MAX)?;
+    if s.workers == 0 {
+        return Err(ConfigError::too_small("--workers", 1, 0));
+    }
+    if s.workers > s.threads {
+        return Err(ConfigError::too_large(
+            "--workers",
+            format!("--threads ({})", s.threads),
+            s.workers,
         ));
     }
     Ok(())

@@ -32,6 +32,7 @@ pub mod score;
 pub mod select;
 // Settings, resumable state and the output files.
 pub mod config;
+pub mod lock;
 pub mod output;
 pub mod progress;
 pub mod resume;
@@ -106,6 +107,9 @@ pub enum Error {
     /// An output file could not be written.
     #[error(transparent)]
     Output(#[from] output::OutputError),
+    /// Another process works on the same run or shard.
+    #[error(transparent)]
+    Lock(#[from] lock::LockError),
     /// A score or run file cannot be read.
     #[error(transparent)]
     Schema(#[from] schema::SchemaError),
@@ -127,9 +131,16 @@ pub enum Error {
         /// Samples affected.
         samples: usize,
     },
-    /// The benchmark cannot run as asked.
-    #[error("bench: {0}")]
-    Bench(String),
+    /// The benchmark's data has fewer records than its largest size.
+    #[error("{}: {records} records, fewer than the largest --sizes value {needed}", path.display())]
+    TooFewRecords {
+        /// The data file.
+        path: PathBuf,
+        /// Its records.
+        records: usize,
+        /// The largest size asked for.
+        needed: usize,
+    },
     /// Other file-system failures.
     #[error("{path}: {source}")]
     Io {

@@ -208,11 +208,18 @@ fn run_doctor(settings: DoctorSettings) -> Result<(), miwv::Error> {
     println!("{}", miwv::doctor::describe_template(&template));
     let view = view_sample(&model, &template, &dataset.samples, settings.sample, false)?
         .ok_or_else(|| {
-            miwv::config::ConfigError::new(format!(
-                "--sample {}: the data has {} samples",
-                settings.sample,
-                dataset.samples.len()
-            ))
+            miwv::config::ConfigError::new(
+                "--sample",
+                miwv::config::Problem::TooLarge {
+                    most: format!(
+                        "{} (the data has {} samples)",
+                        dataset.samples.len().saturating_sub(1),
+                        dataset.samples.len()
+                    ),
+                    got: settings.sample.to_string(),
+                    why: None,
+                },
+            )
         })?;
     println!("{}", view.render(|token| model.piece(token)));
     let Some(tokenizer) = settings.tokenizer else {

@@ -22,6 +22,7 @@ use std::time::Instant;
 use rayon::prelude::*;
 use serde::Serialize;
 
+use crate::config::{ConfigError, Problem};
 use crate::neighbours::{
     find_neighbours, recall_at_1, FileVectors, IndexOptions, IndexPlan, IndexReport, Stage,
 };
@@ -82,10 +83,10 @@ pub struct NeighbourBenchReport {
 /// Runs the benchmark, logging each run as it ends.
 ///
 /// # Errors
-/// [`Error::Bench`] for a bad configuration, [`Error::Io`] when a vector file cannot be
+/// [`Error::Config`] for a bad configuration, [`Error::Io`] when a vector file cannot be
 /// written, [`Error::Neighbours`] when FAISS fails.
 pub fn run(config: &NeighbourBenchConfig) -> Result<NeighbourBenchReport, Error> {
-    check(config).map_err(Error::Bench)?;
+    check(config)?;
     let mut report = NeighbourBenchReport {
         machine: machine(),
         dim: config.dim,
@@ -119,13 +120,19 @@ pub fn run(config: &NeighbourBenchConfig) -> Result<NeighbourBenchReport, Error>
     Ok(report)
 }
 
-fn check(config: &NeighbourBenchConfig) -> Result<(), String> {
-    if config.sizes.is_empty() || config.sizes.iter().any(|&n| n < 2) {
-        return Err("--sizes: each size must be at least 2".into());
-    }
+fn check(config: &NeighbourBenchConfig) -> Result<(), ConfigError> {
+    crate::config::check_bench(&config.sizes, 1)?;
     if config.dim == 0 {
-        return Err("--dim: must be at least 1".into());
+        return Err(ConfigError::new(
+            "--dim",
+            Problem::TooSmall {
+                least: "1".into(),
+                got: "0".into(),
+                why: None,
+            },
+        ));
     }
+    crate::config::checked("--dim", config.dim, u32::MAX)?;
     for options in &config.indexes {
         options.validate()?;
     }

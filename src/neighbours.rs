@@ -60,9 +60,12 @@ pub enum NeighbourError {
         /// The I/O error.
         source: std::io::Error,
     },
-    /// Inconsistent input or settings (the message names which).
+    /// Inconsistent input (the message names which).
     #[error("neighbours: {0}")]
     Invalid(String),
+    /// An index setting that cannot be used.
+    #[error(transparent)]
+    Setting(#[from] crate::config::ConfigError),
 }
 
 fn faiss_error(context: &str) -> impl Fn(faiss::error::Error) -> NeighbourError + '_ {
@@ -369,7 +372,7 @@ pub fn find_neighbours(
             hashes.len()
         )));
     }
-    options.validate().map_err(NeighbourError::Invalid)?;
+    options.validate()?;
     let groups = group_copies(hashes);
     let mut found = groups.found;
     let plan = IndexPlan::resolve(options, groups.distinct.len());

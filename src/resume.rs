@@ -10,7 +10,6 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -34,18 +33,143 @@ pub enum ResumeError {
     /// A checkpoint file could not be written whole.
     #[error(transparent)]
     Output(#[from] OutputError),
-    /// What is saved belongs to another run, or is damaged.
-    #[error("cannot resume: {0}")]
-    Incompatible(String),
-    /// An earlier stage of a staged run has not been run (the message names the command).
-    #[error("{0}")]
-    Missing(String),
+    /// What is saved at `path` belongs to another run, or is damaged.
+    #[error("cannot resume: {}: {mismatch}; {remedy}", path.display())]
+    Incompatible {
+        /// The file or directory.
+        path: PathBuf,
+        /// What does not fit.
+        mismatch: Mismatch,
+        /// What the user can do.
+        remedy: Remedy,
+    },
+    /// An earlier stage of a staged run has not been run.
+    #[error("{}: {what}: run {command}", run.display())]
+    Missing {
+        /// The run directory.
+        run: PathBuf,
+        /// What is missing.
+        what: String,
+        /// The command that makes it.
+        command: String,
+    },
+}
+
+/// How saved state does not fit the run that finds it.
+#[derive(Debug, thiserror::Error)]
+pub enum Mismatch {
+    /// The run was made with other settings (these keys differ).
+    #[error("holds a run made with other settings ({}); its results cannot be mixed with this run's", .0.join(", "))]
+    OtherSettings(Vec<String>),
+    /// A stage's shards were made with another shard count.
+    #[error("holds {stage} shards of a run split {found} ways, not {asked}")]
+    ShardCount {
+        /// The stage.
+        stage: String,
+        /// The count of the saved shards.
+        found: usize,
+        /// The count asked for now.
+        asked: usize,
+    },
+    /// A stage's shards were made with several shard counts.
+    #[error("holds {stage} shards of several counts ({counts:?})")]
+    MixedShardCounts {
+        /// The stage.
+        stage: String,
+        /// The counts found.
+        counts: Vec<usize>,
+    },
+    /// A file that is not valid JSON of its kind.
+    #[error("unreadable ({0})")]
+    Unreadable(String),
+    /// A damaged line of the loss log.
+    #[error("line {line}: {what}")]
+    BadLine {
+        /// 1-based.
+        line: usize,
+        /// What is wrong with it.
+        what: String,
+    },
+    /// The loss log was written for another plan of decodes.
+    #[error("was written for a different plan of decodes (another build of miwv?)")]
+    OtherPlan,
+    /// The loss log covers other steps of the plan.
+    #[error("holds steps {saved:?} of the plan, not {asked:?} (another shard count?)")]
+    OtherSteps {
+        /// The steps it covers.
+        saved: Range<usize>,
+        /// The steps asked for.
+        asked: Range<usize>,
+    },
+    /// The loss log has no losses.
+    #[error("no losses saved")]
+    NoLosses,
+    /// A finished shard's log does not cover its steps.
+    #[error("does not hold all of steps {0:?}")]
+    Incomplete(Range<usize>),
+    /// The saved neighbours are for another dataset.
+    #[error("saved neighbours do not match the dataset")]
+    OtherDataset,
+    /// An embedding shard was made with other settings.
+    #[error("was embedded with other settings than this run's")]
+    OtherEmbedding,
+    /// An embedding file of the wrong size.
+    #[error("{bytes} bytes, expected {rows} rows of {dim}")]
+    EmbeddingSize {
+        /// Its size.
+        bytes: u64,
+        /// Rows expected.
+        rows: usize,
+        /// Width of a row.
+        dim: usize,
+    },
+    /// No embedding shard holds a sample.
+    #[error("no embed shard of {count} holds sample {sample}")]
+    SampleMissing {
+        /// Shards.
+        count: usize,
+        /// The sample.
+        sample: usize,
+    },
+}
+
+/// What a user can do about saved state that does not fit.
+#[derive(Debug, thiserror::Error)]
+pub enum Remedy {
+    /// Delete the file or directory and start over.
+    #[error("delete {} to start over", .0.display())]
+    Delete(PathBuf),
+    /// Write this run elsewhere, or delete the saved state.
+    #[error("use another --out, or delete {} to start over", .0.display())]
+    OtherOutOrDelete(PathBuf),
+    /// Use the saved shard count, or delete the stage's directory.
+    #[error("use --shards {count}, or delete {} to start that stage over", dir.display())]
+    ShardsOrDelete {
+        /// The saved count.
+        count: usize,
+        /// The stage's directory.
+        dir: PathBuf,
+    },
+    /// Run a command again.
+    #[error("run `{0}` again")]
+    Rerun(String),
+}
+
+impl ResumeError {
+    /// Saved state at `path` that does not fit, and what to do about it.
+    pub fn incompatible(path: &Path, mismatch: Mismatch, remedy: Remedy) -> Self {
+        ResumeError::Incompatible {
+            path: path.to_path_buf(),
+            mismatch,
+            remedy,
+        }
+    }
 }
 
 impl From<ResumeError> for ScoringError {
     fn from(e: ResumeError) -> Self {
         match e {
-            ResumeError::Incompatible(why) => ScoringError::Resume(why),
+            e @ ResumeError::Incompatible { .. } => ScoringError::Resume(Box::new(e)),
             other => ScoringError::Journal(Box::new(other)),
         }
     }
@@ -81,8 +205,8 @@ impl RunState {
     /// before doing any (a wrong model path, say) binds nothing.
     ///
     /// # Errors
-    /// [`ResumeError::Io`] when the directory cannot be written; [`ResumeError::Incompatible`] when it holds a
-    /// run with other settings.
+    /// [`ResumeError::Io`] when the directory cannot be written; [`ResumeError::Incompatible`]
+    /// when it holds a run with other settings.
     pub fn open(out_dir: &Path, settings: &Value) -> Result<Self, ResumeError> {
         let dir = out_dir.join("checkpoint");
         std::fs::create_dir_all(&dir).map_err(|source| ResumeError::Io {
@@ -96,12 +220,11 @@ impl RunState {
         if let Some(saved) = read_json::<Value>(&state.dir.join("settings.json"))? {
             let changed = differing_keys(&saved, settings);
             if !changed.is_empty() {
-                return Err(ResumeError::Incompatible(format!(
-                    "{} holds a run made with other settings ({}); its losses cannot be mixed with this run's. Use another --out, or delete {} to start over",
-                    out_dir.display(),
-                    changed.join(", "),
-                    state.dir.display()
-                )));
+                return Err(ResumeError::incompatible(
+                    out_dir,
+                    Mismatch::OtherSettings(changed),
+                    Remedy::OtherOutOrDelete(state.dir.clone()),
+                ));
             }
         }
         Ok(state)
@@ -170,34 +293,39 @@ impl RunState {
             let name = entry.map_err(io)?.file_name();
             let found = name.to_str().and_then(Shard::count_in_file_name);
             if let Some(found) = found.filter(|&found| found != count) {
-                return Err(ResumeError::Incompatible(format!(
-                    "{} holds {stage} shards of a run split {found} ways, not {count}; use --shards {found}, or delete {} to start that stage over",
-                    dir.display(),
-                    dir.display()
-                )));
+                return Err(ResumeError::incompatible(
+                    &dir,
+                    Mismatch::ShardCount {
+                        stage: stage.into(),
+                        found,
+                        asked: count,
+                    },
+                    Remedy::ShardsOrDelete {
+                        count: found,
+                        dir: dir.clone(),
+                    },
+                ));
             }
         }
         Ok(dir)
     }
 
     /// The scoring journal of one score shard: `score/shard-K-of-N.jsonl`.
-    pub fn shard_loss_log<'a>(&self, shard: Shard, stop: &'a AtomicBool) -> LossLog<'a> {
+    pub fn shard_loss_log(&self, shard: Shard) -> LossLog {
         LossLog {
             path: self
                 .dir
                 .join("score")
                 .join(format!("{}.jsonl", shard.file_stem())),
             file: None,
-            stop,
         }
     }
 
-    /// The scoring journal: `losses.jsonl`, stopping when `stop` is set.
-    pub fn loss_log<'a>(&self, stop: &'a AtomicBool) -> LossLog<'a> {
+    /// The scoring journal: `losses.jsonl`.
+    pub fn loss_log(&self) -> LossLog {
         LossLog {
             path: self.dir.join("losses.jsonl"),
             file: None,
-            stop,
         }
     }
 }
@@ -222,7 +350,11 @@ pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T
     read_if_present(path)?
         .map(|bytes| {
             serde_json::from_slice(&bytes).map_err(|e| {
-                ResumeError::Incompatible(format!("{}: unreadable ({e})", path.display()))
+                ResumeError::incompatible(
+                    path,
+                    Mismatch::Unreadable(e.to_string()),
+                    Remedy::Delete(path.to_path_buf()),
+                )
             })
         })
         .transpose()
@@ -246,10 +378,9 @@ fn differing_keys(saved: &Value, now: &Value) -> Vec<String> {
 
 /// `losses.jsonl`: a header naming the plan, then one line per checkpoint with the losses of
 /// the steps since the one before.
-pub struct LossLog<'a> {
+pub struct LossLog {
     path: PathBuf,
     file: Option<File>,
-    stop: &'a AtomicBool,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -281,7 +412,7 @@ struct SavedLoss {
     value: Option<f32>,
 }
 
-impl LossLog<'_> {
+impl LossLog {
     fn io(&self, source: std::io::Error) -> ResumeError {
         ResumeError::Io {
             path: self.path.clone(),
@@ -290,10 +421,14 @@ impl LossLog<'_> {
     }
 
     fn corrupt(&self, line: usize, what: impl std::fmt::Display) -> ResumeError {
-        ResumeError::Incompatible(format!(
-            "{}: line {line}: {what}; delete the file to score again",
-            self.path.display()
-        ))
+        ResumeError::incompatible(
+            &self.path,
+            Mismatch::BadLine {
+                line,
+                what: what.to_string(),
+            },
+            Remedy::Delete(self.path.clone()),
+        )
     }
 
     /// Reads the saved lines, cutting off a torn last line; `None` when there is no header.
@@ -323,17 +458,21 @@ impl LossLog<'_> {
         };
         let header: Header = serde_json::from_slice(first).map_err(|e| self.corrupt(1, e))?;
         if header.plan != digest {
-            return Err(ResumeError::Incompatible(format!(
-                "{} was written for a different plan of decodes (another build of miwv?); delete it to score again",
-                self.path.display()
-            )));
+            return Err(ResumeError::incompatible(
+                &self.path,
+                Mismatch::OtherPlan,
+                Remedy::Delete(self.path.clone()),
+            ));
         }
         if header.range() != *range {
-            return Err(ResumeError::Incompatible(format!(
-                "{} holds steps {:?} of the plan, not {range:?} (another shard count?); delete it to score again",
-                self.path.display(),
-                header.range()
-            )));
+            return Err(ResumeError::incompatible(
+                &self.path,
+                Mismatch::OtherSteps {
+                    saved: header.range(),
+                    asked: range.clone(),
+                },
+                Remedy::Delete(self.path.clone()),
+            ));
         }
         let mut saved = Saved {
             steps_done: range.start,
@@ -361,7 +500,11 @@ impl LossLog<'_> {
     /// [`ResumeError`] when the log is missing, unreadable, or for another plan or range.
     pub fn saved(&self, digest: &str, range: Range<usize>) -> Result<Saved, ResumeError> {
         self.read(digest, &range)?.ok_or_else(|| {
-            ResumeError::Incompatible(format!("{}: no losses saved", self.path.display()))
+            ResumeError::incompatible(
+                &self.path,
+                Mismatch::NoLosses,
+                Remedy::Delete(self.path.clone()),
+            )
         })
     }
 
@@ -391,7 +534,7 @@ impl LossLog<'_> {
     }
 }
 
-impl Journal for LossLog<'_> {
+impl Journal for LossLog {
     fn start(
         &mut self,
         digest: &str,
@@ -431,9 +574,5 @@ impl Journal for LossLog<'_> {
             })
             .collect();
         Ok(self.append(&Commit { steps_done, losses })?)
-    }
-
-    fn stop_requested(&self) -> bool {
-        self.stop.load(Ordering::Relaxed)
     }
 }

@@ -8,7 +8,7 @@
 //! folds the log-probabilities into losses. At the plan's checkpoints the losses so far go to
 //! a [`Journal`], and a run that finds losses there resumes after them.
 //!
-//! [`score_samples`] reads as its phases: [`ScoringPlan::new`] builds the sequences, shapes
+//! [`ScoringPlan::score`] reads as its phases: [`ScoringPlan::new`] builds the sequences, shapes
 //! them for the planner, plans and accounts each sample's tokens; [`ScoringPlan::decode`]
 //! resumes after the journal's losses and decodes a range of steps (copy, decode, gather,
 //! fold, checkpoint); [`ScoringPlan::fold`] turns the losses into scores. It talks to the
@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
@@ -129,8 +129,6 @@ pub trait Journal {
     /// # Errors
     /// When they cannot be stored durably.
     fn save(&mut self, steps_done: usize, losses: &[Loss]) -> Result<(), ScoringError>;
-    /// Whether the user asked the run to stop.
-    fn stop_requested(&self) -> bool;
 }
 
 /// A journal that keeps nothing: scoring runs to the end in one go.
@@ -145,9 +143,6 @@ impl Journal for NoJournal {
     }
     fn save(&mut self, _: usize, _: &[Loss]) -> Result<(), ScoringError> {
         Ok(())
-    }
-    fn stop_requested(&self) -> bool {
-        false
     }
 }
 
@@ -227,9 +222,12 @@ pub enum ScoringError {
     /// The journal could not read or keep losses.
     #[error(transparent)]
     Journal(Box<dyn std::error::Error + Send + Sync>),
-    /// Saved losses do not fit this plan.
+    /// Saved state (the journal's) does not fit this plan.
+    #[error(transparent)]
+    Resume(Box<dyn std::error::Error + Send + Sync>),
+    /// Saved losses or a range of steps that do not fit this plan.
     #[error("cannot resume: {0}")]
-    Resume(String),
+    Plan(PlanMismatch),
     /// The user stopped the run; what was saved is kept for resuming.
     #[error("interrupted: {saved_steps} of {total_steps} decode steps are saved; run the same command again to resume")]
     Interrupted {
@@ -240,24 +238,30 @@ pub enum ScoringError {
     },
 }
 
-/// Scores every sample zero-shot and one-shot (`examples[i]` is sample i's neighbour),
-/// resuming after what `journal` saved. `progress` is called once the plan is known and after
-/// every decode.
-///
-/// # Errors
-/// Decoder and journal failures; [`ScoringError::Interrupted`] when the journal asks to stop.
-pub fn score_samples<T: Tokenize>(
-    tokenizer: &T,
-    decoders: Decoders<'_>,
-    samples: &[Sample],
-    examples: &[Option<usize>],
-    options: &ScoringOptions,
-    journal: &mut dyn Journal,
-    progress: impl FnMut(Progress),
-) -> Result<Outcome, ScoringError> {
-    let plan = ScoringPlan::new(tokenizer, samples, examples, options)?;
-    let (saved, stats) = plan.decode(decoders, 0..plan.steps(), journal, progress)?;
-    plan.fold(&saved.losses, stats)
+/// Saved losses or steps asked for that do not fit a plan.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanMismatch {
+    /// A range that cuts a segment.
+    #[error("steps {range:?} are not whole segments of this plan of {steps} steps")]
+    NotWholeSegments {
+        /// The range asked for.
+        range: Range<usize>,
+        /// Steps in the plan.
+        steps: usize,
+    },
+    /// Saved losses that end inside a segment or outside the range.
+    #[error("saved losses end at step {saved} of {steps}, which is not a checkpoint of steps {range:?} of this plan")]
+    NotAtCheckpoint {
+        /// Where the saved losses end.
+        saved: usize,
+        /// Steps in the plan.
+        steps: usize,
+        /// The range asked for.
+        range: Range<usize>,
+    },
+    /// A saved loss for a sample the plan does not have.
+    #[error("saved loss for sample {0} out of range")]
+    NoSuchSample(usize),
 }
 
 /// Every sequence of a run and every decode step, planned from the data and the settings
@@ -297,6 +301,22 @@ impl ScoringPlan {
         })
     }
 
+    /// Scores every sample: decodes the whole plan, resuming after what `journal` saved, and
+    /// folds the losses. `progress` is called once the plan is known and after every decode.
+    ///
+    /// # Errors
+    /// Decoder and journal failures; [`ScoringError::Interrupted`] once `stop` is set.
+    pub fn score(
+        &self,
+        decoders: Decoders<'_>,
+        journal: &mut dyn Journal,
+        stop: &AtomicBool,
+        progress: impl FnMut(Progress),
+    ) -> Result<Outcome, ScoringError> {
+        let (saved, stats) = self.decode(decoders, 0..self.steps(), journal, stop, progress)?;
+        self.fold(&saved.losses, stats)
+    }
+
     /// Decode steps planned.
     pub fn steps(&self) -> usize {
         self.steps.len()
@@ -332,29 +352,50 @@ impl ScoringPlan {
 
     /// Decodes the steps in `range` through `decoder`, resuming after what `journal` saved for
     /// them and saving at every checkpoint. `range` must start at a checkpoint boundary (as
-    /// [`ScoringPlan::shard`]'s do). Returns what the journal holds for the range, now
-    /// complete, and what this call did.
+    /// [`ScoringPlan::shard`]'s do). Every decoder looks at `stop` before each step, so a set
+    /// flag (the user's Ctrl-C) stops them all at their next step. Returns what the journal
+    /// holds for the range, now complete, and what this call did.
     ///
     /// # Errors
-    /// Decoder and journal failures; [`ScoringError::Interrupted`] when the journal asks to stop.
+    /// Decoder and journal failures; [`ScoringError::Interrupted`] once `stop` is set.
     pub fn decode(
         &self,
         decoders: Decoders<'_>,
         range: Range<usize>,
         journal: &mut dyn Journal,
+        stop: &AtomicBool,
         progress: impl FnMut(Progress),
     ) -> Result<(Saved, Stats), ScoringError> {
         let mut saved = journal.start(&self.digest, self.steps.len(), range.clone())?;
         self.check_resumable(&saved, &range)?;
         let first = saved.steps_done;
-        let stats = self.decode_from(
-            decoders,
-            range.clone(),
-            first,
-            &mut saved.losses,
+        let report = Progress {
+            steps_done: first - range.start,
+            steps: range.len(),
+            tokens_done: self.tokens_in(range.start..first),
+            tokens: self.tokens_in(range.clone()),
+        };
+        let mut keeper = Keeper {
+            plan: self,
             journal,
+            stop,
             progress,
-        )?;
+            report,
+            segments: self.segments(first..range.end),
+            finished: BTreeMap::new(),
+            saved_segments: 0,
+            saved_through: first,
+            losses: &mut saved.losses,
+            stats: Stats {
+                planned_steps: range.len(),
+                resumed_steps: first - range.start,
+                workers: 1,
+                ..Stats::default()
+            },
+        };
+        (keeper.progress)(report);
+        self.decode_segments(decoders, &mut keeper)?;
+        let stats = keeper.stats;
         saved.steps_done = range.end;
         Ok((saved, stats))
     }
@@ -362,19 +403,19 @@ impl ScoringPlan {
     fn check_resumable(&self, saved: &Saved, range: &Range<usize>) -> Result<(), ScoringError> {
         let at_boundary = |t: usize| t == 0 || self.steps[t - 1].checkpoint;
         if range.end > self.steps.len() || !at_boundary(range.start) || !at_boundary(range.end) {
-            return Err(ScoringError::Resume(format!(
-                "steps {range:?} are not whole segments of this plan of {} steps",
-                self.steps.len()
-            )));
+            return Err(ScoringError::Plan(PlanMismatch::NotWholeSegments {
+                range: range.clone(),
+                steps: self.steps.len(),
+            }));
         }
         if !range.contains(&saved.steps_done) && saved.steps_done != range.end
             || !at_boundary(saved.steps_done)
         {
-            return Err(ScoringError::Resume(format!(
-                "saved losses end at step {} of {}, which is not a checkpoint of steps {range:?} of this plan",
-                saved.steps_done,
-                self.steps.len()
-            )));
+            return Err(ScoringError::Plan(PlanMismatch::NotAtCheckpoint {
+                saved: saved.steps_done,
+                steps: self.steps.len(),
+                range: range.clone(),
+            }));
         }
         Ok(())
     }
@@ -576,12 +617,10 @@ impl Losses {
             alone: vec![f32::NAN; samples],
         };
         for loss in logged {
-            *losses.get_mut(loss.sample, loss.pass).ok_or_else(|| {
-                ScoringError::Resume(format!(
-                    "saved loss for sample {} out of range",
-                    loss.sample
-                ))
-            })? = loss.value;
+            *losses
+                .get_mut(loss.sample, loss.pass)
+                .ok_or_else(|| ScoringError::Plan(PlanMismatch::NoSuchSample(loss.sample)))? =
+                loss.value;
         }
         Ok(losses)
     }
@@ -634,15 +673,17 @@ enum Report {
     Failed(ScoringError),
 }
 
-/// A worker's side of the channel.
+/// A worker's side of the channel, and the flags that stop it: the user's, and the one any
+/// worker or the journal sets when it fails.
 struct WorkerWatch<'a> {
     stop: &'a AtomicBool,
+    failed: &'a AtomicBool,
     reports: mpsc::Sender<Report>,
 }
 
 impl Watch for WorkerWatch<'_> {
     fn stopped(&self) -> bool {
-        self.stop.load(Ordering::Relaxed)
+        self.stop.load(Ordering::SeqCst) || self.failed.load(Ordering::SeqCst)
     }
     fn step_done(&mut self, tokens: usize) {
         let _ = self.reports.send(Report::Step(tokens));
@@ -655,6 +696,7 @@ impl Watch for WorkerWatch<'_> {
 struct Keeper<'a, P> {
     plan: &'a ScoringPlan,
     journal: &'a mut dyn Journal,
+    stop: &'a AtomicBool,
     progress: P,
     report: Progress,
     segments: Vec<Range<usize>>,
@@ -693,7 +735,7 @@ impl<P: FnMut(Progress)> Keeper<'_, P> {
 
 impl<P: FnMut(Progress)> Watch for Keeper<'_, P> {
     fn stopped(&self) -> bool {
-        self.journal.stop_requested()
+        self.stop.load(Ordering::SeqCst)
     }
     fn step_done(&mut self, tokens: usize) {
         self.report.steps_done += 1;
@@ -703,53 +745,24 @@ impl<P: FnMut(Progress)> Watch for Keeper<'_, P> {
 }
 
 impl ScoringPlan {
-    /// Decodes `range` from step `first` on with `decoders`, adding the losses to `losses`
-    /// and saving them at every checkpoint.
-    fn decode_from(
+    /// Decodes `keeper`'s segments with `decoders`, saving them as they complete.
+    fn decode_segments<P: FnMut(Progress)>(
         &self,
         decoders: Decoders<'_>,
-        range: Range<usize>,
-        first: usize,
-        losses: &mut Vec<Loss>,
-        journal: &mut dyn Journal,
-        mut progress: impl FnMut(Progress),
-    ) -> Result<Stats, ScoringError> {
-        let report = Progress {
-            steps_done: first - range.start,
-            steps: range.len(),
-            tokens_done: self.tokens_in(range.start..first),
-            tokens: self.tokens_in(range.clone()),
-        };
-        progress(report);
-        let mut keeper = Keeper {
-            plan: self,
-            journal,
-            progress,
-            report,
-            segments: self.segments(first..range.end),
-            finished: BTreeMap::new(),
-            saved_segments: 0,
-            saved_through: first,
-            losses,
-            stats: Stats {
-                planned_steps: range.len(),
-                resumed_steps: first - range.start,
-                workers: 1,
-                ..Stats::default()
-            },
-        };
+        keeper: &mut Keeper<'_, P>,
+    ) -> Result<(), ScoringError> {
         match decoders {
             Decoders::One(decoder) => {
                 for (index, steps) in keeper.segments.clone().into_iter().enumerate() {
-                    match self.decode_segment(decoder, steps, &mut keeper)? {
+                    match self.decode_segment(decoder, steps, keeper)? {
                         Some((losses, stats)) => keeper.segment_done(index, losses, stats)?,
                         None => return Err(keeper.interrupted()),
                     }
                 }
+                Ok(())
             }
-            Decoders::Pool(pool) => self.decode_in_workers(pool, &mut keeper)?,
+            Decoders::Pool(pool) => self.decode_in_workers(pool, keeper),
         }
-        Ok(keeper.stats)
     }
 
     /// The segments of `steps`: runs of steps that each end at a checkpoint (or at the end of
@@ -767,6 +780,8 @@ impl ScoringPlan {
     }
 
     /// Runs `keeper`'s segments on the pool's workers, the journal kept on this thread.
+    /// Each worker reads the user's stop flag itself before every step; a failure anywhere
+    /// (a decoder, the journal) stops the others the same way.
     fn decode_in_workers<P: FnMut(Progress)>(
         &self,
         pool: &dyn DecoderPool,
@@ -776,13 +791,14 @@ impl ScoringPlan {
         let workers = pool.workers().clamp(1, segments.len().max(1));
         keeper.stats.workers = workers;
         let next = AtomicUsize::new(0);
-        let stop = AtomicBool::new(false);
+        let failed = AtomicBool::new(false);
         let (reports, received) = mpsc::channel();
         let mut failure = None;
         std::thread::scope(|scope| {
             for _ in 0..workers {
                 let mut watch = WorkerWatch {
-                    stop: &stop,
+                    stop: keeper.stop,
+                    failed: &failed,
                     reports: reports.clone(),
                 };
                 let (segments, next) = (&segments, &next);
@@ -803,23 +819,15 @@ impl ScoringPlan {
                         }
                     };
                     if let Err(e) = work() {
+                        watch.failed.store(true, Ordering::SeqCst);
                         let _ = watch.reports.send(Report::Failed(e));
                     }
                 });
             }
             drop(reports);
-            loop {
-                let report = match received.recv_timeout(Duration::from_millis(100)) {
-                    Ok(report) => report,
-                    Err(mpsc::RecvTimeoutError::Timeout) => {
-                        if keeper.stopped() {
-                            stop.store(true, Ordering::Relaxed);
-                        }
-                        continue;
-                    }
-                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
-                };
-                let failed = match report {
+            // Ends when every worker has returned and dropped its sender.
+            for report in received {
+                let error = match report {
                     Report::Step(tokens) => {
                         keeper.step_done(tokens);
                         None
@@ -829,11 +837,9 @@ impl ScoringPlan {
                     }
                     Report::Failed(e) => Some(e),
                 };
-                if let Some(e) = failed {
+                if let Some(e) = error {
+                    failed.store(true, Ordering::SeqCst);
                     failure.get_or_insert(e);
-                    stop.store(true, Ordering::Relaxed);
-                } else if keeper.stopped() {
-                    stop.store(true, Ordering::Relaxed);
                 }
             }
         });

@@ -1,5 +1,5 @@
 //! `parse_dataset` on arbitrary bytes: it must never panic and its results must hold together
-//! (see `../invariants.rs`, shared with the stable mutation test in `tests/dataset.rs`).
+//! (see `../invariants.rs`, shared with the stable mutation test in `tests/pure/dataset.rs`).
 
 #![no_main]
 

@@ -16,13 +16,14 @@ use crate::dataset::Dataset;
 use crate::dataset::Sample;
 use crate::embed::{default_prefix, embed_samples, read_precomputed};
 use crate::engine::{check_model_file, Embedder, Model, ScorerPool};
+use crate::lock::RunLock;
 use crate::neighbours::{find_neighbours, SliceVectors, VectorSource};
 use crate::output::{file_sha256, write_json, write_jsonl};
 use crate::progress::{Phase, ScoringProgress};
 use crate::prompt::{Template, TemplateChoice};
 use crate::records::{output_file_name, read_samples, write_selected, FileFormat};
-use crate::resume::{ResumeError, Retrieval, RunState};
-use crate::scheduler::{score_samples, Decoders, Outcome, ScoringOptions, ScoringPlan};
+use crate::resume::{Mismatch, Remedy, ResumeError, Retrieval, RunState};
+use crate::scheduler::{Decoders, Outcome, ScoringOptions, ScoringPlan};
 use crate::schema::{
     BudgetRecord, EmbedderRecord, FileRecord, Ifd, IndexReport, Neighbour, RunRecord, ScoreRow,
     Timings,
@@ -66,6 +67,7 @@ pub fn select(config: &SelectConfig) -> Result<RunSummary, Error> {
 /// As [`select`]; an interrupted [`Error::Scoring`] when stopped.
 pub fn select_until(config: &SelectConfig, stop: &AtomicBool) -> Result<RunSummary, Error> {
     config.validate()?;
+    let _lock = RunLock::run(&config.out_dir, "miwv select")?;
     let started = Instant::now();
     let mut timings = Timings::default();
     let (format, dataset) = read_input(config)?;
@@ -200,10 +202,11 @@ fn retrieval(
             tracing::info!("reusing the saved neighbours in {}", state.dir().display());
             Ok(saved)
         }
-        Some(_) => Err(ResumeError::Incompatible(format!(
-            "{}: saved neighbours do not match the dataset",
-            state.dir().display()
-        ))
+        Some(_) => Err(ResumeError::incompatible(
+            state.dir(),
+            Mismatch::OtherDataset,
+            Remedy::OtherOutOrDelete(state.dir().to_path_buf()),
+        )
         .into()),
         None => {
             let (retrieval, embeddings) = retrieve(config, loaded, dataset)?;
@@ -224,13 +227,11 @@ fn score(
 ) -> Result<Outcome, Error> {
     let pool = ScorerPool::new(&loaded.model, config.sizes);
     let mut progress = ScoringProgress::default();
-    Ok(score_samples(
-        &loaded.model,
+    let plan = scoring_plan(config, loaded, dataset, retrieval)?;
+    Ok(plan.score(
         Decoders::Pool(&pool),
-        &dataset.samples,
-        &examples(retrieval),
-        &scoring_options(config, &loaded.template),
-        &mut loaded.state.loss_log(stop),
+        &mut loaded.state.loss_log(),
+        stop,
         |p| progress.update(p),
     )?)
 }

@@ -23,10 +23,11 @@ use super::{
 use crate::config::{ContextSizes, EmbedModel, SelectConfig};
 use crate::embed::{read_precomputed, EmbeddingBatches};
 use crate::engine::ScorerPool;
+use crate::lock::RunLock;
 use crate::neighbours::FileVectors;
 use crate::output::{write_atomically, write_json};
 use crate::progress::{Phase, ScoringProgress};
-use crate::resume::{read_json, ResumeError, Retrieval};
+use crate::resume::{read_json, Mismatch, Remedy, ResumeError, Retrieval};
 use crate::scheduler::{Decoders, Stats};
 use crate::schema::{EmbedderRecord, ShardsRecord, Timings};
 use crate::select::Budget;
@@ -91,6 +92,11 @@ fn stage_record_path(run: &Path) -> PathBuf {
 /// another shard count.
 pub fn embed(config: &SelectConfig, shard: Shard) -> Result<StageSummary, Error> {
     config.validate()?;
+    let _lock = RunLock::shard(
+        &config.out_dir,
+        &format!("embed-{}", shard.file_stem()),
+        &format!("miwv embed --shard {shard}"),
+    )?;
     let config = &with_absolute_paths(config);
     let (_, dataset) = read_input(config)?;
     let clock = Instant::now();
@@ -100,11 +106,11 @@ pub fn embed(config: &SelectConfig, shard: Shard) -> Result<StageSummary, Error>
     let marker = shard_file(&dir, shard, "json");
     if let Some(earlier) = read_json::<EmbedShard>(&marker)? {
         if earlier.settings != loaded.settings {
-            return Err(ResumeError::Incompatible(format!(
-                "{} was embedded with other settings; use another --out, or delete {} to start over",
-                marker.display(),
-                dir.display()
-            ))
+            return Err(ResumeError::incompatible(
+                &marker,
+                Mismatch::OtherEmbedding,
+                Remedy::OtherOutOrDelete(dir.clone()),
+            )
             .into());
         }
         return Ok(done(format!("embed shard {shard} is already done")));
@@ -174,6 +180,7 @@ fn with_absolute_paths(config: &SelectConfig) -> SelectConfig {
 pub fn neighbours(run: &Path) -> Result<StageSummary, Error> {
     let embed_dir = run.join("checkpoint").join("embed");
     let count = shard_count(&embed_dir, "embed", run)?;
+    let _lock = RunLock::run(run, "miwv neighbours")?;
     let shards: Vec<EmbedShard> = (0..count)
         .map(|index| {
             let shard = Shard::new(index, count).expect("index below count");
@@ -194,10 +201,11 @@ pub fn neighbours(run: &Path) -> Result<StageSummary, Error> {
     for (index, record) in shards.iter().enumerate() {
         let shard = Shard::new(index, count).expect("index below count");
         if record.settings != loaded.settings || (record.dim != dim && !record.samples.is_empty()) {
-            return Err(ResumeError::Incompatible(format!(
-                "embed shard {shard} was made with other settings than this run's; delete {} and embed again",
-                embed_dir.display()
-            ))
+            return Err(ResumeError::incompatible(
+                &shard_file(&embed_dir, shard, "json"),
+                Mismatch::OtherEmbedding,
+                Remedy::Delete(embed_dir.clone()),
+            )
             .into());
         }
         let path = shard_file(&embed_dir, shard, "f32");
@@ -209,12 +217,15 @@ pub fn neighbours(run: &Path) -> Result<StageSummary, Error> {
         if bytes != (record.samples.len() * dim * 4) as u64
             || record.samples.iter().any(|&i| i >= n)
         {
-            return Err(ResumeError::Incompatible(format!(
-                "{}: {bytes} bytes, expected {} rows of {dim} for this dataset; delete {} and embed again",
-                path.display(),
-                record.samples.len(),
-                embed_dir.display()
-            ))
+            return Err(ResumeError::incompatible(
+                &path,
+                Mismatch::EmbeddingSize {
+                    bytes,
+                    rows: record.samples.len(),
+                    dim,
+                },
+                Remedy::Delete(embed_dir.clone()),
+            )
             .into());
         }
         for (row, &i) in record.samples.iter().enumerate() {
@@ -223,10 +234,14 @@ pub fn neighbours(run: &Path) -> Result<StageSummary, Error> {
         files.push((path, file));
     }
     if let Some(missing) = place.iter().position(Option::is_none) {
-        return Err(ResumeError::Incompatible(format!(
-            "no embed shard of {count} holds sample {missing}; delete {} and embed again",
-            embed_dir.display()
-        ))
+        return Err(ResumeError::incompatible(
+            &embed_dir,
+            Mismatch::SampleMissing {
+                count,
+                sample: missing,
+            },
+            Remedy::Delete(embed_dir.clone()),
+        )
         .into());
     }
     // The run's embeddings in sample order, copied row by row: never all in memory.
@@ -285,6 +300,11 @@ pub fn score(
 ) -> Result<StageSummary, Error> {
     let clock = Instant::now();
     let mut config = read_stage_record(run)?.config;
+    let _lock = RunLock::shard(
+        run,
+        &format!("score-{}", shard.file_stem()),
+        &format!("miwv score --shard {shard}"),
+    )?;
     if let Some(threads) = threads {
         config.sizes.threads = threads;
         config.sizes.workers = ContextSizes::default_workers(threads, config.gpu_layers);
@@ -304,7 +324,8 @@ pub fn score(
     let (_, stats) = plan.decode(
         Decoders::Pool(&pool),
         steps.clone(),
-        &mut loaded.state.shard_loss_log(shard, stop),
+        &mut loaded.state.shard_loss_log(shard),
+        stop,
         |p| progress.update(p),
     )?;
     drop(progress);
@@ -332,6 +353,7 @@ pub fn score(
 pub fn merge(run: &Path, budget: Option<Budget>) -> Result<RunSummary, Error> {
     let started = Instant::now();
     let stage = read_stage_record(run)?;
+    let _lock = RunLock::run(run, "miwv merge")?;
     let mut config = stage.config;
     if let Some(budget) = budget {
         config.budget = budget;
@@ -343,7 +365,6 @@ pub fn merge(run: &Path, budget: Option<Budget>) -> Result<RunSummary, Error> {
     let plan = scoring_plan(&config, &loaded, &dataset, &retrieval)?;
     let score_dir = run.join("checkpoint").join("score");
     let count = shard_count(&score_dir, "score", run)?;
-    let stop = AtomicBool::new(false);
     let mut losses = Vec::new();
     let mut stats = Stats {
         planned_steps: plan.steps(),
@@ -354,14 +375,14 @@ pub fn merge(run: &Path, budget: Option<Budget>) -> Result<RunSummary, Error> {
         let shard = Shard::new(index, count).expect("index below count");
         let record: ScoreShard = read_shard_marker(&score_dir, "score", shard, run)?;
         let steps = plan.shard(shard);
-        let log = loaded.state.shard_loss_log(shard, &stop);
+        let log = loaded.state.shard_loss_log(shard);
         let saved = log.saved(plan.digest(), steps.clone())?;
         if record.steps != steps || saved.steps_done != steps.end {
-            return Err(ResumeError::Incompatible(format!(
-                "{} does not hold all of steps {steps:?}; run `miwv score {} --shard {shard}` again",
-                log.path().display(),
-                run.display()
-            ))
+            return Err(ResumeError::incompatible(
+                log.path(),
+                Mismatch::Incomplete(steps),
+                Remedy::Rerun(format!("miwv score {} --shard {shard}", run.display())),
+            )
             .into());
         }
         losses.extend(saved.losses);
@@ -390,11 +411,14 @@ pub fn merge(run: &Path, budget: Option<Budget>) -> Result<RunSummary, Error> {
 fn read_stage_record(run: &Path) -> Result<StageRecord, Error> {
     let path = stage_record_path(run);
     let mut record: StageRecord = read_json(&path)?.ok_or_else(|| {
-        Error::from(ResumeError::Missing(format!(
-            "{} has no neighbours yet: run `miwv neighbours {}` after every `miwv embed` shard",
-            run.display(),
-            run.display()
-        )))
+        Error::from(ResumeError::Missing {
+            run: run.to_path_buf(),
+            what: "no neighbours yet".into(),
+            command: format!(
+                "`miwv neighbours {}` after every `miwv embed` shard",
+                run.display()
+            ),
+        })
     })?;
     record.config.out_dir = run.to_path_buf();
     Ok(record)
@@ -402,11 +426,11 @@ fn read_stage_record(run: &Path) -> Result<StageRecord, Error> {
 
 fn saved_retrieval(loaded: &Loaded, run: &Path) -> Result<Retrieval, Error> {
     loaded.state.load_retrieval()?.ok_or_else(|| {
-        ResumeError::Missing(format!(
-            "{} has no neighbours yet: run `miwv neighbours {}`",
-            run.display(),
-            run.display()
-        ))
+        ResumeError::Missing {
+            run: run.to_path_buf(),
+            what: "no neighbours yet".into(),
+            command: format!("`miwv neighbours {}`", run.display()),
+        }
         .into()
     })
 }
@@ -422,16 +446,20 @@ fn shard_count(dir: &Path, stage: &str, run: &Path) -> Result<usize, Error> {
         .unwrap_or_default();
     match counts.len() {
         1 => Ok(*counts.first().expect("one count")),
-        0 => Err(ResumeError::Missing(format!(
-            "{} has no {stage} shards: run {} first",
-            run.display(),
-            stage_command(stage, run, "K/N")
-        ))
+        0 => Err(ResumeError::Missing {
+            run: run.to_path_buf(),
+            what: format!("no {stage} shards"),
+            command: format!("{} first", stage_command(stage, run, "K/N")),
+        }
         .into()),
-        _ => Err(ResumeError::Incompatible(format!(
-            "{} holds {stage} shards of several counts ({counts:?}); delete it and run the stage again",
-            dir.display()
-        ))
+        _ => Err(ResumeError::incompatible(
+            dir,
+            Mismatch::MixedShardCounts {
+                stage: stage.into(),
+                counts: counts.into_iter().collect(),
+            },
+            Remedy::Delete(dir.to_path_buf()),
+        )
         .into()),
     }
 }
@@ -455,10 +483,11 @@ fn read_shard_marker<T: serde::de::DeserializeOwned>(
     run: &Path,
 ) -> Result<T, Error> {
     read_json(&shard_file(dir, shard, "json"))?.ok_or_else(|| {
-        ResumeError::Missing(format!(
-            "{stage} shard {shard} has no results: run {}",
-            stage_command(stage, run, &shard.to_string())
-        ))
+        ResumeError::Missing {
+            run: run.to_path_buf(),
+            what: format!("{stage} shard {shard} has no results"),
+            command: stage_command(stage, run, &shard.to_string()),
+        }
         .into()
     })
 }

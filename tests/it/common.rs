@@ -89,3 +89,35 @@ pub fn write_examples(path: &Path, n: usize) {
 pub fn read_json(path: &Path) -> Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
+
+/// Whether a test that needs something from the machine (a tool, a kernel feature) can run.
+/// Where `MIWV_REQUIRE_<switch>` is set (`.ci/run` sets each one and installs what it needs),
+/// a missing `what` fails the test; elsewhere the test is skipped and says so on the real
+/// stderr, past the test harness's capture.
+pub fn environment_allows(switch: &str, what: &str, available: bool) -> bool {
+    use std::io::Write;
+    if available {
+        return true;
+    }
+    let variable = format!("MIWV_REQUIRE_{switch}");
+    assert!(
+        std::env::var_os(&variable).is_none(),
+        "{variable} is set but this machine lacks {what}"
+    );
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED: {}: needs {what} (set {variable}=1 to make this an error)",
+        std::thread::current().name().unwrap_or("a test")
+    );
+    false
+}
+
+/// Whether `program ARGS` runs and succeeds here.
+pub fn runs(program: &str, args: &[&str]) -> bool {
+    Command::new(program)
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}

@@ -69,7 +69,7 @@ fn reference() -> &'static Reference {
         let out = dir.path().join("reference");
         let args = select_args(&data, &out, RATIO);
         let trace = dir.path().join("network.trace");
-        let mut command = isolated_command(&args, &trace);
+        let (mut command, traced) = isolated_command(&args, &trace);
         let started = Instant::now();
         let output = command.output().unwrap();
         let took = started.elapsed();
@@ -78,7 +78,8 @@ fn reference() -> &'static Reference {
             "{}",
             String::from_utf8_lossy(&output.stderr)
         );
-        if let Ok(trace) = std::fs::read_to_string(&trace) {
+        if traced {
+            let trace = std::fs::read_to_string(&trace).expect("strace wrote its log");
             assert!(
                 !trace.contains("AF_INET"),
                 "miwv opened a network socket:\n{trace}"
@@ -94,33 +95,27 @@ fn reference() -> &'static Reference {
 }
 
 /// `miwv ARGS` inside a new user and network namespace (no network at all) and under strace
-/// (socket and connect calls logged to `trace`), each when available here.
-fn isolated_command(args: &[String], trace: &Path) -> Command {
-    let available = |program: &str, probe: &[&str]| {
-        Command::new(program)
-            .args(probe)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
+/// (socket and connect calls logged to `trace`). Without either the run goes on unisolated,
+/// unless `MIWV_REQUIRE_NETNS` asks for both. Also says whether it is traced.
+fn isolated_command(args: &[String], trace: &Path) -> (Command, bool) {
     let mut line: Vec<String> = Vec::new();
-    if available("unshare", &["-rn", "true"]) {
-        line.extend(["unshare", "-rn"].map(String::from));
-    } else {
-        eprintln!("no network namespace here: the reference run keeps the network");
-    }
-    if available("strace", &["-o", "/dev/null", "true"]) {
-        line.extend(["strace", "-f", "-qq", "-e", "trace=socket,connect", "-o"].map(String::from));
+    let namespace = common::runs("unshare", &["-rn", "true"]);
+    let strace = common::runs("strace", &["-o", "/dev/null", "true"]);
+    let isolated = common::environment_allows(
+        "NETNS",
+        "`unshare -rn` and `strace` to run without network and trace sockets",
+        namespace && strace,
+    );
+    if isolated {
+        line.extend(["unshare", "-rn", "strace", "-f", "-qq"].map(String::from));
+        line.extend(["-e", "trace=socket,connect", "-o"].map(String::from));
         line.push(trace.display().to_string());
-    } else {
-        eprintln!("no strace here: network calls are not traced");
     }
     line.push(env!("CARGO_BIN_EXE_miwv").into());
     line.extend(args.iter().cloned());
     let mut command = Command::new(&line[0]);
     command.args(&line[1..]).current_dir(common::root());
-    command
+    (command, isolated)
 }
 
 fn assert_same_outputs(out: &Path, reference: &Path) {
@@ -339,12 +334,15 @@ fn a_torn_log_line_is_cut_off_and_other_settings_are_refused() {
 #[test]
 fn a_full_disk_is_a_clear_error_and_loses_nothing() {
     let reference = reference();
-    let can_mount = Command::new("unshare")
-        .args(["-rm", "sh", "-c", "mount -t tmpfs -o size=64k none /mnt"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !can_mount {
-        eprintln!("skipped: cannot mount a small tmpfs in a user namespace here");
+    let can_mount = common::runs(
+        "unshare",
+        &["-rm", "sh", "-c", "mount -t tmpfs -o size=64k none /mnt"],
+    );
+    if !common::environment_allows(
+        "TMPFS",
+        "a small tmpfs mounted in a user namespace (`unshare -rm`)",
+        can_mount,
+    ) {
         return;
     }
     // A disk just big enough for the saved work but not for the outputs.

@@ -3,13 +3,15 @@
 
 use crate::common;
 
+use std::sync::atomic::AtomicBool;
+
 use miwv::config::ContextSizes;
 use miwv::dataset::read_dataset;
 use miwv::embed::{default_prefix, embed_samples};
 use miwv::engine::{Embedder, Model, Scorer};
 use miwv::neighbours::nearest_others;
 use miwv::prompt::Template;
-use miwv::scheduler::{score_samples, Decoders, NoJournal, ScoringOptions};
+use miwv::scheduler::{Decoders, NoJournal, ScoringOptions, ScoringPlan};
 use miwv::select::{top_by_score, Budget};
 
 /// Largest per-sample |MIWV difference| accepted between layouts, in nats.
@@ -69,16 +71,15 @@ fn reuse_batch_size_and_threads_do_not_change_the_selection() {
             checkpoint_tokens: miwv::config::DEFAULT_CHECKPOINT_TOKENS,
         };
         let mut scorer = Scorer::new(&model, options.sizes).unwrap();
-        let outcome = score_samples(
-            &model,
-            Decoders::One(&mut scorer),
-            &samples,
-            &neighbours,
-            &options,
-            &mut NoJournal,
-            |_| {},
-        )
-        .unwrap();
+        let outcome = ScoringPlan::new(&model, &samples, &neighbours, &options)
+            .unwrap()
+            .score(
+                Decoders::One(&mut scorer),
+                &mut NoJournal,
+                &AtomicBool::new(false),
+                |_| {},
+            )
+            .unwrap();
         let miwv: Vec<f32> = outcome.scores.iter().map(|s| s.miwv).collect();
         assert!(miwv.iter().all(|m| m.is_finite()));
         (miwv, outcome.stats)

@@ -80,25 +80,23 @@ fn conversations_are_scored_per_turn_with_ifd_and_a_progress_bar_on_a_terminal()
         .map(|a| format!("'{a}'"))
         .collect::<Vec<_>>()
         .join(" ");
-    let on_terminal = Command::new("script")
-        .args(["-qec", &command_line, "/dev/null"])
-        .current_dir(common::root())
-        .output();
-    match on_terminal {
-        Ok(output) => {
-            let shown = String::from_utf8_lossy(&output.stdout);
-            assert!(output.status.success(), "{shown}");
-            for bar in ["embedding", "samples", "scoring", "tokens", "/s, ETA"] {
-                assert!(
-                    shown.contains(bar),
-                    "no {bar:?} bar on a terminal:\n{shown}"
-                );
-            }
+    let has_script = common::runs("script", &["-qec", "true", "/dev/null"]);
+    if common::environment_allows("SCRIPT", "script(1) to give the run a terminal", has_script) {
+        let output = Command::new("script")
+            .args(["-qec", &command_line, "/dev/null"])
+            .current_dir(common::root())
+            .output()
+            .unwrap();
+        let shown = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "{shown}");
+        for bar in ["embedding", "samples", "scoring", "tokens", "/s, ETA"] {
+            assert!(
+                shown.contains(bar),
+                "no {bar:?} bar on a terminal:\n{shown}"
+            );
         }
-        Err(e) => {
-            eprintln!("script(1) unavailable ({e}); running without a terminal only");
-            assert!(miwv().args(args).status().unwrap().success());
-        }
+    } else {
+        assert!(miwv().args(args).status().unwrap().success());
     }
 
     // Piped, the rerun draws no bar, and resumes everything, the L(y) pass included.
@@ -402,7 +400,8 @@ fn gzip_jsonl_with_other_field_names_gives_a_gzip_selection() {
 /// the loss of its responses decoded alone in a fresh context.
 #[test]
 fn the_response_only_pass_matches_each_response_decoded_alone() {
-    use miwv::scheduler::{score_samples, Decoders, NoJournal, ScoringOptions};
+    use miwv::scheduler::{Decoders, NoJournal, ScoringOptions, ScoringPlan};
+    use std::sync::atomic::AtomicBool;
 
     let model = Model::load(&common::scoring_model(), 0).unwrap();
     let text: Vec<String> = chat_examples(8).iter().map(Value::to_string).collect();
@@ -431,16 +430,15 @@ fn the_response_only_pass_matches_each_response_decoded_alone() {
         checkpoint_tokens: 1024,
     };
     let mut scheduled = Scorer::new(&model, options.sizes).unwrap();
-    let outcome = score_samples(
-        &model,
-        Decoders::One(&mut scheduled),
-        &samples,
-        &neighbours,
-        &options,
-        &mut NoJournal,
-        |_| {},
-    )
-    .unwrap();
+    let outcome = ScoringPlan::new(&model, &samples, &neighbours, &options)
+        .unwrap()
+        .score(
+            Decoders::One(&mut scheduled),
+            &mut NoJournal,
+            &AtomicBool::new(false),
+            |_| {},
+        )
+        .unwrap();
 
     let layout = Layout::new(&model, &template, false);
     let mut scorer = Scorer::new(&model, sizes(1)).unwrap();

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use miwv::config::ContextSizes;
 use miwv::dataset::{read_dataset, Sample};
@@ -16,7 +16,7 @@ use miwv::decoder::{DecodeError, Decoder, DecoderPool, Item};
 use miwv::prompt::{Template, Token, Tokenize};
 use miwv::resume::RunState;
 use miwv::scheduler::{
-    score_samples, Decoders, Journal, NoJournal, Outcome, ScoringError, ScoringOptions, ScoringPlan,
+    Decoders, Journal, NoJournal, Outcome, ScoringError, ScoringOptions, ScoringPlan,
 };
 use miwv::score::Unscorable;
 use miwv::shard::Shard;
@@ -47,6 +47,8 @@ struct FakeDecoder<'a> {
     slots: Vec<Vec<u64>>,
     last: Vec<Vec<f32>>,
     decodes: usize,
+    /// Counts decodes across every decoder of a pool, in place of `decodes`.
+    pool_decodes: Option<&'a AtomicUsize>,
     /// Set this flag after that many decodes (a user's Ctrl-C).
     stop_after: Option<(usize, &'a AtomicBool)>,
     /// Fail the decode with this number (1-based).
@@ -60,6 +62,7 @@ impl<'a> FakeDecoder<'a> {
             slots: vec![Vec::new(); sizes.parallel],
             last: Vec::new(),
             decodes: 0,
+            pool_decodes: None,
             stop_after: None,
             fail_at: None,
         }
@@ -86,6 +89,10 @@ impl Decoder for FakeDecoder<'_> {
 
     fn decode(&mut self, items: &[Item]) -> Result<(), DecodeError> {
         self.decodes += 1;
+        let decodes = match self.pool_decodes {
+            Some(count) => count.fetch_add(1, Ordering::SeqCst) + 1,
+            None => self.decodes,
+        };
         if self.fail_at == Some(self.decodes) {
             return Err("the device went away".into());
         }
@@ -120,7 +127,7 @@ impl Decoder for FakeDecoder<'_> {
             self.last.push(row);
         }
         if let Some((after, flag)) = self.stop_after {
-            if self.decodes >= after {
+            if decodes >= after {
                 flag.store(true, Ordering::SeqCst);
             }
         }
@@ -177,44 +184,43 @@ fn options(kv_reuse: bool, checkpoint_tokens: usize) -> ScoringOptions {
     }
 }
 
-/// The example data scored on `decoders`, journalled in `journal`.
+/// The example data scored on `decoders`, journalled in `journal`, stopping once `stop` is set.
 fn score_on(
     decoders: Decoders,
     options: &ScoringOptions,
     journal: &mut dyn Journal,
+    stop: &AtomicBool,
 ) -> Result<Outcome, ScoringError> {
     let samples = samples();
     let examples = examples(samples.len());
-    score_samples(
-        &ByteTokenizer,
-        decoders,
-        &samples,
-        &examples,
-        options,
-        journal,
-        |_| {},
-    )
+    let plan = ScoringPlan::new(&ByteTokenizer, &samples, &examples, options)?;
+    plan.score(decoders, journal, stop, |_| {})
 }
 
 fn score_with(
     decoder: &mut FakeDecoder,
     options: &ScoringOptions,
     journal: &mut dyn Journal,
+    stop: &AtomicBool,
 ) -> Result<Outcome, ScoringError> {
-    score_on(Decoders::One(decoder), options, journal)
+    score_on(Decoders::One(decoder), options, journal, stop)
 }
 
 fn score_in_pool(
     pool: &FakePool,
     options: &ScoringOptions,
     journal: &mut dyn Journal,
+    stop: &AtomicBool,
 ) -> Result<Outcome, ScoringError> {
-    score_on(Decoders::Pool(pool), options, journal)
+    score_on(Decoders::Pool(pool), options, journal, stop)
 }
+
+/// Never set: a run that goes to its end.
+static GO_ON: AtomicBool = AtomicBool::new(false);
 
 fn score(options: &ScoringOptions) -> Outcome {
     let mut decoder = FakeDecoder::new(options.sizes);
-    score_with(&mut decoder, options, &mut NoJournal).unwrap()
+    score_with(&mut decoder, options, &mut NoJournal, &GO_ON).unwrap()
 }
 
 /// Losses as exact bits, NaN included, for equality checks.
@@ -277,7 +283,7 @@ fn a_run_interrupted_after_any_decode_resumes_to_the_same_scores() {
         let stop = AtomicBool::new(false);
         let mut decoder = FakeDecoder::new(options.sizes);
         decoder.stop_after = Some((stop_after, &stop));
-        let first = score_with(&mut decoder, &options, &mut state.loss_log(&stop));
+        let first = score_with(&mut decoder, &options, &mut state.loss_log(), &stop);
         let Err(ScoringError::Interrupted {
             saved_steps,
             total_steps,
@@ -290,7 +296,7 @@ fn a_run_interrupted_after_any_decode_resumes_to_the_same_scores() {
 
         let go_on = AtomicBool::new(false);
         let mut decoder = FakeDecoder::new(options.sizes);
-        let resumed = score_with(&mut decoder, &options, &mut state.loss_log(&go_on)).unwrap();
+        let resumed = score_with(&mut decoder, &options, &mut state.loss_log(), &go_on).unwrap();
         assert_eq!(bits(&resumed), bits(&reference), "stop after {stop_after}");
         assert_eq!(resumed.stats.resumed_steps, saved_steps);
         assert_eq!(resumed.stats.decodes, planned - saved_steps);
@@ -319,13 +325,13 @@ fn a_decoder_failure_keeps_the_checkpoints_and_the_rerun_completes() {
     let stop = AtomicBool::new(false);
     let mut failing = FakeDecoder::new(options.sizes);
     failing.fail_at = Some(reference.stats.planned_steps / 2);
-    let failed = score_with(&mut failing, &options, &mut state.loss_log(&stop)).unwrap_err();
+    let failed = score_with(&mut failing, &options, &mut state.loss_log(), &stop).unwrap_err();
     assert!(
         failed.to_string().contains("the device went away"),
         "{failed}"
     );
     let mut decoder = FakeDecoder::new(options.sizes);
-    let rerun = score_with(&mut decoder, &options, &mut state.loss_log(&stop)).unwrap();
+    let rerun = score_with(&mut decoder, &options, &mut state.loss_log(), &stop).unwrap();
     assert!(rerun.stats.resumed_steps > 0);
     assert_eq!(bits(&rerun), bits(&reference));
 
@@ -334,7 +340,8 @@ fn a_decoder_failure_keeps_the_checkpoints_and_the_rerun_completes() {
     let other = score_with(
         &mut decoder,
         &self::options(true, 5000),
-        &mut state.loss_log(&stop),
+        &mut state.loss_log(),
+        &stop,
     )
     .unwrap_err();
     assert!(matches!(other, ScoringError::Resume(_)), "{other}");
@@ -373,17 +380,17 @@ fn shards_of_the_plan_in_any_order_gather_to_the_scores_of_one_run() {
         let dir = tempfile::tempdir().unwrap();
         let state = RunState::open(dir.path(), &serde_json::json!({})).unwrap();
         state.stage_dir("score", count).unwrap();
-        let stop = AtomicBool::new(false);
         let mut losses = Vec::new();
         for k in (0..count).rev() {
             let shard = Shard::new(k, count).unwrap();
             let mut decoder = FakeDecoder::new(options.sizes);
-            let mut log = state.shard_loss_log(shard, &stop);
+            let mut log = state.shard_loss_log(shard);
             let (saved, stats) = plan
                 .decode(
                     Decoders::One(&mut decoder),
                     ranges[k].clone(),
                     &mut log,
+                    &GO_ON,
                     |_| {},
                 )
                 .unwrap();
@@ -402,10 +409,13 @@ fn shards_of_the_plan_in_any_order_gather_to_the_scores_of_one_run() {
     }
 }
 
-/// A fake decoder per worker; each stops the run (or fails) after its own count of decodes.
+/// A fake decoder per worker. The run is stopped after a count of decodes by all workers
+/// together, so whichever thread the OS runs first, at most one decode per other worker
+/// follows the stop; a decoder fails after its own count.
 struct FakePool<'a> {
     sizes: ContextSizes,
     workers: usize,
+    decodes: AtomicUsize,
     stop_after: Option<(usize, &'a AtomicBool)>,
     fail_at: Option<usize>,
 }
@@ -416,6 +426,7 @@ impl DecoderPool for FakePool<'_> {
     }
     fn decoder(&self) -> Result<Box<dyn Decoder + '_>, DecodeError> {
         let mut decoder = FakeDecoder::new(self.sizes);
+        decoder.pool_decodes = Some(&self.decodes);
         decoder.stop_after = self.stop_after;
         decoder.fail_at = self.fail_at;
         Ok(Box::new(decoder))
@@ -426,6 +437,7 @@ fn pool(options: &ScoringOptions, workers: usize) -> FakePool<'static> {
     FakePool {
         sizes: options.sizes,
         workers,
+        decodes: AtomicUsize::new(0),
         stop_after: None,
         fail_at: None,
     }
@@ -438,11 +450,11 @@ fn workers_decoding_segments_at_once_give_the_scores_of_one_decoder() {
     for workers in [1, 2, 3, 7] {
         let dir = tempfile::tempdir().unwrap();
         let state = RunState::open(dir.path(), &serde_json::json!({})).unwrap();
-        let stop = AtomicBool::new(false);
         let outcome = score_in_pool(
             &pool(&options, workers),
             &options,
-            &mut state.loss_log(&stop),
+            &mut state.loss_log(),
+            &GO_ON,
         )
         .unwrap();
         assert_eq!(bits(&outcome), bits(&reference), "{workers} workers");
@@ -453,7 +465,8 @@ fn workers_decoding_segments_at_once_give_the_scores_of_one_decoder() {
     }
     // More workers than segments: the extra ones are not started.
     let one_segment = self::options(true, 1 << 30);
-    let outcome = score_in_pool(&pool(&one_segment, 4), &one_segment, &mut NoJournal).unwrap();
+    let outcome =
+        score_in_pool(&pool(&one_segment, 4), &one_segment, &mut NoJournal, &GO_ON).unwrap();
     assert_eq!(outcome.stats.workers, 1);
     assert_eq!(bits(&outcome), bits(&reference));
 }
@@ -463,21 +476,27 @@ fn workers_interrupted_keep_a_prefix_of_the_plan_and_resume_to_the_same_scores()
     let options = options(true, 3000);
     let reference = score(&options);
     let planned = reference.stats.planned_steps;
+    let workers = 3;
+    assert!(planned > 9 + workers, "{planned} steps");
     for stop_after in [1, 2, 5, 9] {
         let dir = tempfile::tempdir().unwrap();
         let state = RunState::open(dir.path(), &serde_json::json!({})).unwrap();
         let stop = AtomicBool::new(false);
-        let mut stopping = pool(&options, 3);
+        let mut stopping = pool(&options, workers);
         stopping.stop_after = Some((stop_after, &stop));
-        let first = score_in_pool(&stopping, &options, &mut state.loss_log(&stop));
+        let first = score_in_pool(&stopping, &options, &mut state.loss_log(), &stop);
         let Err(ScoringError::Interrupted { saved_steps, .. }) = first else {
             panic!("stop after {stop_after}: not interrupted: {first:?}");
         };
-        assert!(saved_steps < planned);
+        // Each worker sees the stop before its next step: only the decodes already under way
+        // on the other workers finish.
+        let decoded = stopping.decodes.load(Ordering::SeqCst);
+        assert!(decoded < stop_after + workers, "{decoded} decodes");
+        assert!(saved_steps <= decoded);
 
         let go_on = AtomicBool::new(false);
         let resumed =
-            score_in_pool(&pool(&options, 2), &options, &mut state.loss_log(&go_on)).unwrap();
+            score_in_pool(&pool(&options, 2), &options, &mut state.loss_log(), &go_on).unwrap();
         assert_eq!(bits(&resumed), bits(&reference), "stop after {stop_after}");
         assert_eq!(resumed.stats.resumed_steps, saved_steps);
         assert_eq!(resumed.stats.decodes, planned - saved_steps);
@@ -491,11 +510,11 @@ fn workers_interrupted_keep_a_prefix_of_the_plan_and_resume_to_the_same_scores()
     let stop = AtomicBool::new(false);
     let mut failing = pool(&options, 2);
     failing.fail_at = Some(4);
-    let failed = score_in_pool(&failing, &options, &mut state.loss_log(&stop)).unwrap_err();
+    let failed = score_in_pool(&failing, &options, &mut state.loss_log(), &stop).unwrap_err();
     assert!(
         failed.to_string().contains("the device went away"),
         "{failed}"
     );
-    let rerun = score_in_pool(&pool(&options, 2), &options, &mut state.loss_log(&stop)).unwrap();
+    let rerun = score_in_pool(&pool(&options, 2), &options, &mut state.loss_log(), &stop).unwrap();
     assert_eq!(bits(&rerun), bits(&reference));
 }
