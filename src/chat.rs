@@ -14,7 +14,14 @@
 //! content replaced by a unique sentinel, which gives the markup between contents; the real
 //! render is then walked against it. A template may emit a content trimmed (Jinja's `trim`,
 //! Python's `strip`): what it emitted is what is scored.
+//!
+//! A template comes with a model file, which is untrusted input: every render runs within
+//! [`RenderBounds`] (MiniJinja's fuel, which counts instructions and the memory values take; a
+//! cap on the rendered text; a recursion depth), scaled by the conversation's size and far
+//! above what real templates need, so a template that loops, recurses or writes without end
+//! is refused in milliseconds instead of taking the machine's memory.
 
+use std::io::Write;
 use std::sync::{Arc, OnceLock};
 
 use minijinja::{context, Environment, Error as JinjaError, ErrorKind, Value};
@@ -106,12 +113,79 @@ impl std::fmt::Debug for ChatTemplate {
     }
 }
 
+/// What one render may cost. The fuel and the output grow with the conversation's text; the
+/// bases leave real templates (whose largest cost in the test catalogue is measured by
+/// `real_templates_stay_far_below_the_bounds`) a margin of more than a hundredfold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RenderBounds {
+    /// MiniJinja fuel: about one unit per instruction, and one per 64 bytes of values made.
+    pub fuel: u64,
+    /// Bytes of rendered text.
+    pub output: usize,
+    /// MiniJinja's recursion depth (loops count 1, macro calls and includes about 10).
+    pub recursion: usize,
+}
+
+impl RenderBounds {
+    /// The fuel any render may use.
+    pub const FUEL_BASE: u64 = 2_000_000;
+    /// Fuel per byte of the conversation's text (a template may copy it a few times).
+    pub const FUEL_PER_BYTE: u64 = 1;
+    /// Rendered bytes any render may write.
+    pub const OUTPUT_BASE: usize = 1 << 20;
+    /// Rendered bytes per byte of the conversation's text.
+    pub const OUTPUT_PER_BYTE: usize = 4;
+    /// The recursion depth (MiniJinja's default is 500).
+    pub const RECURSION: usize = 100;
+
+    /// The bounds for rendering a conversation of `text_bytes` bytes of roles and contents.
+    pub fn for_text(text_bytes: usize) -> Self {
+        RenderBounds {
+            fuel: Self::FUEL_BASE + Self::FUEL_PER_BYTE * text_bytes as u64,
+            output: Self::OUTPUT_BASE + Self::OUTPUT_PER_BYTE * text_bytes,
+            recursion: Self::RECURSION,
+        }
+    }
+}
+
+/// Which bound a template crossed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bound {
+    /// Instructions and memory (MiniJinja's fuel).
+    Fuel,
+    /// Rendered text.
+    Output,
+    /// Recursion depth.
+    Recursion,
+}
+
+impl std::fmt::Display for Bound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Bound::Fuel => "instructions and memory",
+            Bound::Output => "rendered text",
+            Bound::Recursion => "recursion depth",
+        })
+    }
+}
+
 /// Why a conversation could not be rendered.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RenderError {
     /// The template does not compile, or raised while rendering (`raise_exception` included).
     #[error("the chat template says: {0}")]
     Template(String),
+    /// The template crossed a bound: it loops, recurses or writes far more than any chat
+    /// template needs.
+    #[error("the chat template exceeded its bound on {bound} ({limit}) for a conversation of {text_bytes} bytes, far above what real chat templates use; it was stopped")]
+    Bounded {
+        /// The bound crossed.
+        bound: Bound,
+        /// Its value.
+        limit: u64,
+        /// The conversation's size.
+        text_bytes: usize,
+    },
     /// The render does not contain message `message`'s content, as written or trimmed.
     #[error(
         "the chat template's output does not contain message {message} ({role}) as written or \
@@ -181,23 +255,61 @@ impl ChatTemplate {
     /// # Errors
     /// [`RenderError::Template`] with the template's own message when it raises.
     pub fn render(&self, messages: &[Message]) -> Result<String, RenderError> {
-        let env = self.environment()?;
+        let text_bytes = messages.iter().map(|(r, c)| r.len() + c.len()).sum();
+        self.render_within(messages, RenderBounds::for_text(text_bytes))
+            .map(|(text, _)| text)
+    }
+
+    /// [`ChatTemplate::render`] within `bounds`; also returns the fuel the render used.
+    ///
+    /// # Errors
+    /// [`RenderError::Template`] when the template raises, [`RenderError::Bounded`] when it
+    /// crosses a bound.
+    pub fn render_within(
+        &self,
+        messages: &[Message],
+        bounds: RenderBounds,
+    ) -> Result<(String, u64), RenderError> {
+        let text_bytes = messages.iter().map(|(r, c)| r.len() + c.len()).sum();
+        let bounded = |bound, limit: u64| RenderError::Bounded {
+            bound,
+            limit,
+            text_bytes,
+        };
+        // An environment is a few reference-counted maps: a copy per render carries its fuel.
+        let mut env = Environment::clone(self.environment()?);
+        env.set_fuel(Some(bounds.fuel));
+        env.set_recursion_limit(bounds.recursion);
         let messages: Vec<Value> = messages
             .iter()
             .map(|(role, content)| context! { role => *role, content => *content })
             .collect();
-        env.get_template(TEMPLATE_NAME)
-            .and_then(|t| {
-                t.render(context! {
+        let mut output = CappedWriter::new(bounds.output);
+        let rendered = env.get_template(TEMPLATE_NAME).and_then(|t| {
+            t.render_captured_to(
+                context! {
                     messages => messages,
                     add_generation_prompt => false,
                     tools => (),
                     documents => (),
                     bos_token => &self.bos_token,
                     eos_token => &self.eos_token,
-                })
-            })
-            .map_err(|e| RenderError::Template(describe(&e)))
+                },
+                &mut output,
+            )
+        });
+        match rendered {
+            Ok(captured) => {
+                let used = captured.state().fuel_levels().map_or(0, |(used, _)| used);
+                let text = String::from_utf8(output.bytes)
+                    .map_err(|_| RenderError::Template("the render is not UTF-8".into()))?;
+                Ok((text, used))
+            }
+            Err(_) if output.overflowed => Err(bounded(Bound::Output, bounds.output as u64)),
+            Err(e) if e.kind() == ErrorKind::OutOfFuel => Err(bounded(Bound::Fuel, bounds.fuel)),
+            Err(e) if is_recursion(&e) => Err(bounded(Bound::Recursion, bounds.recursion as u64)),
+            Err(e) => Err(RenderError::Template(describe(&e))),
+        }
     }
 
     /// The render split into markup and contents, alternating and starting and ending with
@@ -311,6 +423,45 @@ fn walk<'r>(
         found.pop();
     }
     false
+}
+
+/// Rendered text kept up to a cap; past it, writes fail and the render stops.
+struct CappedWriter {
+    bytes: Vec<u8>,
+    cap: usize,
+    overflowed: bool,
+}
+
+impl CappedWriter {
+    fn new(cap: usize) -> Self {
+        CappedWriter {
+            bytes: Vec::new(),
+            cap,
+            overflowed: false,
+        }
+    }
+}
+
+impl Write for CappedWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.bytes.len() + buf.len() > self.cap {
+            self.overflowed = true;
+            return Err(std::io::Error::other("the render is past its size bound"));
+        }
+        self.bytes.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Whether MiniJinja stopped a render at its recursion limit.
+fn is_recursion(error: &JinjaError) -> bool {
+    error.kind() == ErrorKind::InvalidOperation
+        && error
+            .detail()
+            .is_some_and(|d| d.contains("recursion limit exceeded"))
 }
 
 /// An environment configured as transformers configures Jinja2 for chat templates.

@@ -25,32 +25,29 @@ use rayon::prelude::*;
 
 use crate::config::ContextSizes;
 use crate::decoder::{DecodeError, Decoder, DecoderPool, Item};
+use crate::gguf::{GgufError, GgufProblem, GgufSummary};
 use crate::prompt::{ModelChat, ScoredSequence, Token, Tokenize};
 use crate::schema::ModelInfo;
 use crate::score::log_prob;
 
-/// Checks that `path` is a readable GGUF file, before any work that depends on it.
+/// Checks that `path` is a readable GGUF file whose metadata is sane and consistent
+/// ([`crate::gguf`]), before any work that depends on it and before llama.cpp parses it.
 ///
 /// # Errors
-/// [`EngineError::Model`] naming the file.
-pub fn check_model_file(path: &Path) -> Result<(), EngineError> {
-    let fail = |problem: String| EngineError::Model {
-        path: path.to_path_buf(),
-        problem,
-    };
-    let mut magic = [0u8; 4];
-    std::fs::File::open(path)
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
-        .map_err(|e| fail(format!("cannot read the model file: {e}")))?;
-    if &magic != b"GGUF" {
-        return Err(fail("not a GGUF file".into()));
-    }
-    Ok(())
+/// [`EngineError::Metadata`] naming the file and the key at fault.
+pub fn check_model_file(path: &Path) -> Result<GgufSummary, EngineError> {
+    Ok(crate::gguf::check_file(path)?)
 }
+
+/// The longest BOS or EOS text accepted (real ones are a few bytes).
+const MAX_SPECIAL_TEXT: usize = 256;
 
 /// Failures of the engine, each naming what failed.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
+    /// The model file's metadata is unreadable, insane or inconsistent.
+    #[error(transparent)]
+    Metadata(#[from] GgufError),
     /// llama.cpp could not be initialised.
     #[error("cannot initialise llama.cpp: {0}")]
     Backend(String),
@@ -109,6 +106,7 @@ fn backend() -> Result<&'static LlamaBackend, EngineError> {
 pub struct Model {
     model: LlamaModel,
     path: PathBuf,
+    claims: GgufSummary,
 }
 
 impl Model {
@@ -121,15 +119,66 @@ impl Model {
             path: path.to_path_buf(),
             problem,
         };
-        check_model_file(path)?;
+        let claims = check_model_file(path)?;
         let params = LlamaModelParams::default().with_n_gpu_layers(gpu_layers);
         let model = LlamaModel::load_from_file(backend()?, path, &params).map_err(|_| {
             fail("llama.cpp could not load this model (truncated file or unsupported architecture; run with -v for llama.cpp's log)".into())
         })?;
-        Ok(Self {
+        let model = Self {
             model,
             path: path.to_path_buf(),
-        })
+            claims,
+        };
+        model.check_loaded()?;
+        Ok(model)
+    }
+
+    /// Checks what llama.cpp made of the file against what its metadata claims: the same
+    /// vocabulary and training context, and BOS and EOS texts of a sane length.
+    fn check_loaded(&self) -> Result<(), EngineError> {
+        let fail = |problem: GgufProblem| {
+            EngineError::Metadata(GgufError {
+                path: self.path.clone(),
+                problem,
+            })
+        };
+        let loaded = u64::try_from(self.model.n_vocab()).unwrap_or(0);
+        if loaded != self.claims.vocab {
+            return Err(fail(GgufProblem::Inconsistent {
+                key: "tokenizer.ggml.tokens".into(),
+                value: self.claims.vocab,
+                other: "the vocabulary llama.cpp loaded".into(),
+                other_value: loaded,
+            }));
+        }
+        if let Some(claimed) = self.claims.context_length {
+            let loaded = u64::from(self.model.n_ctx_train());
+            if loaded != claimed {
+                return Err(fail(GgufProblem::Inconsistent {
+                    key: format!("{}.context_length", self.claims.architecture),
+                    value: claimed,
+                    other: "the training context llama.cpp loaded".into(),
+                    other_value: loaded,
+                }));
+            }
+        }
+        let vocab = self.model.vocab();
+        for (name, token) in [("BOS", vocab.bos()), ("EOS", vocab.eos())] {
+            if token.0 >= 0 && vocab.token_to_piece(token, true, None).len() > MAX_SPECIAL_TEXT {
+                return Err(fail(GgufProblem::Field {
+                    key: "tokenizer.ggml.tokens".into(),
+                    expected: format!(
+                        "the {name} token's text is longer than {MAX_SPECIAL_TEXT} bytes"
+                    ),
+                }));
+            }
+        }
+        Ok(())
+    }
+
+    /// What the file's metadata claims, as checked before loading.
+    pub fn claims(&self) -> &GgufSummary {
+        &self.claims
     }
 
     /// What one scoring context of `sizes` allocates besides the shared weights, estimated from

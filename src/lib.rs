@@ -7,8 +7,9 @@
 //! The modules follow the pipeline: `records` / `dataset` -> `prompt` (with `chat`) -> `embed` ->
 //! `neighbours` -> `plan` / `scheduler` (through the `decoder` seam, implemented by `engine`)
 //! -> `score` -> `select` -> `output` / `schema`; `run` wires them together, `config`
-//! checks the settings first and `resume` keeps what a stopped run did. `compare` measures how
-//! far two runs' scores agree; `doctor` shows how a sample renders and checks the GGUF
+//! checks the settings first, `gguf` checks a model file's header before llama.cpp reads it,
+//! `lock` keeps one process per run and shard, and `resume` keeps what a stopped run did.
+//! `compare` measures how far two runs' scores agree; `doctor` shows how a sample renders and checks the GGUF
 //! vocabulary against the model's reference tokenizer; `report` draws a finished run's scores;
 //! `cli` turns the command line into checked settings.
 //!
@@ -32,6 +33,7 @@ pub mod score;
 pub mod select;
 // Settings, resumable state and the output files.
 pub mod config;
+pub mod gguf;
 pub mod lock;
 pub mod output;
 pub mod progress;
@@ -76,6 +78,14 @@ pub enum Error {
     /// The chat template cannot render a sample.
     #[error(transparent)]
     Render(#[from] prompt::UnrenderableSample),
+    /// The chat template cannot render a sample (it raises, or crosses a bound).
+    #[error("{}: chat template: {source}", template.display())]
+    Unrenderable {
+        /// The file the template comes from: the GGUF, or the `--chat-template` file.
+        template: PathBuf,
+        /// The sample and why.
+        source: prompt::UnrenderableSample,
+    },
     /// Unreadable or malformed dataset file or records.
     #[error(transparent)]
     Records(#[from] records::RecordsError),

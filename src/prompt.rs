@@ -75,6 +75,14 @@ pub enum TemplateError {
     /// The model's template does not compile.
     #[error("{0}; choose another --template (chatml, alpaca, raw, oda)")]
     Unusable(RenderError),
+    /// A `--chat-template` file longer than any chat template.
+    #[error("{bytes} bytes, more than the {limit} a chat template may have")]
+    TooLong {
+        /// Its size.
+        bytes: u64,
+        /// The limit.
+        limit: usize,
+    },
 }
 
 /// A sample the chat template cannot render, alone or after its example.

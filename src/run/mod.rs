@@ -20,7 +20,7 @@ use crate::lock::RunLock;
 use crate::neighbours::{find_neighbours, SliceVectors, VectorSource};
 use crate::output::{file_sha256, write_json, write_jsonl};
 use crate::progress::{Phase, ScoringProgress};
-use crate::prompt::{Template, TemplateChoice};
+use crate::prompt::{Template, TemplateChoice, TemplateError};
 use crate::records::{output_file_name, read_samples, write_selected, FileFormat};
 use crate::resume::{Mismatch, Remedy, ResumeError, Retrieval, RunState};
 use crate::scheduler::{Decoders, Outcome, ScoringOptions, ScoringPlan};
@@ -74,7 +74,7 @@ pub fn select_until(config: &SelectConfig, stop: &AtomicBool) -> Result<RunSumma
 
     let clock = Instant::now();
     let loaded = load_models(config)?;
-    loaded.template.check_samples(&dataset.samples)?;
+    check_renders(config, &loaded, &dataset)?;
     timings.load_s = clock.elapsed().as_secs_f64();
 
     let clock = Instant::now();
@@ -173,20 +173,47 @@ pub fn resolve_template(
     choice: TemplateChoice,
     chat_template: Option<&Path>,
 ) -> Result<Template, Error> {
-    let replacement = chat_template
-        .map(|path| {
-            std::fs::read_to_string(path).map_err(|source| Error::Io {
-                path: path.to_path_buf(),
-                source,
-            })
-        })
-        .transpose()?;
+    let replacement = chat_template.map(read_chat_template).transpose()?;
     Template::resolve(choice, model.chat().as_ref(), replacement.as_deref()).map_err(|source| {
         Error::Template {
             path: chat_template.unwrap_or(model.path()).to_path_buf(),
             source,
         }
     })
+}
+
+/// A `--chat-template` file's text, refused unread when it is longer than any chat template.
+fn read_chat_template(path: &Path) -> Result<String, Error> {
+    let io = |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let bytes = std::fs::metadata(path).map_err(io)?.len();
+    if bytes > crate::gguf::MAX_TEMPLATE_BYTES as u64 {
+        return Err(Error::Template {
+            path: path.to_path_buf(),
+            source: TemplateError::TooLong {
+                bytes,
+                limit: crate::gguf::MAX_TEMPLATE_BYTES,
+            },
+        });
+    }
+    std::fs::read_to_string(path).map_err(io)
+}
+
+/// Checks that the chat template renders every sample, alone and after itself, within its
+/// bounds, before any model work; a failure names the template's file and the sample.
+fn check_renders(config: &SelectConfig, loaded: &Loaded, dataset: &Dataset) -> Result<(), Error> {
+    loaded
+        .template
+        .check_samples(&dataset.samples)
+        .map_err(|source| Error::Unrenderable {
+            template: config
+                .chat_template
+                .clone()
+                .unwrap_or_else(|| config.model.clone()),
+            source,
+        })
 }
 
 /// The neighbours an earlier run saved, or new ones.

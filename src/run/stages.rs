@@ -17,8 +17,8 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    describe_index, load_models, read_input, scoring_plan, search_neighbours, text_hashes,
-    with_embedder, write_outputs, Loaded, Ranking, RunSummary,
+    check_renders, describe_index, load_models, read_input, scoring_plan, search_neighbours,
+    text_hashes, with_embedder, write_outputs, Loaded, Ranking, RunSummary,
 };
 use crate::config::{ContextSizes, EmbedModel, SelectConfig};
 use crate::embed::{read_precomputed, EmbeddingBatches};
@@ -101,7 +101,7 @@ pub fn embed(config: &SelectConfig, shard: Shard) -> Result<StageSummary, Error>
     let (_, dataset) = read_input(config)?;
     let clock = Instant::now();
     let loaded = load_models(config)?;
-    loaded.template.check_samples(&dataset.samples)?;
+    check_renders(config, &loaded, &dataset)?;
     let dir = loaded.state.stage_dir("embed", shard.count)?;
     let marker = shard_file(&dir, shard, "json");
     if let Some(earlier) = read_json::<EmbedShard>(&marker)? {

@@ -49,7 +49,7 @@ fn bad_values_exit_with_2_naming_the_flag() {
     );
     assert_bad_command_line(
         &["select", "x.json", "-t", "1", "--workers", "2"],
-        &["--workers must be 1..=--threads (1), got 2"],
+        &["--workers must be at most --threads (1), got 2"],
     );
     assert_bad_command_line(
         &["quantize", "a.gguf", "b.gguf", "--type", "IQ1_S"],

@@ -65,7 +65,10 @@ fn broken_or_unsuitable_model_files_are_clear_errors() {
         ),
         (&["-m", text], &[text, "not a GGUF file"]),
         (&["-m", truncated], &[truncated, "could not load"]),
-        (&["-m", header_only], &[header_only, "could not load"]),
+        (
+            &["-m", header_only],
+            &[header_only, "the header is cut off at byte"],
+        ),
         (
             &["--embed-model", truncated],
             &[truncated, "could not load"],
@@ -220,4 +223,207 @@ fn one_and_two_threads_give_identical_scores() {
         run("1") == run("2"),
         "scores.jsonl differs between -t 1 and -t 2"
     );
+}
+
+/// Model files and chat templates are untrusted input: each hostile one below ends in
+/// seconds with exit code 1 and a message naming the file, under a 3 GiB address-space limit
+/// (the loop that once took 23.7 GiB would abort against it instead).
+mod untrusted_model_files {
+    use std::io::Cursor;
+    use std::path::{Path, PathBuf};
+    use std::process::{Command, Output};
+    use std::time::{Duration, Instant};
+
+    use miwv::gguf::read_metadata;
+
+    use crate::common::{self, write_examples};
+
+    /// `miwv select` on a small dataset within a 3 GiB address space; also its wall time.
+    fn select_bounded(dir: &Path, extra: &[&str]) -> (Output, Duration) {
+        let data = dir.join("data.json");
+        if !data.exists() {
+            write_examples(&data, 4);
+        }
+        let line = std::iter::once(env!("CARGO_BIN_EXE_miwv").to_string())
+            .chain(["select".into(), data.display().to_string(), "-o".into()])
+            .chain([dir.join("out").display().to_string()])
+            .chain(extra.iter().map(|a| a.to_string()))
+            .map(|a| format!("'{a}'"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let started = Instant::now();
+        let output = Command::new("sh")
+            .args(["-c", &format!("ulimit -v 3145728; exec {line}")])
+            .current_dir(common::root())
+            .output()
+            .unwrap();
+        (output, started.elapsed())
+    }
+
+    fn assert_refused(dir: &Path, extra: &[&str], parts: &[&str]) {
+        let (output, took) = select_bounded(dir, extra);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{extra:?}: {stderr}");
+        for part in parts {
+            assert!(
+                stderr.contains(part),
+                "{extra:?}: `{part}` missing from: {stderr}"
+            );
+        }
+        assert!(took < Duration::from_secs(60), "{extra:?} took {took:?}");
+        assert!(!dir.join("out/scores.jsonl").exists());
+    }
+
+    fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
+        let path = dir.join(name);
+        std::fs::write(&path, bytes).unwrap();
+        path
+    }
+
+    fn find(haystack: &[u8], needle: &[u8]) -> usize {
+        haystack
+            .windows(needle.len())
+            .position(|w| w == needle)
+            .unwrap()
+    }
+
+    /// The shipped model with its chat template replaced by `jinja`: the metadata rewritten
+    /// and the tensor data moved to the next aligned offset, as a GGUF writer lays it out.
+    fn with_template(model: &[u8], jinja: &str) -> Vec<u8> {
+        let summary = read_metadata(Cursor::new(model), model.len() as u64).unwrap();
+        // The key, its type (u32), the value's length (u64), the value.
+        let length_at = find(model, b"tokenizer.chat_template") + 23 + 4;
+        let old = u64::from_le_bytes(model[length_at..length_at + 8].try_into().unwrap());
+        let end = length_at + 8 + old as usize;
+        let mut out = model[..length_at].to_vec();
+        out.extend((jinja.len() as u64).to_le_bytes());
+        out.extend(jinja.as_bytes());
+        out.extend(&model[end..summary.header_bytes as usize]);
+        out.resize(out.len().div_ceil(32) * 32, 0);
+        out.extend(&model[summary.data_offset as usize..]);
+        out
+    }
+
+    /// A `u32` metadata value overwritten in place.
+    fn with_u32(model: &[u8], key: &str, value: u32) -> Vec<u8> {
+        let at = find(model, key.as_bytes()) + key.len();
+        assert_eq!(model[at..at + 4], 4u32.to_le_bytes(), "{key} is a u32");
+        let mut out = model.to_vec();
+        out[at + 4..at + 8].copy_from_slice(&value.to_le_bytes());
+        out
+    }
+
+    const LOOPS: &str = "{% for m in messages %}{{ m.content }}{% for i in range(10000) %}{% for j in range(10000) %}{{ 'x' * 1000 }}{% endfor %}{% endfor %}{% endfor %}";
+    const GROWS: &str = "{% set ns = namespace(s='') %}{% for i in range(10000000) %}{% set ns.s = ns.s + 'xxxxxxxxxxxxxxxx' %}{% endfor %}{{ ns.s }}";
+    const RECURSES: &str = "{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}";
+    const RAISES: &str = "{{ raise_exception('this template refuses everything') }}";
+
+    #[test]
+    fn hostile_chat_template_files_are_stopped_within_bounds() {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, jinja, message) in [
+            ("loops", LOOPS, "exceeded its bound on rendered text"),
+            (
+                "grows",
+                GROWS,
+                "exceeded its bound on instructions and memory",
+            ),
+            (
+                "recurses",
+                RECURSES,
+                "exceeded its bound on recursion depth",
+            ),
+            ("raises", RAISES, "this template refuses everything"),
+        ] {
+            let file = write(dir.path(), &format!("{name}.jinja"), jinja.as_bytes());
+            let file = file.to_str().unwrap();
+            assert_refused(
+                dir.path(),
+                &["--chat-template", file],
+                &[&format!("{file}: chat template: sample ex-"), message],
+            );
+        }
+        // A template file larger than any chat template is refused unread.
+        let huge = write(dir.path(), "huge.jinja", &vec![b'x'; 2 << 20]);
+        let huge = huge.to_str().unwrap();
+        assert_refused(
+            dir.path(),
+            &["--chat-template", huge],
+            &[huge, "more than the 1048576 a chat template may have"],
+        );
+    }
+
+    #[test]
+    fn hostile_gguf_files_are_refused_naming_the_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let model = std::fs::read(common::shipped_model()).unwrap();
+        let summary = read_metadata(Cursor::new(&model), model.len() as u64).unwrap();
+        assert_eq!(
+            (summary.architecture.as_str(), summary.vocab),
+            ("llama", 49152)
+        );
+
+        // A hostile template inside the GGUF, run by `--template auto`.
+        for (name, jinja, message) in [
+            ("loops", LOOPS, "exceeded its bound on rendered text"),
+            (
+                "recurses",
+                RECURSES,
+                "exceeded its bound on recursion depth",
+            ),
+            ("raises", RAISES, "this template refuses everything"),
+        ] {
+            let file = write(
+                dir.path(),
+                &format!("{name}.gguf"),
+                &with_template(&model, jinja),
+            );
+            let file = file.to_str().unwrap();
+            assert_refused(
+                dir.path(),
+                &["-m", file],
+                &[&format!("{file}: chat template: sample ex-"), message],
+            );
+        }
+        // The spliced file itself is sound: with a harmless template it scores.
+        let fine = write(
+            dir.path(),
+            "fine.gguf",
+            &with_template(&model, miwv::chat::CHATML),
+        );
+        let (output, _) = select_bounded(dir.path(), &["-m", fine.to_str().unwrap(), "-n", "1"]);
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        std::fs::remove_dir_all(dir.path().join("out")).unwrap();
+
+        let mut pairs = model.clone();
+        pairs[16..24].copy_from_slice(&(1u64 << 60).to_le_bytes());
+        let mut key = model.clone();
+        key[24..32].copy_from_slice(&(1u64 << 62).to_le_bytes());
+        let huge_template = with_template(&model, &"{# #}".repeat(400_000));
+        let cases: [(&str, Vec<u8>, &str); 6] = [
+            ("cut.gguf", model[..20_000].to_vec(), "the header is cut off at byte"),
+            ("pairs.gguf", pairs, "metadata pairs declares 1152921504606846976"),
+            ("key.gguf", key, "a metadata key declares 4611686018427387904"),
+            ("template.gguf", huge_template, "tokenizer.chat_template declares 2000000, more than 1048576"),
+            (
+                "bos.gguf",
+                with_u32(&model, "tokenizer.ggml.bos_token_id", 1_000_000),
+                "metadata `tokenizer.ggml.bos_token_id` (1000000) does not fit `tokenizer.ggml.tokens` (49152)",
+            ),
+            (
+                "context.gguf",
+                with_u32(&model, "llama.context_length", 0),
+                "metadata `llama.context_length`: 0 tokens is not a training context",
+            ),
+        ];
+        for (name, bytes, message) in cases {
+            let file = write(dir.path(), name, &bytes);
+            let file = file.to_str().unwrap();
+            assert_refused(dir.path(), &["-m", file], &[file, message]);
+        }
+    }
 }

@@ -7,4 +7,6 @@
 mod invariants;
 
 mod dataset;
+mod gguf;
 mod scheduler;
+mod templates;
