@@ -7,9 +7,9 @@
 
 use std::path::PathBuf;
 
-use miwv::bench::{run, BenchConfig};
-use miwv::config::ContextSizes;
-use miwv::prompt::TemplateChoice;
+use miwv::scoring::prompt::TemplateChoice;
+use miwv::scoring::sizes::ContextSizes;
+use miwv::tools::bench::{run, BenchConfig};
 
 fn main() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));

@@ -4,7 +4,7 @@
 
 use std::io::Cursor;
 
-use miwv::gguf::{read_metadata, MAX_CONTEXT, MAX_TEMPLATE_BYTES};
+use miwv::data::gguf::{read_metadata, MAX_CONTEXT, MAX_TEMPLATE_BYTES};
 
 /// Reads `bytes` as a GGUF file and panics if the result breaks an invariant: no panic inside
 /// the reader, and whatever it accepts is sane and consistent.

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use miwv::dataset::{parse_dataset, Dataset, DatasetError};
+use miwv::data::dataset::{parse_dataset, Dataset, DatasetError};
 
 const NAME: &str = "fuzz.json";
 

@@ -3,7 +3,7 @@
 //! It lives in the library rather than the binary so that every flag, alias, default and bad
 //! value can be tested without starting a process or loading a model. [`parse`] rewrites
 //! llama.cpp's `-ngl`, lets clap parse, then checks every value and every relation between
-//! values ([`crate::config`] holds the checks) and builds the settings each subcommand runs
+//! values ([`crate::state::config`] holds the checks) and builds the settings each subcommand runs
 //! with. Every failure is a [`clap::Error`]: it prints like clap's own, names the flag at
 //! fault and exits with code 2.
 
@@ -13,14 +13,13 @@ use std::path::PathBuf;
 use clap::error::ErrorKind;
 use clap::{Args, CommandFactory, Parser, Subcommand};
 
-use crate::bench::BenchConfig;
-use crate::config::{
-    self, ConfigError, ContextSizes, EmbedModel, IndexOptions, Problem, SelectConfig,
-};
-use crate::dataset::{Fields, ReadOptions};
-use crate::prompt::TemplateChoice;
-use crate::select::Budget;
-use crate::shard::Shard;
+use crate::data::dataset::{Fields, ReadOptions};
+use crate::scoring::prompt::TemplateChoice;
+use crate::scoring::select::Budget;
+use crate::scoring::shard::Shard;
+use crate::scoring::sizes::{self, ContextSizes};
+use crate::state::config::{self, ConfigError, EmbedModel, IndexOptions, Problem, SelectConfig};
+use crate::tools::bench::BenchConfig;
 
 /// Pick the instruction-tuning samples a model learns most from (MIWV).
 #[derive(Parser)]
@@ -388,7 +387,7 @@ struct ContextArgs {
 
 impl ContextArgs {
     fn sizes(&self) -> ContextSizes {
-        let threads = self.threads.unwrap_or_else(config::default_threads);
+        let threads = self.threads.unwrap_or_else(sizes::default_threads);
         ContextSizes {
             ctx_per_sequence: self.ctx_size,
             parallel: self.parallel,
@@ -517,7 +516,7 @@ pub struct BenchSettings {
 #[derive(Debug, Clone, PartialEq)]
 pub struct BenchNeighboursSettings {
     /// What to measure; sizes sorted and without repeats.
-    pub config: crate::neighbour_bench::NeighbourBenchConfig,
+    pub config: crate::tools::neighbour_bench::NeighbourBenchConfig,
     /// `--json`: also write the report here.
     pub json: Option<PathBuf>,
 }
@@ -584,7 +583,7 @@ pub struct ReportSettings {
 ///
 /// # Errors
 /// A [`clap::Error`] for anything clap refuses (an unknown flag, a value of the wrong type,
-/// `--help` and `--version` too) and for every value or relation [`crate::config`] refuses;
+/// `--help` and `--version` too) and for every value or relation [`crate::state::config`] refuses;
 /// [`clap::Error::exit`] prints it and exits with 2 (0 for help and version).
 pub fn parse<I, T>(args: I) -> Result<Invocation, clap::Error>
 where
@@ -727,7 +726,7 @@ impl BenchArgs {
 
 impl BenchNeighboursArgs {
     fn check(self) -> Result<BenchNeighboursSettings, clap::Error> {
-        use crate::neighbours::IndexOptions;
+        use crate::retrieval::neighbours::IndexOptions;
         let fail = invalid("bench-neighbours");
         if let Some(&small) = self.sizes.iter().find(|&&n| n < 2) {
             return Err(fail(ConfigError::new(
@@ -780,7 +779,7 @@ impl BenchNeighboursArgs {
         sizes.sort_unstable();
         sizes.dedup();
         Ok(BenchNeighboursSettings {
-            config: crate::neighbour_bench::NeighbourBenchConfig {
+            config: crate::tools::neighbour_bench::NeighbourBenchConfig {
                 sizes,
                 dim: self.dim,
                 indexes,
@@ -850,7 +849,7 @@ impl QuantizeArgs {
             input: self.input,
             output: self.output,
             format: self.format.to_ascii_uppercase(),
-            threads: self.threads.unwrap_or_else(config::default_threads),
+            threads: self.threads.unwrap_or_else(sizes::default_threads),
         })
     }
 }
@@ -940,7 +939,7 @@ mod tests {
     }
 
     fn cores() -> usize {
-        config::default_threads()
+        sizes::default_threads()
     }
 
     #[test]
@@ -1218,7 +1217,10 @@ mod tests {
             (c.sizes.as_slice(), c.dim),
             (&[10_000, 100_000, 1_000_000][..], 768)
         );
-        assert_eq!(c.indexes, [crate::neighbours::IndexOptions::default()]);
+        assert_eq!(
+            c.indexes,
+            [crate::retrieval::neighbours::IndexOptions::default()]
+        );
         let settings = match ok(&[
             "bench-neighbours",
             "--sizes",

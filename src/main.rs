@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use miwv::cli::{
     Action, BenchSettings, CompareSettings, DoctorSettings, QuantizeSettings, ReportSettings,
 };
-use miwv::config::SelectConfig;
+use miwv::state::config::SelectConfig;
 
 fn main() -> ExitCode {
     with_openmp_wait_policy();
@@ -21,14 +21,14 @@ fn main() -> ExitCode {
     log_openmp_wait_policy();
     let result = match invocation.action {
         Action::Select(config) => run_select(&config),
-        Action::Embed(config, shard) => stage(miwv::run::stages::embed(&config, shard)),
-        Action::Neighbours(run) => stage(miwv::run::stages::neighbours(&run)),
+        Action::Embed(config, shard) => stage(miwv::pipeline::stages::embed(&config, shard)),
+        Action::Neighbours(run) => stage(miwv::pipeline::stages::neighbours(&run)),
         Action::Score(run, shard, threads) => {
             stop_on_ctrl_c();
-            stage(miwv::run::stages::score(&run, shard, threads, &STOP))
+            stage(miwv::pipeline::stages::score(&run, shard, threads, &STOP))
         }
         Action::Merge(run, budget) => {
-            miwv::run::stages::merge(&run, budget).map(|summary| print_summary(&summary))
+            miwv::pipeline::stages::merge(&run, budget).map(|summary| print_summary(&summary))
         }
         Action::Bench(settings) => run_bench(settings),
         Action::BenchNeighbours(settings) => run_bench_neighbours(settings),
@@ -106,7 +106,7 @@ fn init_logging(verbose: u8) {
         .with_env_filter(filter)
         // Colour codes only where they are drawn: not in a log file, a pipe or CI.
         .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(miwv::progress::LogWriter)
+        .with_writer(miwv::state::progress::LogWriter)
         .init();
 }
 
@@ -128,17 +128,19 @@ fn stop_on_ctrl_c() {
 
 fn run_select(config: &SelectConfig) -> Result<(), miwv::Error> {
     stop_on_ctrl_c();
-    let summary = miwv::run::select_until(config, &STOP)?;
+    let summary = miwv::pipeline::select_until(config, &STOP)?;
     print_summary(&summary);
     Ok(())
 }
 
-fn stage(result: Result<miwv::run::stages::StageSummary, miwv::Error>) -> Result<(), miwv::Error> {
+fn stage(
+    result: Result<miwv::pipeline::stages::StageSummary, miwv::Error>,
+) -> Result<(), miwv::Error> {
     println!("{}", result?.message);
     Ok(())
 }
 
-fn print_summary(summary: &miwv::run::RunSummary) {
+fn print_summary(summary: &miwv::pipeline::RunSummary) {
     println!(
         "scored {} of {} samples; selected {}",
         summary.scored, summary.samples, summary.selected_count
@@ -149,25 +151,25 @@ fn print_summary(summary: &miwv::run::RunSummary) {
 }
 
 fn run_bench(settings: BenchSettings) -> Result<(), miwv::Error> {
-    let report = miwv::bench::run(&settings.config)?;
+    let report = miwv::tools::bench::run(&settings.config)?;
     print!("{}", report.render());
     if let Some(path) = settings.json {
-        miwv::output::write_json(&path, &report)?;
+        miwv::data::output::write_json(&path, &report)?;
     }
     Ok(())
 }
 
 fn run_bench_neighbours(settings: miwv::cli::BenchNeighboursSettings) -> Result<(), miwv::Error> {
-    let report = miwv::neighbour_bench::run(&settings.config)?;
+    let report = miwv::tools::neighbour_bench::run(&settings.config)?;
     print!("{}", report.render());
     if let Some(path) = settings.json {
-        miwv::output::write_json(&path, &report)?;
+        miwv::data::output::write_json(&path, &report)?;
     }
     Ok(())
 }
 
 fn run_compare(settings: CompareSettings) -> Result<(), miwv::Error> {
-    use miwv::compare::{compare, ScoreFile};
+    use miwv::tools::compare::{compare, ScoreFile};
     let comparison = compare(
         &ScoreFile::read(&settings.a)?,
         &ScoreFile::read(&settings.b)?,
@@ -175,7 +177,7 @@ fn run_compare(settings: CompareSettings) -> Result<(), miwv::Error> {
     )?;
     print!("{}", comparison.render());
     if let Some(path) = settings.json {
-        miwv::output::write_json(&path, &comparison)?;
+        miwv::data::output::write_json(&path, &comparison)?;
     }
     Ok(())
 }
@@ -200,17 +202,21 @@ fn run_quantize(settings: &QuantizeSettings) -> Result<(), miwv::Error> {
 }
 
 fn run_doctor(settings: DoctorSettings) -> Result<(), miwv::Error> {
-    use miwv::doctor::{check_tokenizer, view_sample, ReferenceTokenizer};
-    let (_, dataset) = miwv::records::read_samples(&settings.data, &settings.read)?;
+    use miwv::engine::tokenizer::ReferenceTokenizer;
+    use miwv::tools::doctor::{check_tokenizer, view_sample};
+    let (_, dataset) = miwv::data::records::read_samples(&settings.data, &settings.read)?;
     let model = miwv::engine::Model::load(&settings.model, 0)?;
-    let template =
-        miwv::run::resolve_template(&model, settings.template, settings.chat_template.as_deref())?;
-    println!("{}", miwv::doctor::describe_template(&template));
+    let template = miwv::pipeline::resolve_template(
+        &model,
+        settings.template,
+        settings.chat_template.as_deref(),
+    )?;
+    println!("{}", miwv::tools::doctor::describe_template(&template));
     let view = view_sample(&model, &template, &dataset.samples, settings.sample, false)?
         .ok_or_else(|| {
-            miwv::config::ConfigError::new(
+            miwv::state::config::ConfigError::new(
                 "--sample",
-                miwv::config::Problem::TooLarge {
+                miwv::state::config::Problem::TooLarge {
                     most: format!(
                         "{} (the data has {} samples)",
                         dataset.samples.len().saturating_sub(1),
@@ -229,7 +235,7 @@ fn run_doctor(settings: DoctorSettings) -> Result<(), miwv::Error> {
     let report = check_tokenizer(&model, &reference, &dataset.samples, &template)?;
     print!("{}", report.render(&reference, settings.limit));
     if let Some(path) = settings.json {
-        miwv::output::write_json(&path, &report)?;
+        miwv::data::output::write_json(&path, &report)?;
     }
     if report.disagreements.is_empty() {
         Ok(())
@@ -242,7 +248,7 @@ fn run_doctor(settings: DoctorSettings) -> Result<(), miwv::Error> {
 }
 
 fn run_report(settings: ReportSettings) -> Result<(), miwv::Error> {
-    let files = miwv::report::write_report(&settings.out_dir, settings.top)?;
+    let files = miwv::tools::report::write_report(&settings.out_dir, settings.top)?;
     println!("histogram: {}", files.histogram.display());
     println!("scatter:   {}", files.scatter.display());
     println!("report:    {}", files.html.display());

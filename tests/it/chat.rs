@@ -9,10 +9,10 @@ use serde::Deserialize;
 
 use crate::common;
 
-use miwv::chat::{ChatSource, ChatTemplate, RenderError, Segment};
-use miwv::dataset::{Sample, Turn};
+use miwv::data::dataset::{Sample, Turn};
 use miwv::engine::Model;
-use miwv::prompt::{Layout, Template, Token, Tokenize};
+use miwv::scoring::chat::{ChatSource, ChatTemplate, RenderError, Segment};
+use miwv::scoring::prompt::{Layout, Template, Token, Tokenize};
 
 #[derive(Deserialize)]
 struct Fixtures {
@@ -257,7 +257,8 @@ fn the_default_template_is_the_gguf_template_transformers_renders() {
     let fixtures = fixtures();
     let model = Model::load(&common::scoring_model(), 0).unwrap();
     let Template::Chat(ours) =
-        miwv::run::resolve_template(&model, miwv::prompt::TemplateChoice::Auto, None).unwrap()
+        miwv::pipeline::resolve_template(&model, miwv::scoring::prompt::TemplateChoice::Auto, None)
+            .unwrap()
     else {
         panic!("the default model has a chat template")
     };

@@ -4,7 +4,7 @@
 use crate::common;
 
 use common::miwv;
-use miwv::schema::ScoreRow;
+use miwv::state::schema::ScoreRow;
 use serde_json::Value;
 
 fn write_scores(path: &std::path::Path, rows: &[Value]) {

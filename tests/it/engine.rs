@@ -2,12 +2,12 @@
 
 use crate::common;
 
-use miwv::config::ContextSizes;
-use miwv::dataset::read_dataset;
+use miwv::data::dataset::read_dataset;
 use miwv::engine::{Model, Scorer};
-use miwv::prompt::{Layout, Piece, ScoredSequence, Template, TemplateChoice, Tokenize};
-use miwv::run::resolve_template;
-use miwv::score::mean_loss;
+use miwv::pipeline::resolve_template;
+use miwv::scoring::prompt::{Layout, Piece, ScoredSequence, Template, TemplateChoice, Tokenize};
+use miwv::scoring::score::mean_loss;
+use miwv::scoring::sizes::ContextSizes;
 
 fn sizes(parallel: usize) -> ContextSizes {
     ContextSizes {
@@ -77,7 +77,7 @@ fn the_model_template_is_the_gguf_jinja_with_its_default_system_message() {
     };
     assert_eq!(
         (template.name(), chat.source),
-        ("model", miwv::chat::ChatSource::Gguf)
+        ("model", miwv::scoring::chat::ChatSource::Gguf)
     );
     assert_eq!(
         (chat.bos_token.as_str(), chat.eos_token.as_str()),
@@ -97,7 +97,7 @@ fn the_model_template_is_the_gguf_jinja_with_its_default_system_message() {
     let Template::Chat(chatml) = chatml else {
         panic!("ChatML is a chat template")
     };
-    assert_eq!(chatml.jinja, miwv::chat::CHATML);
+    assert_eq!(chatml.jinja, miwv::scoring::chat::CHATML);
 }
 
 /// llama.cpp is not batch-invariant in general: the same tokens decoded beside other

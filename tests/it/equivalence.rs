@@ -5,14 +5,14 @@ use crate::common;
 
 use std::sync::atomic::AtomicBool;
 
-use miwv::config::ContextSizes;
-use miwv::dataset::read_dataset;
-use miwv::embed::{default_prefix, embed_samples};
+use miwv::data::dataset::read_dataset;
+use miwv::engine::embed::{default_prefix, embed_samples};
 use miwv::engine::{Embedder, Model, Scorer};
-use miwv::neighbours::nearest_others;
-use miwv::prompt::Template;
-use miwv::scheduler::{Decoders, NoJournal, ScoringOptions, ScoringPlan};
-use miwv::select::{top_by_score, Budget};
+use miwv::retrieval::neighbours::nearest_others;
+use miwv::scoring::prompt::Template;
+use miwv::scoring::scheduler::{Decoders, NoJournal, ScoringOptions, ScoringPlan};
+use miwv::scoring::select::{top_by_score, Budget};
+use miwv::scoring::sizes::ContextSizes;
 
 /// Largest per-sample |MIWV difference| accepted between layouts, in nats.
 ///
@@ -68,7 +68,7 @@ fn reuse_batch_size_and_threads_do_not_change_the_selection() {
             template: Template::Raw,
             append_eos: false,
             response_only: false,
-            checkpoint_tokens: miwv::config::DEFAULT_CHECKPOINT_TOKENS,
+            checkpoint_tokens: miwv::state::config::DEFAULT_CHECKPOINT_TOKENS,
         };
         let mut scorer = Scorer::new(&model, options.sizes).unwrap();
         let outcome = ScoringPlan::new(&model, &samples, &neighbours, &options)

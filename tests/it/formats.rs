@@ -8,11 +8,11 @@ use std::path::Path;
 use std::process::Command;
 
 use common::{miwv, read_jsonl};
-use miwv::config::ContextSizes;
-use miwv::dataset::{parse_dataset, Sample};
+use miwv::data::dataset::{parse_dataset, Sample};
 use miwv::engine::{Model, Scorer};
-use miwv::prompt::{Layout, TemplateChoice};
-use miwv::run::resolve_template;
+use miwv::pipeline::resolve_template;
+use miwv::scoring::prompt::{Layout, TemplateChoice};
+use miwv::scoring::sizes::ContextSizes;
 use serde_json::Value;
 
 fn chat_examples(n: usize) -> Vec<Value> {
@@ -400,7 +400,7 @@ fn gzip_jsonl_with_other_field_names_gives_a_gzip_selection() {
 /// the loss of its responses decoded alone in a fresh context.
 #[test]
 fn the_response_only_pass_matches_each_response_decoded_alone() {
-    use miwv::scheduler::{Decoders, NoJournal, ScoringOptions, ScoringPlan};
+    use miwv::scoring::scheduler::{Decoders, NoJournal, ScoringOptions, ScoringPlan};
     use std::sync::atomic::AtomicBool;
 
     let model = Model::load(&common::scoring_model(), 0).unwrap();

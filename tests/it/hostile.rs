@@ -67,7 +67,7 @@ fn broken_or_unsuitable_model_files_are_clear_errors() {
         (&["-m", truncated], &[truncated, "could not load"]),
         (
             &["-m", header_only],
-            &[header_only, "the header is cut off at byte"],
+            &[header_only, "it is cut off, or the count is false"],
         ),
         (
             &["--embed-model", truncated],
@@ -234,7 +234,7 @@ mod untrusted_model_files {
     use std::process::{Command, Output};
     use std::time::{Duration, Instant};
 
-    use miwv::gguf::read_metadata;
+    use miwv::data::gguf::read_metadata;
 
     use crate::common::{self, write_examples};
 
@@ -314,7 +314,7 @@ mod untrusted_model_files {
     }
 
     const LOOPS: &str = "{% for m in messages %}{{ m.content }}{% for i in range(10000) %}{% for j in range(10000) %}{{ 'x' * 1000 }}{% endfor %}{% endfor %}{% endfor %}";
-    const GROWS: &str = "{% set ns = namespace(s='') %}{% for i in range(10000000) %}{% set ns.s = ns.s + 'xxxxxxxxxxxxxxxx' %}{% endfor %}{{ ns.s }}";
+    const GROWS: &str = "{% set ns = namespace(s='') %}{% for i in range(10000) %}{% for j in range(10000) %}{% set ns.s = ns.s + 'xxxxxxxxxxxxxxxx' %}{% endfor %}{% endfor %}{{ ns.s }}";
     const RECURSES: &str = "{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}";
     const RAISES: &str = "{{ raise_exception('this template refuses everything') }}";
 
@@ -389,7 +389,7 @@ mod untrusted_model_files {
         let fine = write(
             dir.path(),
             "fine.gguf",
-            &with_template(&model, miwv::chat::CHATML),
+            &with_template(&model, miwv::scoring::chat::CHATML),
         );
         let (output, _) = select_bounded(dir.path(), &["-m", fine.to_str().unwrap(), "-n", "1"]);
         assert!(
@@ -405,7 +405,11 @@ mod untrusted_model_files {
         key[24..32].copy_from_slice(&(1u64 << 62).to_le_bytes());
         let huge_template = with_template(&model, &"{# #}".repeat(400_000));
         let cases: [(&str, Vec<u8>, &str); 6] = [
-            ("cut.gguf", model[..20_000].to_vec(), "the header is cut off at byte"),
+            (
+                "cut.gguf",
+                model[..20_000].to_vec(),
+                "tokenizer.ggml.tokens declares 49152, but the file holds at most 2361",
+            ),
             ("pairs.gguf", pairs, "metadata pairs declares 1152921504606846976"),
             ("key.gguf", key, "a metadata key declares 4611686018427387904"),
             ("template.gguf", huge_template, "tokenizer.chat_template declares 2000000, more than 1048576"),

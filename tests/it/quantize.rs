@@ -41,7 +41,7 @@ fn writes_a_loadable_model_in_the_asked_format_with_the_same_bytes_on_any_thread
         );
     }
     assert_eq!(std::fs::read(&one).unwrap(), std::fs::read(&two).unwrap());
-    let sha = miwv::output::file_sha256(&one).unwrap().0;
+    let sha = miwv::data::output::file_sha256(&one).unwrap().0;
     assert!(
         stdout(&a).contains(&format!("sha256 {sha}")),
         "{}",

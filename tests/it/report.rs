@@ -1,4 +1,4 @@
-//! `miwv report` on a run directory written through the output schema (`miwv::schema`, the types
+//! `miwv report` on a run directory written through the output schema (`miwv::state::schema`, the types
 //! `select` writes): pictures, the page, and what happens when the dataset or the run's files
 //! are missing.
 
@@ -6,15 +6,15 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use base64::Engine as _;
-use miwv::config::ContextSizes;
-use miwv::dataset::ReadOptions;
-use miwv::output::{file_sha256, write_json, write_jsonl};
-use miwv::prompt::TemplateChoice;
-use miwv::scheduler::Stats;
-use miwv::schema::{
+use miwv::data::dataset::ReadOptions;
+use miwv::data::output::{file_sha256, write_json, write_jsonl};
+use miwv::scoring::prompt::TemplateChoice;
+use miwv::scoring::scheduler::Stats;
+use miwv::scoring::score::Unscorable;
+use miwv::scoring::sizes::ContextSizes;
+use miwv::state::schema::{
     BudgetRecord, EmbedderRecord, FileRecord, Ifd, ModelInfo, RunRecord, ScoreRow, Timings,
 };
-use miwv::score::Unscorable;
 use serde_json::{json, Value};
 
 const SAMPLES: usize = 14;

@@ -5,10 +5,10 @@ use crate::common;
 use std::path::Path;
 
 use common::{miwv, read_jsonl, read_selected};
-use miwv::dataset::read_dataset;
-use miwv::embed::{default_prefix, embed_samples};
+use miwv::data::dataset::read_dataset;
+use miwv::engine::embed::{default_prefix, embed_samples};
 use miwv::engine::{Embedder, Model};
-use miwv::neighbours::nearest_others;
+use miwv::retrieval::neighbours::nearest_others;
 use serde_json::Value;
 
 /// Runs `miwv select DATA -o OUT EXTRA...`, checks it succeeded, returns `scores.jsonl`.
@@ -127,13 +127,13 @@ fn select_writes_scores_selection_and_run_record() {
 
     // The files read back through the one schema exactly as written...
     let scores_text = std::fs::read_to_string(out.join("scores.jsonl")).unwrap();
-    let rows = miwv::schema::read_scores(&out.join("scores.jsonl")).unwrap();
+    let rows = miwv::state::schema::read_scores(&out.join("scores.jsonl")).unwrap();
     let rewritten: String = rows
         .iter()
         .map(|r| serde_json::to_string(r).unwrap() + "\n")
         .collect();
     assert_eq!(rewritten, scores_text);
-    let record = miwv::schema::read_run(&out.join("run.json")).unwrap();
+    let record = miwv::state::schema::read_run(&out.join("run.json")).unwrap();
     assert_eq!(serde_json::to_value(&record).unwrap(), run);
     assert_eq!((record.samples, record.selected), (41, 4));
 
@@ -171,7 +171,7 @@ fn select_writes_scores_selection_and_run_record() {
     let instruction = records[top.index]["instruction"].as_str().unwrap();
     let start: String = instruction.chars().take(12).collect();
     assert!(
-        html.contains(&miwv::report::escape_html(&start)),
+        html.contains(&miwv::tools::report::escape_html(&start)),
         "the page shows the top sample's prompt ({start:?})"
     );
 }

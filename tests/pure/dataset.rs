@@ -5,7 +5,7 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 
-use miwv::dataset::{
+use miwv::data::dataset::{
     parse_dataset, parse_dataset_with, read_dataset, Dataset, DatasetError, Fields, Location,
     ReadOptions, Sample,
 };

@@ -5,7 +5,7 @@
 use std::io::Cursor;
 use std::time::{Duration, Instant};
 
-use miwv::gguf::{read_metadata, GgufProblem, GgufSummary};
+use miwv::data::gguf::{read_metadata, GgufProblem, GgufSummary};
 
 #[path = "../../fuzz/gguf_invariants.rs"]
 mod gguf_invariants;
@@ -120,7 +120,7 @@ fn a_cut_off_header_names_where_it_ends() {
         let message = refused(&whole[..cut]);
         // Either the read runs into the end, or a count is already more than the rest holds.
         assert!(
-            ["not a GGUF file", "cut off at byte", "more than"]
+            ["not a GGUF file", "cut off"]
                 .iter()
                 .any(|m| message.contains(m)),
             "cut at {cut}: {message}"

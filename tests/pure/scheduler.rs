@@ -10,16 +10,16 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use miwv::config::ContextSizes;
-use miwv::dataset::{read_dataset, Sample};
-use miwv::decoder::{DecodeError, Decoder, DecoderPool, Item};
-use miwv::prompt::{Template, Token, Tokenize};
-use miwv::resume::RunState;
-use miwv::scheduler::{
+use miwv::data::dataset::{read_dataset, Sample};
+use miwv::scoring::decoder::{DecodeError, Decoder, DecoderPool, Item};
+use miwv::scoring::prompt::{Template, Token, Tokenize};
+use miwv::scoring::scheduler::{
     Decoders, Journal, NoJournal, Outcome, ScoringError, ScoringOptions, ScoringPlan,
 };
-use miwv::score::Unscorable;
-use miwv::shard::Shard;
+use miwv::scoring::score::Unscorable;
+use miwv::scoring::shard::Shard;
+use miwv::scoring::sizes::ContextSizes;
+use miwv::state::resume::RunState;
 
 /// Bytes as tokens: enough to give every sample a distinct, realistic-length sequence.
 struct ByteTokenizer;

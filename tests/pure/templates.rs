@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use miwv::chat::{Bound, ChatSource, ChatTemplate, RenderBounds, RenderError};
+use miwv::scoring::chat::{Bound, ChatSource, ChatTemplate, RenderBounds, RenderError};
 use serde_json::Value;
 
 fn template(jinja: &str) -> ChatTemplate {

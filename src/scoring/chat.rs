@@ -32,7 +32,7 @@ use sha2::{Digest, Sha256};
 pub type Message<'a> = (&'a str, &'a str);
 
 /// miwv's ChatML template, for `--template chatml`.
-pub const CHATML: &str = include_str!("../assets/templates/chatml.jinja");
+pub const CHATML: &str = include_str!("../../assets/templates/chatml.jinja");
 
 /// The date templates print as today's (`strftime_now`), fixed so that a run's sequences never
 /// depend on the day it runs: Llama 3.1's own default date.

@@ -14,10 +14,10 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::output::{sync_parent, write_atomically, write_json, OutputError};
-use crate::scheduler::{Journal, Loss, Pass, Saved, ScoringError};
-use crate::schema::{EmbedderRecord, IndexReport, Neighbour};
-use crate::shard::Shard;
+use crate::data::output::{sync_parent, write_atomically, write_json, OutputError};
+use crate::scoring::scheduler::{Journal, Loss, Pass, Saved, ScoringError};
+use crate::scoring::shard::Shard;
+use crate::state::schema::{EmbedderRecord, IndexReport, Neighbour};
 
 /// Why a run's saved state cannot be used or kept.
 #[derive(Debug, thiserror::Error)]

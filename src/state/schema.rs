@@ -9,11 +9,11 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Deserializer, Serialize};
 
-use crate::config::ContextSizes;
-use crate::dataset::{ReadOptions, Truncation};
-use crate::prompt::TemplateChoice;
-use crate::scheduler::Stats;
-use crate::score::Unscorable;
+use crate::data::dataset::{ReadOptions, Truncation};
+use crate::scoring::prompt::TemplateChoice;
+use crate::scoring::scheduler::Stats;
+use crate::scoring::score::Unscorable;
+use crate::scoring::sizes::ContextSizes;
 
 /// One line of `scores.jsonl`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -124,7 +124,7 @@ pub struct RunRecord {
     pub template_choice: TemplateChoice,
     /// The template it resolved to (`chatml`, `alpaca`, `model`, ...).
     pub template_name: String,
-    /// The template as [`crate::prompt::Template`] records it (a chat template's source, Jinja text,
+    /// The template as [`crate::scoring::prompt::Template`] records it (a chat template's source, Jinja text,
     /// sha256 and markup). Kept as JSON when read, so that runs recorded by earlier versions,
     /// which described templates differently, still read.
     pub template: serde_json::Value,

@@ -22,12 +22,12 @@ use std::time::Instant;
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::config::{ConfigError, Problem};
-use crate::neighbours::{
+use crate::retrieval::neighbours::{
     find_neighbours, recall_at_1, FileVectors, IndexOptions, IndexPlan, IndexReport, Stage,
 };
-use crate::progress::{peak_rss_mib, reset_peak_rss};
-use crate::schema::Neighbour;
+use crate::state::config::{ConfigError, Problem};
+use crate::state::progress::{peak_rss_mib, reset_peak_rss};
+use crate::state::schema::Neighbour;
 use crate::Error;
 
 /// What to measure.
@@ -121,7 +121,7 @@ pub fn run(config: &NeighbourBenchConfig) -> Result<NeighbourBenchReport, Error>
 }
 
 fn check(config: &NeighbourBenchConfig) -> Result<(), ConfigError> {
-    crate::config::check_bench(&config.sizes, 1)?;
+    crate::state::config::check_bench(&config.sizes, 1)?;
     if config.dim == 0 {
         return Err(ConfigError::new(
             "--dim",
@@ -132,7 +132,7 @@ fn check(config: &NeighbourBenchConfig) -> Result<(), ConfigError> {
             },
         ));
     }
-    crate::config::checked("--dim", config.dim, u32::MAX)?;
+    crate::state::config::checked("--dim", config.dim, u32::MAX)?;
     for options in &config.indexes {
         options.validate()?;
     }
@@ -307,7 +307,7 @@ impl Synthetic {
         let mut rng = Rng::new(seed, u64::MAX);
         let unit = |rng: &mut Rng| {
             let mut v: Vec<f32> = (0..dim).map(|_| rng.normal()).collect();
-            crate::embed::l2_normalise(&mut v);
+            crate::engine::embed::l2_normalise(&mut v);
             v
         };
         let common = unit(&mut rng);
@@ -376,9 +376,9 @@ impl Synthetic {
             let basis = &self.bases[(topic * RANK + r) * d..(topic * RANK + r + 1) * d];
             out.iter_mut().zip(basis).for_each(|(v, b)| *v += z * b);
         }
-        crate::embed::l2_normalise(out);
+        crate::engine::embed::l2_normalise(out);
         let mut state = self.seed ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        crate::neighbours::splitmix64(&mut state)
+        crate::retrieval::neighbours::splitmix64(&mut state)
     }
 
     /// Writes `n` rows to `path` as little-endian f32, block by block; returns their hashes.
@@ -415,12 +415,12 @@ struct Rng {
 impl Rng {
     fn new(seed: u64, row: u64) -> Self {
         let mut state = seed ^ row.wrapping_mul(0xd1b5_4a32_d192_ed03);
-        crate::neighbours::splitmix64(&mut state);
+        crate::retrieval::neighbours::splitmix64(&mut state);
         Rng { state, spare: None }
     }
 
     fn next(&mut self) -> u64 {
-        crate::neighbours::splitmix64(&mut self.state)
+        crate::retrieval::neighbours::splitmix64(&mut self.state)
     }
 
     /// Uniform in [0, 1).
@@ -481,11 +481,11 @@ mod tests {
         let mut copies = 0;
         let mut first = std::collections::HashMap::new();
         for (i, &h) in hashes.iter().enumerate() {
-            crate::neighbours::VectorSource::read_rows(&source, i, &mut a).unwrap();
+            crate::retrieval::neighbours::VectorSource::read_rows(&source, i, &mut a).unwrap();
             let norm: f32 = a.iter().map(|x| x * x).sum();
             assert!((norm - 1.0).abs() < 1e-4);
             if let Some(&j) = first.get(&h) {
-                crate::neighbours::VectorSource::read_rows(&source, j, &mut b).unwrap();
+                crate::retrieval::neighbours::VectorSource::read_rows(&source, j, &mut b).unwrap();
                 assert_eq!(a, b, "a copied text has the identical vector");
                 copies += 1;
             } else {

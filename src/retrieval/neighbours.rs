@@ -43,8 +43,8 @@ use faiss::{FlatIndex, Index, MetricType};
 use rayon::prelude::*;
 use serde::Serialize;
 
-pub use crate::config::IndexOptions;
-pub use crate::schema::{IndexPlan, IndexReport, Method, Neighbour};
+pub use crate::state::config::IndexOptions;
+pub use crate::state::schema::{IndexPlan, IndexReport, Method, Neighbour};
 
 /// Retrieval failed: FAISS, reading the vectors, or an index setting that cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -65,7 +65,7 @@ pub enum NeighbourError {
     Invalid(String),
     /// An index setting that cannot be used.
     #[error(transparent)]
-    Setting(#[from] crate::config::ConfigError),
+    Setting(#[from] crate::state::config::ConfigError),
 }
 
 fn faiss_error(context: &str) -> impl Fn(faiss::error::Error) -> NeighbourError + '_ {
@@ -573,8 +573,9 @@ fn exact_search(
     let dim = db.dim();
     let n = db.rows.len();
     let started = Instant::now();
-    let mut index: IndexImpl = faiss::index_factory(dim as u32, "Flat", MetricType::InnerProduct)
-        .map_err(faiss_error("Flat"))?;
+    let mut index: IndexImpl =
+        faiss::index_factory(faiss_dim(dim)?, "Flat", MetricType::InnerProduct)
+            .map_err(faiss_error("Flat"))?;
     add_all(db, &mut index, progress)?;
     report.add_s = started.elapsed().as_secs_f64();
     let started = Instant::now();
@@ -626,7 +627,7 @@ fn approximate_search(
     let dim = db.dim();
     let started = Instant::now();
     let mut index: IndexImpl =
-        faiss::index_factory(dim as u32, &plan.factory, MetricType::InnerProduct)
+        faiss::index_factory(faiss_dim(dim)?, &plan.factory, MetricType::InnerProduct)
             .map_err(faiss_error(&plan.factory))?;
     if !index.is_trained() {
         let sample = random_subset(db.rows, plan.train.max(1), 0x7a1_0001);
@@ -682,18 +683,15 @@ fn approximate_search(
         progress(Stage::Search, done, queries.len());
     }
     // Candidates that held no other sample (empty probed lists): search those exactly.
-    if !missing.is_empty() {
-        let exact = exact_nearest(db, &missing, &mut |_, _| {})?;
-        for (&sample, best) in missing.iter().zip(exact) {
-            found[sample] = best;
-        }
-    }
+    search_exactly(db, &missing, found)?;
     report.fallbacks = missing.len();
     report.search_s = started.elapsed().as_secs_f64();
     Ok(())
 }
 
-/// The self-join ([`Method::Join`]).
+/// The self-join ([`Method::Join`]): inverted lists from k-means, every vector stored as
+/// 8-bit codes in its nearest list, each list searched against the queries that probe it (one
+/// BLAS product per list), and the candidates re-ranked against the original vectors.
 fn join_search(
     db: &Database,
     queries: &[usize],
@@ -702,27 +700,62 @@ fn join_search(
     progress: &mut dyn FnMut(Stage, usize, usize),
 ) -> Result<(), NeighbourError> {
     let plan = report.plan.clone();
-    let dim = db.dim();
-    let m = db.rows.len();
-    let lists = plan.lists.unwrap_or(1).min(m);
+    let lists = plan.lists.unwrap_or(1).min(db.rows.len());
     let nprobe = (plan.nprobe.unwrap_or(1) as usize).clamp(1, lists);
 
-    // Lists: k-means on a sample, which also sets the 8-bit codes' ranges.
     let started = Instant::now();
-    let sample = random_subset(db.rows, plan.train.max(lists), 0x7a1_0001);
+    let (codec, mut coarse) = train_lists(db, plan.train.max(lists), lists, progress)?;
+    report.train_s = started.elapsed().as_secs_f64();
+
+    let started = Instant::now();
+    let (codes, probes) = encode_and_assign(db, &codec, &mut coarse, nprobe, progress)?;
+    drop(coarse);
+    let layout = ListLayout::build(db.rows, queries, &probes, lists, nprobe);
+    drop(probes);
+    report.add_s = started.elapsed().as_secs_f64();
+
+    let started = Instant::now();
+    let top = search_lists(db, &codec, &codes, &layout, nprobe, queries.len(), progress)?;
+    drop(codes);
+    let missing = rerank_candidates(db, queries, &top, found)?;
+    search_exactly(db, &missing, found)?;
+    report.fallbacks = missing.len();
+    report.search_s = started.elapsed().as_secs_f64();
+    Ok(())
+}
+
+/// The lists' centroids (k-means on a sample of `train` vectors), in a flat index, and the
+/// 8-bit codec fitted on the same sample.
+fn train_lists(
+    db: &Database,
+    train: usize,
+    lists: usize,
+    progress: &mut dyn FnMut(Stage, usize, usize),
+) -> Result<(Sq8, FlatIndex), NeighbourError> {
+    let dim = db.dim();
+    let sample = random_subset(db.rows, train, 0x7a1_0001);
     progress(Stage::Train, 0, sample.len());
     let mut vectors = Vec::new();
     gather(db.source, &sample, &mut vectors)?;
     let codec = Sq8::fit(&vectors, dim);
     let centroids = kmeans(&vectors, dim, lists)?;
     drop(vectors);
-    let mut coarse = FlatIndex::new_l2(dim as u32).map_err(faiss_error("Flat"))?;
+    let mut coarse = FlatIndex::new_l2(faiss_dim(dim)?).map_err(faiss_error("Flat"))?;
     coarse.add(&centroids).map_err(faiss_error("add"))?;
     progress(Stage::Train, sample.len(), sample.len());
-    report.train_s = started.elapsed().as_secs_f64();
+    Ok((codec, coarse))
+}
 
-    // Every vector's nearest lists, and its codes.
-    let started = Instant::now();
+/// Every vector's codes, and its `nprobe` nearest lists (`u32::MAX` where FAISS placed it in
+/// none, e.g. a vector holding NaN).
+fn encode_and_assign(
+    db: &Database,
+    codec: &Sq8,
+    coarse: &mut FlatIndex,
+    nprobe: usize,
+    progress: &mut dyn FnMut(Stage, usize, usize),
+) -> Result<(Vec<u8>, Vec<u32>), NeighbourError> {
+    let (dim, m) = (db.dim(), db.rows.len());
     let mut codes = vec![0u8; m * dim];
     let mut probes = vec![0u32; m * nprobe];
     let mut block = Vec::new();
@@ -744,86 +777,126 @@ fn join_search(
             .for_each(|(code, vector)| codec.encode(vector, code));
         progress(Stage::Add, at + rows.len(), m);
     }
-    drop(coarse);
-    // A list's members: the vectors whose nearest centroid it is.
-    // (A vector FAISS could not place, e.g. one holding NaN, is in no list; a query that probes
-    // none falls back to exact search.)
-    let members = Csr::build(
-        lists,
-        (0..m)
-            .map(|p| (probes[p * nprobe], p as u32))
-            .filter(|&(list, _)| list != u32::MAX),
-    );
-    // A list's probers: the queries (by place in `queries`) that search it.
-    let positions = positions_in(db.rows, queries);
-    let probers = Csr::build(
-        lists,
-        positions.iter().enumerate().flat_map(|(q, &p)| {
-            probes[p as usize * nprobe..(p as usize + 1) * nprobe]
-                .iter()
-                .filter(|&&list| list != u32::MAX)
-                .map(move |&list| (list, q as u32))
-        }),
-    );
-    drop(probes);
-    let pairs: usize = (0..lists)
-        .map(|l| members.row(l).len() * probers.row(l).len())
-        .sum();
-    let largest = (0..lists).map(|l| members.row(l).len()).max().unwrap_or(0);
-    tracing::debug!(
-        lists,
-        nprobe,
-        largest,
-        pairs,
-        share = pairs as f64 / (m as f64 * queries.len() as f64),
-        "self-join lists"
-    );
-    report.add_s = started.elapsed().as_secs_f64();
+    Ok((codes, probes))
+}
 
-    // Each list against the queries that probe it: one BLAS product per list.
-    let started = Instant::now();
-    let mut top = TopK::new(queries.len(), CANDIDATES);
-    let mut index = FlatIndex::new_ip(dim as u32).map_err(faiss_error("Flat"))?;
+/// Who is in each list and who searches it.
+struct ListLayout {
+    /// A list's members: the vectors (by place in the database) whose nearest list it is.
+    members: Csr,
+    /// A list's probers: the queries (by place in the query list) that search it.
+    probers: Csr,
+    /// Each query's place in the database.
+    positions: Vec<u32>,
+}
+
+impl ListLayout {
+    fn build(
+        rows: &[usize],
+        queries: &[usize],
+        probes: &[u32],
+        lists: usize,
+        nprobe: usize,
+    ) -> Self {
+        let members = Csr::build(
+            lists,
+            (0..rows.len())
+                .map(|p| (probes[p * nprobe], p as u32))
+                .filter(|&(list, _)| list != u32::MAX),
+        );
+        let positions = positions_in(rows, queries);
+        let probers = Csr::build(
+            lists,
+            positions.iter().enumerate().flat_map(|(q, &p)| {
+                probes[p as usize * nprobe..(p as usize + 1) * nprobe]
+                    .iter()
+                    .filter(|&&list| list != u32::MAX)
+                    .map(move |&list| (list, q as u32))
+            }),
+        );
+        let pairs: usize = (0..lists)
+            .map(|l| members.row(l).len() * probers.row(l).len())
+            .sum();
+        let largest = (0..lists).map(|l| members.row(l).len()).max().unwrap_or(0);
+        tracing::debug!(
+            lists,
+            nprobe,
+            largest,
+            pairs,
+            share = pairs as f64 / (rows.len() as f64 * queries.len() as f64),
+            "self-join lists"
+        );
+        ListLayout {
+            members,
+            probers,
+            positions,
+        }
+    }
+}
+
+/// Each list against the queries that probe it, on the decoded codes: every query's best
+/// [`CANDIDATES`] by approximate similarity (database places).
+fn search_lists(
+    db: &Database,
+    codec: &Sq8,
+    codes: &[u8],
+    layout: &ListLayout,
+    nprobe: usize,
+    queries: usize,
+    progress: &mut dyn FnMut(Stage, usize, usize),
+) -> Result<TopK, NeighbourError> {
+    let mut top = TopK::new(queries, CANDIDATES);
+    let mut index = FlatIndex::new_ip(faiss_dim(db.dim())?).map_err(faiss_error("Flat"))?;
     let (mut member_vectors, mut query_vectors) = (Vec::new(), Vec::new());
     let mut searched = 0;
-    for list in 0..lists {
-        let (list_members, list_probers) = (members.row(list), probers.row(list));
-        searched += list_probers.len();
-        if list_members.is_empty() || list_probers.is_empty() {
+    for list in 0..layout.members.len() {
+        let (members, probers) = (layout.members.row(list), layout.probers.row(list));
+        searched += probers.len();
+        if members.is_empty() || probers.is_empty() {
             continue;
         }
-        codec.decode_rows(&codes, list_members.iter().copied(), &mut member_vectors);
+        codec.decode_rows(codes, members.iter().copied(), &mut member_vectors);
         codec.decode_rows(
-            &codes,
-            list_probers.iter().map(|&q| positions[q as usize]),
+            codes,
+            probers.iter().map(|&q| layout.positions[q as usize]),
             &mut query_vectors,
         );
         index.reset().map_err(faiss_error("reset"))?;
         index.add(&member_vectors).map_err(faiss_error("add"))?;
         // One more than needed: the query itself is among its own list's members.
-        let k = (CANDIDATES + 1).min(list_members.len());
+        let k = (CANDIDATES + 1).min(members.len());
         let result = index
             .search(&query_vectors, k)
             .map_err(faiss_error("search"))?;
-        for (j, &q) in list_probers.iter().enumerate() {
-            let own = positions[q as usize];
+        for (j, &q) in probers.iter().enumerate() {
+            let own = layout.positions[q as usize];
             for (label, &similarity) in result.labels[j * k..(j + 1) * k]
                 .iter()
                 .zip(&result.distances[j * k..(j + 1) * k])
             {
                 if let Some(l) = label.get() {
-                    let member = list_members[l as usize];
+                    let member = members[l as usize];
                     if member != own {
                         top.offer(q as usize, member, similarity);
                     }
                 }
             }
         }
-        progress(Stage::Search, searched / nprobe, queries.len());
+        progress(Stage::Search, searched / nprobe, queries);
     }
-    drop(codes);
+    Ok(top)
+}
 
-    // The candidates re-ranked against the original vectors.
+/// Every query's candidates in `top` re-ranked against the original vectors into `found`;
+/// returns the queries left without a neighbour.
+fn rerank_candidates(
+    db: &Database,
+    queries: &[usize],
+    top: &TopK,
+    found: &mut [Option<Neighbour>],
+) -> Result<Vec<usize>, NeighbourError> {
+    let dim = db.dim();
+    let mut block = Vec::new();
     let mut missing = Vec::new();
     let mut done = 0;
     for rows in query_blocks(queries) {
@@ -853,15 +926,31 @@ fn join_search(
         }
         done += rows.len();
     }
-    if !missing.is_empty() {
-        let exact = exact_nearest(db, &missing, &mut |_, _| {})?;
-        for (&sample, best) in missing.iter().zip(exact) {
-            found[sample] = best;
-        }
+    Ok(missing)
+}
+
+/// The neighbours of `samples` by exact search, for queries an approximate search left
+/// without one (every probed list empty but for themselves).
+fn search_exactly(
+    db: &Database,
+    samples: &[usize],
+    found: &mut [Option<Neighbour>],
+) -> Result<(), NeighbourError> {
+    if samples.is_empty() {
+        return Ok(());
     }
-    report.fallbacks = missing.len();
-    report.search_s = started.elapsed().as_secs_f64();
+    let exact = exact_nearest(db, samples, &mut |_, _| {})?;
+    for (&sample, best) in samples.iter().zip(exact) {
+        found[sample] = best;
+    }
     Ok(())
+}
+
+/// A vector width as FAISS takes it.
+fn faiss_dim(dim: usize) -> Result<u32, NeighbourError> {
+    u32::try_from(dim).map_err(|_| {
+        NeighbourError::Invalid(format!("vectors of width {dim} are wider than FAISS takes"))
+    })
 }
 
 /// k-means by L2 distance (FAISS `Clustering`, 10 iterations as in FAISS's IVF training, a
@@ -876,9 +965,10 @@ fn kmeans(vectors: &[f32], dim: usize, k: usize) -> Result<Vec<f32>, NeighbourEr
     let mut params = faiss::cluster::ClusteringParameters::new();
     params.set_niter(10);
     params.set_seed(1234);
-    let mut clustering = faiss::cluster::Clustering::new_with_params(dim as u32, k as u32, &params)
-        .map_err(faiss_error("k-means"))?;
-    let mut assign = FlatIndex::new_l2(dim as u32).map_err(faiss_error("k-means"))?;
+    let mut clustering =
+        faiss::cluster::Clustering::new_with_params(faiss_dim(dim)?, faiss_dim(k)?, &params)
+            .map_err(faiss_error("k-means"))?;
+    let mut assign = FlatIndex::new_l2(faiss_dim(dim)?).map_err(faiss_error("k-means"))?;
     clustering
         .train(vectors, &mut assign)
         .map_err(faiss_error("k-means"))?;
@@ -929,6 +1019,10 @@ impl Csr {
 
     fn row(&self, row: usize) -> &[u32] {
         &self.values[self.offsets[row]..self.offsets[row + 1]]
+    }
+
+    fn len(&self) -> usize {
+        self.offsets.len() - 1
     }
 }
 
@@ -1089,7 +1183,7 @@ fn exact_nearest(
     let mut query_vectors = Vec::new();
     gather(db.source, queries, &mut query_vectors)?;
     let mut best: Vec<Option<Neighbour>> = vec![None; queries.len()];
-    let mut index = FlatIndex::new_ip(dim as u32).map_err(faiss_error("Flat"))?;
+    let mut index = FlatIndex::new_ip(faiss_dim(dim)?).map_err(faiss_error("Flat"))?;
     let mut block = Vec::new();
     let mut scanned = 0;
     for rows in db.rows.chunks(EXACT_BLOCK) {
@@ -1178,7 +1272,7 @@ fn tie_reaches_end(similarities: &[f32], best: Option<Neighbour>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::embed::l2_normalise;
+    use crate::engine::embed::l2_normalise;
 
     fn rows(raw: &[[f32; 3]]) -> Vec<f32> {
         raw.iter()

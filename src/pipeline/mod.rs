@@ -11,27 +11,29 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::config::{EmbedModel, SelectConfig};
-use crate::dataset::Dataset;
-use crate::dataset::Sample;
-use crate::embed::{default_prefix, embed_samples, read_precomputed};
+use crate::data::dataset::Dataset;
+use crate::data::dataset::Sample;
+use crate::data::output::{file_sha256, write_json, write_jsonl};
+use crate::data::records::{output_file_name, read_samples, write_selected, FileFormat};
+use crate::engine::embed::{default_prefix, embed_samples, read_precomputed};
 use crate::engine::{check_model_file, Embedder, Model, ScorerPool};
-use crate::lock::RunLock;
-use crate::neighbours::{find_neighbours, SliceVectors, VectorSource};
-use crate::output::{file_sha256, write_json, write_jsonl};
-use crate::progress::{Phase, ScoringProgress};
-use crate::prompt::{Template, TemplateChoice, TemplateError};
-use crate::records::{output_file_name, read_samples, write_selected, FileFormat};
-use crate::resume::{Mismatch, Remedy, ResumeError, Retrieval, RunState};
-use crate::scheduler::{Decoders, Outcome, ScoringOptions, ScoringPlan};
-use crate::schema::{
+use crate::retrieval::neighbours::{find_neighbours, SliceVectors, VectorSource};
+use crate::scoring::prompt::{Template, TemplateChoice, TemplateError};
+use crate::scoring::scheduler::{Decoders, Outcome, ScoringOptions, ScoringPlan};
+use crate::scoring::select::{top_by_score, Budget};
+use crate::state::config::{EmbedModel, SelectConfig};
+use crate::state::lock::RunLock;
+use crate::state::progress::{Phase, ScoringProgress};
+use crate::state::resume::{Mismatch, Remedy, ResumeError, Retrieval, RunState};
+use crate::state::schema::{
     BudgetRecord, EmbedderRecord, FileRecord, Ifd, IndexReport, Neighbour, RunRecord, ScoreRow,
     Timings,
 };
-use crate::select::{top_by_score, Budget};
-use crate::Error;
 
+mod error;
 pub mod stages;
+
+pub use error::Error;
 
 /// What a finished run produced.
 #[derive(Debug, Clone, Serialize)]
@@ -88,7 +90,7 @@ pub fn select_until(config: &SelectConfig, stop: &AtomicBool) -> Result<RunSumma
     let ranking = Ranking::of(&outcome, config.budget);
     let summary = write_outputs(config, format, &dataset, &retrieval, &outcome, &ranking)?;
     timings.total_s = started.elapsed().as_secs_f64();
-    timings.peak_rss_mib = crate::progress::peak_rss_mib();
+    timings.peak_rss_mib = crate::state::progress::peak_rss_mib();
     let record = run_record(
         config, loaded, dataset, retrieval, outcome, &ranking, timings,
     );
@@ -189,12 +191,12 @@ fn read_chat_template(path: &Path) -> Result<String, Error> {
         source,
     };
     let bytes = std::fs::metadata(path).map_err(io)?.len();
-    if bytes > crate::gguf::MAX_TEMPLATE_BYTES as u64 {
+    if bytes > crate::data::gguf::MAX_TEMPLATE_BYTES as u64 {
         return Err(Error::Template {
             path: path.to_path_buf(),
             source: TemplateError::TooLong {
                 bytes,
-                limit: crate::gguf::MAX_TEMPLATE_BYTES,
+                limit: crate::data::gguf::MAX_TEMPLATE_BYTES,
             },
         });
     }

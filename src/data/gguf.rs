@@ -58,7 +58,19 @@ pub enum GgufProblem {
         /// What was being read.
         what: String,
     },
-    /// A count or length beyond the limits or the file's size.
+    /// A count or length beyond what the file's remaining bytes can hold.
+    #[error("{what} declares {count}, but the file holds at most {fits} from byte {at} on: it is cut off, or the count is false")]
+    Short {
+        /// What declares it.
+        what: String,
+        /// The declared count or length.
+        count: u64,
+        /// The most the rest of the file can hold.
+        fits: u64,
+        /// Byte offset.
+        at: u64,
+    },
+    /// A count or length beyond the limits.
     #[error("{what} declares {count}, more than {limit}")]
     TooLarge {
         /// What declares it (a key, `metadata pairs`, `tensors`).
@@ -240,12 +252,20 @@ impl<R: Read + Seek> Header<R> {
     /// remaining bytes can hold.
     fn count(&mut self, what: &str, limit: u64, least_bytes: u64) -> Result<u64, GgufProblem> {
         let count = self.u64(what)?;
-        let limit = limit.min(self.remaining() / least_bytes.max(1));
         if count > limit {
             return Err(GgufProblem::TooLarge {
                 what: what.to_string(),
                 count,
                 limit,
+            });
+        }
+        let fits = self.remaining() / least_bytes.max(1);
+        if count > fits {
+            return Err(GgufProblem::Short {
+                what: what.to_string(),
+                count,
+                fits,
+                at: self.at,
             });
         }
         Ok(count)

@@ -1,6 +1,6 @@
 //! Writing output files durably: `scores.jsonl`, the selection, `run.json`, reports.
 //!
-//! What the files hold is defined once in [`crate::schema`]; this module only writes. Each
+//! What the files hold is defined once in [`crate::state::schema`]; this module only writes. Each
 //! file is written to a temporary name and renamed into place, so a crash never leaves a
 //! half-written file that looks complete.
 

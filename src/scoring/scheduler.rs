@@ -3,7 +3,7 @@
 //! The one-shot sequence of sample i starts with exactly the zero-shot sequence of its
 //! neighbour k, so k's zero-shot decode is also the prefix of every one-shot pass that uses k:
 //! its cache is copied to a fresh slot and only `SEP block_i` is decoded there. That cuts the
-//! tokens decoded per sample from about 3L to about 2L. [`crate::plan::schedule`] decides the
+//! tokens decoded per sample from about 3L to about 2L. [`crate::scoring::plan::schedule`] decides the
 //! layout of every decode up front; this module builds the sequences, runs the plan and
 //! folds the log-probabilities into losses. At the plan's checkpoints the losses so far go to
 //! a [`Journal`], and a run that finds losses there resumes after them.
@@ -22,13 +22,15 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::ContextSizes;
-use crate::dataset::Sample;
-use crate::decoder::{DecodeError, Decoder, DecoderPool, Item};
-use crate::plan::{digest, schedule, tokens_of, Entry, Limits, OneShot, Shape, Step, Work};
-use crate::prompt::{Layout, ScoredSequence, Template, Tokenize, UnrenderableSample};
-use crate::score::{Scores, Unscorable};
-use crate::shard::Shard;
+use crate::data::dataset::Sample;
+use crate::scoring::decoder::{DecodeError, Decoder, DecoderPool, Item};
+use crate::scoring::plan::{
+    digest, schedule, tokens_of, Entry, Limits, OneShot, Shape, Step, Work,
+};
+use crate::scoring::prompt::{Layout, ScoredSequence, Template, Tokenize, UnrenderableSample};
+use crate::scoring::score::{Scores, Unscorable};
+use crate::scoring::shard::Shard;
+use crate::scoring::sizes::ContextSizes;
 
 /// How scoring is run.
 #[derive(Debug, Clone, Serialize)]

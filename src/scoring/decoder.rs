@@ -7,7 +7,7 @@
 
 use std::ops::Range;
 
-use crate::prompt::Token;
+use crate::scoring::prompt::Token;
 
 /// One sequence, or the continuation of one, in a decode call.
 #[derive(Debug, Clone)]

@@ -6,11 +6,11 @@
 use std::ops::Range;
 use std::path::Path;
 
-use crate::dataset::Sample;
+use crate::data::dataset::Sample;
 use crate::engine::{Embedder, EngineError};
-use crate::plan::{pack, Capacity};
-use crate::prompt::Token;
-use crate::shard::Shard;
+use crate::scoring::plan::{pack, Capacity};
+use crate::scoring::prompt::Token;
+use crate::scoring::shard::Shard;
 
 /// The task prefix an embedding architecture expects, when it expects one.
 ///

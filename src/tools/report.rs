@@ -24,12 +24,12 @@ use plotters::coord::{CoordTranslate, Shift};
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
-use crate::dataset::Sample;
-use crate::output::{file_sha256, write_atomically, OutputError};
-use crate::schema::{
+use crate::data::dataset::Sample;
+use crate::data::output::{file_sha256, write_atomically, OutputError};
+use crate::scoring::score::Unscorable;
+use crate::state::schema::{
     self, BudgetRecord, EmbedderRecord, FileRecord, RunRecord, SchemaError, ScoreRow,
 };
-use crate::score::Unscorable;
 
 /// Size in pixels of `miwv-histogram.png`.
 pub const HISTOGRAM_SIZE: (u32, u32) = (1200, 700);
@@ -40,7 +40,7 @@ pub const PREVIEW_CHARS: usize = 160;
 
 /// The text fonts are drawn with: DejaVu Sans, embedded so the pictures look the same on every
 /// machine and need no system fonts (licence in `assets/fonts/`).
-const FONT: &[u8] = include_bytes!("../assets/fonts/DejaVuSans.ttf");
+const FONT: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans.ttf");
 const FAMILY: &str = "sans-serif";
 
 /// Not selected: blue; selected: vermilion (Okabe–Ito, distinguishable with colour blindness).
@@ -236,7 +236,7 @@ fn read_previews(run: &RunRecord) -> Result<Previews, String> {
             path.display()
         ));
     }
-    let (_, dataset) = crate::records::read_samples(path, &run.read)
+    let (_, dataset) = crate::data::records::read_samples(path, &run.read)
         .map_err(|e| format!("the dataset cannot be read: {e}"))?;
     Ok(dataset
         .samples

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::schema::{read_scores, SchemaError, ScoreRow};
-use crate::select::{top_by_score, Budget};
+use crate::scoring::select::{top_by_score, Budget};
+use crate::state::schema::{read_scores, SchemaError, ScoreRow};
 
 /// One side of a comparison: a `scores.jsonl` read by id.
 #[derive(Debug, Clone)]

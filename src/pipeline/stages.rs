@@ -20,18 +20,19 @@ use super::{
     check_renders, describe_index, load_models, read_input, scoring_plan, search_neighbours,
     text_hashes, with_embedder, write_outputs, Loaded, Ranking, RunSummary,
 };
-use crate::config::{ContextSizes, EmbedModel, SelectConfig};
-use crate::embed::{read_precomputed, EmbeddingBatches};
+use crate::data::output::{write_atomically, write_json};
+use crate::engine::embed::{read_precomputed, EmbeddingBatches};
 use crate::engine::ScorerPool;
-use crate::lock::RunLock;
-use crate::neighbours::FileVectors;
-use crate::output::{write_atomically, write_json};
-use crate::progress::{Phase, ScoringProgress};
-use crate::resume::{read_json, Mismatch, Remedy, ResumeError, Retrieval};
-use crate::scheduler::{Decoders, Stats};
-use crate::schema::{EmbedderRecord, ShardsRecord, Timings};
-use crate::select::Budget;
-use crate::shard::Shard;
+use crate::retrieval::neighbours::FileVectors;
+use crate::scoring::scheduler::{Decoders, Stats};
+use crate::scoring::select::Budget;
+use crate::scoring::shard::Shard;
+use crate::scoring::sizes::ContextSizes;
+use crate::state::config::{EmbedModel, SelectConfig};
+use crate::state::lock::RunLock;
+use crate::state::progress::{Phase, ScoringProgress};
+use crate::state::resume::{read_json, Mismatch, Remedy, ResumeError, Retrieval};
+use crate::state::schema::{EmbedderRecord, ShardsRecord, Timings};
 use crate::Error;
 
 /// What an embedding shard leaves besides its vectors: written last, it marks the shard done.
@@ -195,70 +196,9 @@ pub fn neighbours(run: &Path) -> Result<StageSummary, Error> {
     let n = dataset.samples.len();
     // A shard may hold no samples (more shards than batches); its width is 0.
     let dim = shards.iter().map(|s| s.dim).max().unwrap_or(0);
-    // Where each sample's row is: (shard, row in its file).
-    let mut place: Vec<Option<(usize, usize)>> = vec![None; n];
-    let mut files = Vec::with_capacity(count);
-    for (index, record) in shards.iter().enumerate() {
-        let shard = Shard::new(index, count).expect("index below count");
-        if record.settings != loaded.settings || (record.dim != dim && !record.samples.is_empty()) {
-            return Err(ResumeError::incompatible(
-                &shard_file(&embed_dir, shard, "json"),
-                Mismatch::OtherEmbedding,
-                Remedy::Delete(embed_dir.clone()),
-            )
-            .into());
-        }
-        let path = shard_file(&embed_dir, shard, "f32");
-        let file = std::fs::File::open(&path).map_err(|source| Error::Io {
-            path: path.clone(),
-            source,
-        })?;
-        let bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
-        if bytes != (record.samples.len() * dim * 4) as u64
-            || record.samples.iter().any(|&i| i >= n)
-        {
-            return Err(ResumeError::incompatible(
-                &path,
-                Mismatch::EmbeddingSize {
-                    bytes,
-                    rows: record.samples.len(),
-                    dim,
-                },
-                Remedy::Delete(embed_dir.clone()),
-            )
-            .into());
-        }
-        for (row, &i) in record.samples.iter().enumerate() {
-            place[i] = Some((index, row));
-        }
-        files.push((path, file));
-    }
-    if let Some(missing) = place.iter().position(Option::is_none) {
-        return Err(ResumeError::incompatible(
-            &embed_dir,
-            Mismatch::SampleMissing {
-                count,
-                sample: missing,
-            },
-            Remedy::Delete(embed_dir.clone()),
-        )
-        .into());
-    }
-    // The run's embeddings in sample order, copied row by row: never all in memory.
+    let rows = EmbeddingRows::open(&embed_dir, &shards, &loaded.settings, n, dim)?;
     let embeddings = loaded.state.embeddings_path();
-    write_atomically(&embeddings, |out| {
-        let mut row = vec![0u8; dim * 4];
-        for &at in &place {
-            let (shard, index) = at.expect("every sample placed");
-            std::os::unix::fs::FileExt::read_exact_at(
-                &files[shard].1,
-                &mut row,
-                (index * dim * 4) as u64,
-            )?;
-            out.write_all(&row)?;
-        }
-        Ok(())
-    })?;
+    rows.write_in_sample_order(&embeddings)?;
     let (found, search) = search_neighbours(
         &config,
         &FileVectors::open(&embeddings, dim)?,
@@ -284,6 +224,96 @@ pub fn neighbours(run: &Path) -> Result<StageSummary, Error> {
     Ok(done(format!(
         "neighbours of {n} samples from {count} embed shards"
     )))
+}
+
+/// The embedding shards' row files, checked against the run, and where each sample's row is.
+struct EmbeddingRows {
+    /// Per sample: (shard, row in its file).
+    place: Vec<(usize, usize)>,
+    files: Vec<std::fs::File>,
+    dim: usize,
+}
+
+impl EmbeddingRows {
+    /// Opens every shard's rows; refuses a shard made with other settings or of the wrong
+    /// size, and a sample no shard holds.
+    fn open(
+        embed_dir: &Path,
+        shards: &[EmbedShard],
+        settings: &serde_json::Value,
+        n: usize,
+        dim: usize,
+    ) -> Result<Self, Error> {
+        let count = shards.len();
+        let mut place: Vec<Option<(usize, usize)>> = vec![None; n];
+        let mut files = Vec::with_capacity(count);
+        for (index, record) in shards.iter().enumerate() {
+            let shard = Shard::new(index, count).expect("index below count");
+            if record.settings != *settings || (record.dim != dim && !record.samples.is_empty()) {
+                return Err(ResumeError::incompatible(
+                    &shard_file(embed_dir, shard, "json"),
+                    Mismatch::OtherEmbedding,
+                    Remedy::Delete(embed_dir.to_path_buf()),
+                )
+                .into());
+            }
+            let path = shard_file(embed_dir, shard, "f32");
+            let file = std::fs::File::open(&path).map_err(|source| Error::Io {
+                path: path.clone(),
+                source,
+            })?;
+            let bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
+            if bytes != (record.samples.len() * dim * 4) as u64
+                || record.samples.iter().any(|&i| i >= n)
+            {
+                return Err(ResumeError::incompatible(
+                    &path,
+                    Mismatch::EmbeddingSize {
+                        bytes,
+                        rows: record.samples.len(),
+                        dim,
+                    },
+                    Remedy::Delete(embed_dir.to_path_buf()),
+                )
+                .into());
+            }
+            for (row, &i) in record.samples.iter().enumerate() {
+                place[i] = Some((index, row));
+            }
+            files.push(file);
+        }
+        let place = place
+            .iter()
+            .enumerate()
+            .map(|(sample, at)| {
+                at.ok_or_else(|| {
+                    Error::from(ResumeError::incompatible(
+                        embed_dir,
+                        Mismatch::SampleMissing { count, sample },
+                        Remedy::Delete(embed_dir.to_path_buf()),
+                    ))
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(EmbeddingRows { place, files, dim })
+    }
+
+    /// The run's embeddings in sample order at `path`, copied row by row: never all in memory.
+    fn write_in_sample_order(&self, path: &Path) -> Result<(), Error> {
+        let row_bytes = self.dim * 4;
+        Ok(write_atomically(path, |out| {
+            let mut row = vec![0u8; row_bytes];
+            for &(shard, index) in &self.place {
+                std::os::unix::fs::FileExt::read_exact_at(
+                    &self.files[shard],
+                    &mut row,
+                    (index * row_bytes) as u64,
+                )?;
+                out.write_all(&row)?;
+            }
+            Ok(())
+        })?)
+    }
 }
 
 /// `miwv score`: decodes this shard's share of the plan for the run in `run`, resuming what

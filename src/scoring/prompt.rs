@@ -13,9 +13,9 @@ use std::ops::Range;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::chat::{ChatSource, ChatTemplate, Message, RenderError, Segment, CHATML};
-use crate::dataset::{Sample, Turn};
-use crate::score::{mean_loss, Unscorable};
+use crate::data::dataset::{Sample, Turn};
+use crate::scoring::chat::{ChatSource, ChatTemplate, Message, RenderError, Segment, CHATML};
+use crate::scoring::score::{mean_loss, Unscorable};
 
 /// A token id in the scoring model's vocabulary.
 pub type Token = i32;

@@ -1,4 +1,6 @@
-//! The only module that talks to llama.cpp (through `llama-cpp-2`).
+//! The engine layer, the only one that talks to llama.cpp (through `llama-cpp-2`): this
+//! module, and `embed`, which batches samples through its embedding contexts. It may import
+//! the pure layers (`data`, `scoring`, `state`).
 //!
 //! It loads GGUF models, tokenises with the GGUF vocabulary, decodes packed multi-sequence
 //! batches for scoring, and pools embeddings. Everything above it deals in token ids, scored
@@ -9,6 +11,9 @@
 //! aborts the process inside llama.cpp, so sizes are checked before every decode; reading
 //! logits of an unflagged row panics, so only flagged rows are read; the logits buffer is
 //! overwritten by the next decode, so rows are consumed before it.
+
+pub mod embed;
+pub mod tokenizer;
 
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
@@ -23,20 +28,20 @@ use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::token::LlamaToken;
 use rayon::prelude::*;
 
-use crate::config::ContextSizes;
-use crate::decoder::{DecodeError, Decoder, DecoderPool, Item};
-use crate::gguf::{GgufError, GgufProblem, GgufSummary};
-use crate::prompt::{ModelChat, ScoredSequence, Token, Tokenize};
-use crate::schema::ModelInfo;
-use crate::score::log_prob;
+use crate::data::gguf::{GgufError, GgufProblem, GgufSummary};
+use crate::scoring::decoder::{DecodeError, Decoder, DecoderPool, Item};
+use crate::scoring::prompt::{ModelChat, ScoredSequence, Token, Tokenize};
+use crate::scoring::score::log_prob;
+use crate::scoring::sizes::ContextSizes;
+use crate::state::schema::ModelInfo;
 
 /// Checks that `path` is a readable GGUF file whose metadata is sane and consistent
-/// ([`crate::gguf`]), before any work that depends on it and before llama.cpp parses it.
+/// ([`crate::data::gguf`]), before any work that depends on it and before llama.cpp parses it.
 ///
 /// # Errors
 /// [`EngineError::Metadata`] naming the file and the key at fault.
 pub fn check_model_file(path: &Path) -> Result<GgufSummary, EngineError> {
-    Ok(crate::gguf::check_file(path)?)
+    Ok(crate::data::gguf::check_file(path)?)
 }
 
 /// The longest BOS or EOS text accepted (real ones are a few bytes).
@@ -509,7 +514,7 @@ pub fn quantize(
             output.display()
         ))
     })?;
-    let (sha256, bytes) = crate::output::file_sha256(output)
+    let (sha256, bytes) = crate::data::output::file_sha256(output)
         .map_err(|e| fail(format!("cannot read back {}: {e}", output.display())))?;
     Ok(Quantized {
         requantised,

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::scheduler::Progress;
+use crate::scoring::scheduler::Progress;
 
 /// All bars live here, so log lines can be printed above them.
 fn bars() -> &'static MultiProgress {

@@ -10,17 +10,17 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::config::ContextSizes;
-use crate::dataset::{ReadOptions, Sample};
-use crate::decoder::{Decoder, Item};
-use crate::embed::{default_prefix, embed_samples};
+use crate::data::dataset::{ReadOptions, Sample};
+use crate::data::records::read_samples;
+use crate::engine::embed::{default_prefix, embed_samples};
 use crate::engine::{Embedder, Model, Scorer, ScorerPool};
-use crate::neighbours::nearest_others;
-use crate::progress::{peak_rss_mib, reset_peak_rss};
-use crate::prompt::{Layout, Template, TemplateChoice, Token};
-use crate::records::read_samples;
-use crate::run::resolve_template;
-use crate::scheduler::{Decoders, NoJournal, ScoringOptions, ScoringPlan, Stats};
+use crate::pipeline::resolve_template;
+use crate::retrieval::neighbours::nearest_others;
+use crate::scoring::decoder::{Decoder, Item};
+use crate::scoring::prompt::{Layout, Template, TemplateChoice, Token};
+use crate::scoring::scheduler::{Decoders, NoJournal, ScoringOptions, ScoringPlan, Stats};
+use crate::scoring::sizes::ContextSizes;
+use crate::state::progress::{peak_rss_mib, reset_peak_rss};
 use crate::Error;
 
 /// What to benchmark.
@@ -211,8 +211,8 @@ impl Report {
 /// # Errors
 /// Input, model and engine errors.
 pub fn run(config: &BenchConfig) -> Result<Report, Error> {
-    crate::config::check_sizes(&config.context)?;
-    crate::config::check_bench(&config.sizes, config.ceiling_repeats)?;
+    crate::state::config::check_sizes(&config.context)?;
+    crate::state::config::check_bench(&config.sizes, config.ceiling_repeats)?;
     let largest = config.sizes.iter().copied().max().unwrap_or(0);
     let samples = first_samples(config, largest)?;
     let (vectors, dim) = embed_all(config, &samples)?;
@@ -329,7 +329,7 @@ impl Bench<'_> {
             template: self.template.clone(),
             append_eos: false,
             response_only: false,
-            checkpoint_tokens: crate::config::DEFAULT_CHECKPOINT_TOKENS,
+            checkpoint_tokens: crate::state::config::DEFAULT_CHECKPOINT_TOKENS,
         };
         reset_peak_rss();
         let clock = Instant::now();

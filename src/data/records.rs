@@ -2,7 +2,7 @@
 //! in the same format.
 //!
 //! Instruction datasets come as JSON arrays, JSON Lines, gzip-compressed JSON Lines and, from
-//! the Hugging Face Hub, Parquet. [`crate::dataset`] parses JSON text; this module gets that text
+//! the Hugging Face Hub, Parquet. [`crate::data::dataset`] parses JSON text; this module gets that text
 //! out of a compressed file, turns Parquet rows into the same JSON objects, and writes the
 //! selected subset in the input's own format, so the result drops into the user's pipeline where
 //! the original file was. Parquet output copies the chosen rows from the input file itself rather
@@ -23,7 +23,10 @@ use arrow_array::types::{
     TimestampMicrosecondType, TimestampMillisecondType, TimestampNanosecondType,
     TimestampSecondType, UInt16Type, UInt32Type, UInt64Type, UInt8Type,
 };
-use arrow_array::{Array, GenericListArray, OffsetSizeTrait, RecordBatch};
+use arrow_array::{
+    Array, FixedSizeListArray, GenericListArray, MapArray, OffsetSizeTrait, RecordBatch,
+    StructArray,
+};
 use arrow_schema::{DataType, TimeUnit};
 use base64::Engine as _;
 use flate2::read::MultiGzDecoder;
@@ -35,8 +38,10 @@ use parquet::file::metadata::KeyValue;
 use parquet::file::properties::WriterProperties;
 use serde_json::{Map, Value};
 
-use crate::dataset::{parse_dataset_with, samples_from_records, Dataset, Location, ReadOptions};
-use crate::output::{write_atomically, OutputError};
+use crate::data::dataset::{
+    parse_dataset_with, samples_from_records, Dataset, Location, ReadOptions,
+};
+use crate::data::output::{write_atomically, OutputError};
 
 const PARQUET_MAGIC: &[u8; 4] = b"PAR1";
 const GZIP_MAGIC: &[u8; 2] = &[0x1f, 0x8b];
@@ -160,7 +165,7 @@ pub enum RecordsError {
     Output(#[from] OutputError),
     /// A record is malformed (file, line, record and field named).
     #[error(transparent)]
-    Dataset(#[from] crate::dataset::DatasetError),
+    Dataset(#[from] crate::data::dataset::DatasetError),
 }
 
 fn io_error(path: &Path) -> impl FnOnce(io::Error) -> RecordsError + '_ {
@@ -181,7 +186,7 @@ fn parquet_error(path: &Path) -> impl FnOnce(parquet::errors::ParquetError) -> R
 ///
 /// The bytes decide: `PAR1` means Parquet, `1f 8b` gzip; for JSON text the first non-blank
 /// character after any byte-order mark decides between an array (`[`) and JSON Lines, as
-/// [`crate::dataset::parse_dataset`] does, so that the selection is written in the shape the
+/// [`crate::data::dataset::parse_dataset`] does, so that the selection is written in the shape the
 /// records were read in. (Files named `.json` on the Hub are often JSON Lines, and a `.jsonl.gz`
 /// download may already be decompressed.) The name is used only where the bytes cannot tell: a
 /// file named `.parquet` must be Parquet, and an empty file named `.json` or `.json.gz` is an
@@ -265,7 +270,7 @@ fn first_character(reader: impl Read) -> io::Result<Option<u8>> {
 
 /// Reads a JSON or JSON Lines file's bytes, decompressed when `format.gzip` is set.
 ///
-/// This is what [`crate::dataset::parse_dataset`] takes: it locates bad UTF-8 by line and
+/// This is what [`crate::data::dataset::parse_dataset`] takes: it locates bad UTF-8 by line and
 /// forgives a file cut inside its last character. A gzip stream that ends early is an error
 /// here, though, since the decoder cannot tell where the good data stops.
 ///
@@ -377,102 +382,137 @@ impl Unsupported {
 /// One JSON value per element of `array`, nulls as `Value::Null`. Works a whole column at a
 /// time, so the type dispatch happens once per batch rather than once per cell.
 fn json_values(array: &dyn Array, column: &str) -> Result<Vec<Value>, Unsupported> {
-    fn each(array: &dyn Array, value: impl Fn(usize) -> Value) -> Vec<Value> {
-        (0..array.len())
-            .map(|i| {
-                if array.is_null(i) {
-                    Value::Null
-                } else {
-                    value(i)
-                }
-            })
-            .collect()
+    if let Some(values) = scalar_values(array).or_else(|| temporal_values(array)) {
+        return Ok(values);
     }
-    macro_rules! primitive {
-        ($t:ty, $to:expr) => {{
-            let a = array.as_primitive::<$t>();
-            each(array, |i| $to(a.value(i)))
-        }};
-    }
-    macro_rules! temporal {
-        ($t:ty, $method:ident, $format:expr) => {{
-            let a = array.as_primitive::<$t>();
-            each(array, |i| {
-                a.$method(i).map_or(Value::Null, |v| {
-                    Value::String(v.format($format).to_string())
-                })
-            })
-        }};
-    }
-    macro_rules! decimal {
-        ($t:ty) => {{
-            let a = array.as_primitive::<$t>();
-            each(array, |i| Value::String(a.value_as_string(i)))
-        }};
-    }
-    macro_rules! binary {
-        ($a:expr) => {{
-            let a = $a;
-            each(array, |i| binary_value(a.value(i)))
-        }};
-    }
-    const DATE_TIME: &str = "%Y-%m-%dT%H:%M:%S%.f";
-    const DATE_TIME_UTC: &str = "%Y-%m-%dT%H:%M:%S%.fZ";
     let data_type = array.data_type();
-    Ok(match data_type {
+    match data_type {
+        DataType::List(_) => list_values(array.as_list::<i32>(), column),
+        DataType::LargeList(_) => list_values(array.as_list::<i64>(), column),
+        DataType::FixedSizeList(..) => fixed_size_list_values(array.as_fixed_size_list(), column),
+        DataType::Struct(_) => struct_values(array.as_struct(), column),
+        DataType::Map(..) => map_values(array.as_map(), column),
+        DataType::Dictionary(..) => {
+            let dictionary = array.as_any_dictionary();
+            let values = json_values(dictionary.values().as_ref(), column)?;
+            let keys = dictionary.normalized_keys();
+            Ok(each(array, |i| values[keys[i]].clone()))
+        }
+        _ => Err(Unsupported::new(column, data_type, "")),
+    }
+}
+
+/// Each row of `array` through `value`, null rows as JSON null.
+fn each(array: &dyn Array, value: impl Fn(usize) -> Value) -> Vec<Value> {
+    (0..array.len())
+        .map(|i| {
+            if array.is_null(i) {
+                Value::Null
+            } else {
+                value(i)
+            }
+        })
+        .collect()
+}
+
+macro_rules! primitive {
+    ($array:expr, $t:ty, $to:expr) => {{
+        let a = $array.as_primitive::<$t>();
+        each($array, |i| $to(a.value(i)))
+    }};
+}
+
+macro_rules! binary {
+    ($array:expr, $a:expr) => {{
+        let a = $a;
+        each($array, |i| binary_value(a.value(i)))
+    }};
+}
+
+macro_rules! decimal {
+    ($array:expr, $t:ty) => {{
+        let a = $array.as_primitive::<$t>();
+        each($array, |i| Value::String(a.value_as_string(i)))
+    }};
+}
+
+macro_rules! temporal {
+    ($array:expr, $t:ty, $method:ident, $format:expr) => {{
+        let a = $array.as_primitive::<$t>();
+        each($array, |i| {
+            a.$method(i).map_or(Value::Null, |v| {
+                Value::String(v.format($format).to_string())
+            })
+        })
+    }};
+}
+
+/// Numbers, booleans, strings and bytes; `None` for other types.
+fn scalar_values(array: &dyn Array) -> Option<Vec<Value>> {
+    let string = |s: &str| Value::String(s.to_string());
+    Some(match array.data_type() {
         DataType::Null => vec![Value::Null; array.len()],
         DataType::Boolean => {
             let a = array.as_boolean();
             each(array, |i| Value::Bool(a.value(i)))
         }
-        DataType::Int8 => primitive!(Int8Type, Value::from),
-        DataType::Int16 => primitive!(Int16Type, Value::from),
-        DataType::Int32 => primitive!(Int32Type, Value::from),
-        DataType::Int64 => primitive!(Int64Type, Value::from),
-        DataType::UInt8 => primitive!(UInt8Type, Value::from),
-        DataType::UInt16 => primitive!(UInt16Type, Value::from),
-        DataType::UInt32 => primitive!(UInt32Type, Value::from),
-        DataType::UInt64 => primitive!(UInt64Type, Value::from),
+        DataType::Int8 => primitive!(array, Int8Type, Value::from),
+        DataType::Int16 => primitive!(array, Int16Type, Value::from),
+        DataType::Int32 => primitive!(array, Int32Type, Value::from),
+        DataType::Int64 => primitive!(array, Int64Type, Value::from),
+        DataType::UInt8 => primitive!(array, UInt8Type, Value::from),
+        DataType::UInt16 => primitive!(array, UInt16Type, Value::from),
+        DataType::UInt32 => primitive!(array, UInt32Type, Value::from),
+        DataType::UInt64 => primitive!(array, UInt64Type, Value::from),
         DataType::Float16 => {
             let a = array.as_primitive::<Float16Type>();
             each(array, |i| float32_value(a.value(i).to_f32()))
         }
-        DataType::Float32 => primitive!(Float32Type, float32_value),
-        DataType::Float64 => primitive!(Float64Type, Value::from),
+        DataType::Float32 => primitive!(array, Float32Type, float32_value),
+        DataType::Float64 => primitive!(array, Float64Type, Value::from),
         DataType::Utf8 => {
             let a = array.as_string::<i32>();
-            each(array, |i| Value::String(a.value(i).to_string()))
+            each(array, |i| string(a.value(i)))
         }
         DataType::LargeUtf8 => {
             let a = array.as_string::<i64>();
-            each(array, |i| Value::String(a.value(i).to_string()))
+            each(array, |i| string(a.value(i)))
         }
         DataType::Utf8View => {
             let a = array.as_string_view();
-            each(array, |i| Value::String(a.value(i).to_string()))
+            each(array, |i| string(a.value(i)))
         }
-        DataType::Binary => binary!(array.as_binary::<i32>()),
-        DataType::LargeBinary => binary!(array.as_binary::<i64>()),
-        DataType::BinaryView => binary!(array.as_binary_view()),
-        DataType::FixedSizeBinary(_) => binary!(array.as_fixed_size_binary()),
-        DataType::Decimal32(..) => decimal!(Decimal32Type),
-        DataType::Decimal64(..) => decimal!(Decimal64Type),
-        DataType::Decimal128(..) => decimal!(Decimal128Type),
-        DataType::Decimal256(..) => decimal!(Decimal256Type),
-        DataType::Date32 => temporal!(Date32Type, value_as_date, "%Y-%m-%d"),
+        DataType::Binary => binary!(array, array.as_binary::<i32>()),
+        DataType::LargeBinary => binary!(array, array.as_binary::<i64>()),
+        DataType::BinaryView => binary!(array, array.as_binary_view()),
+        DataType::FixedSizeBinary(_) => binary!(array, array.as_fixed_size_binary()),
+        DataType::Decimal32(..) => decimal!(array, Decimal32Type),
+        DataType::Decimal64(..) => decimal!(array, Decimal64Type),
+        DataType::Decimal128(..) => decimal!(array, Decimal128Type),
+        DataType::Decimal256(..) => decimal!(array, Decimal256Type),
+        _ => return None,
+    })
+}
+
+/// Dates, times and timestamps as ISO 8601 text; `None` for other types.
+fn temporal_values(array: &dyn Array) -> Option<Vec<Value>> {
+    const DATE_TIME: &str = "%Y-%m-%dT%H:%M:%S%.f";
+    const DATE_TIME_UTC: &str = "%Y-%m-%dT%H:%M:%S%.fZ";
+    Some(match array.data_type() {
+        DataType::Date32 => temporal!(array, Date32Type, value_as_date, "%Y-%m-%d"),
         // Date64 counts milliseconds, but Arrow and Parquet mean it as a calendar date.
-        DataType::Date64 => temporal!(Date64Type, value_as_date, "%Y-%m-%d"),
+        DataType::Date64 => temporal!(array, Date64Type, value_as_date, "%Y-%m-%d"),
         DataType::Time32(TimeUnit::Second) => {
-            temporal!(Time32SecondType, value_as_time, "%H:%M:%S")
+            temporal!(array, Time32SecondType, value_as_time, "%H:%M:%S")
         }
         DataType::Time32(TimeUnit::Millisecond) => {
-            temporal!(Time32MillisecondType, value_as_time, "%H:%M:%S%.f")
+            temporal!(array, Time32MillisecondType, value_as_time, "%H:%M:%S%.f")
         }
         DataType::Time64(TimeUnit::Microsecond) => {
-            temporal!(Time64MicrosecondType, value_as_time, "%H:%M:%S%.f")
+            temporal!(array, Time64MicrosecondType, value_as_time, "%H:%M:%S%.f")
         }
         DataType::Time64(TimeUnit::Nanosecond) => {
-            temporal!(Time64NanosecondType, value_as_time, "%H:%M:%S%.f")
+            temporal!(array, Time64NanosecondType, value_as_time, "%H:%M:%S%.f")
         }
         DataType::Timestamp(unit, zone) => {
             let format = if zone.is_some() {
@@ -481,99 +521,100 @@ fn json_values(array: &dyn Array, column: &str) -> Result<Vec<Value>, Unsupporte
                 DATE_TIME
             };
             match unit {
-                TimeUnit::Second => temporal!(TimestampSecondType, value_as_datetime, format),
+                TimeUnit::Second => {
+                    temporal!(array, TimestampSecondType, value_as_datetime, format)
+                }
                 TimeUnit::Millisecond => {
-                    temporal!(TimestampMillisecondType, value_as_datetime, format)
+                    temporal!(array, TimestampMillisecondType, value_as_datetime, format)
                 }
                 TimeUnit::Microsecond => {
-                    temporal!(TimestampMicrosecondType, value_as_datetime, format)
+                    temporal!(array, TimestampMicrosecondType, value_as_datetime, format)
                 }
                 TimeUnit::Nanosecond => {
-                    temporal!(TimestampNanosecondType, value_as_datetime, format)
+                    temporal!(array, TimestampNanosecondType, value_as_datetime, format)
                 }
             }
         }
-        DataType::List(_) => list_values(array.as_list::<i32>(), column)?,
-        DataType::LargeList(_) => list_values(array.as_list::<i64>(), column)?,
-        DataType::FixedSizeList(..) => {
-            let list = array.as_fixed_size_list();
-            let mut items = json_values(list.values().as_ref(), &format!("{column}[]"))?;
-            let length = list.value_length() as usize;
-            (0..list.len())
-                .map(|i| {
-                    if list.is_null(i) {
-                        return Value::Null;
-                    }
-                    let start = list.value_offset_at(i);
-                    Value::Array(
-                        items[start..start + length]
-                            .iter_mut()
-                            .map(Value::take)
-                            .collect(),
-                    )
-                })
-                .collect()
-        }
-        DataType::Struct(fields) => {
-            let struct_array = array.as_struct();
-            let mut children = Vec::with_capacity(fields.len());
-            for (field, child) in fields.iter().zip(struct_array.columns()) {
-                let values = json_values(child.as_ref(), &format!("{column}.{}", field.name()))?;
-                children.push(values.into_iter());
-            }
-            (0..array.len())
-                .map(|i| {
-                    let mut object = Map::with_capacity(fields.len());
-                    for (field, values) in fields.iter().zip(children.iter_mut()) {
-                        object.insert(field.name().clone(), values.next().unwrap_or(Value::Null));
-                    }
-                    if array.is_null(i) {
-                        Value::Null
-                    } else {
-                        Value::Object(object)
-                    }
-                })
-                .collect()
-        }
-        DataType::Map(..) => {
-            let map = array.as_map();
-            if !matches!(
-                map.key_type(),
-                DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
-            ) {
-                return Err(Unsupported::new(
-                    column,
-                    data_type,
-                    ": JSON object keys must be strings",
-                ));
-            }
-            let keys = json_values(map.keys().as_ref(), &format!("{column}{{}}"))?;
-            let mut values = json_values(map.values().as_ref(), &format!("{column}{{}}"))?;
-            let offsets = map.value_offsets();
-            (0..map.len())
-                .map(|i| {
-                    if map.is_null(i) {
-                        return Value::Null;
-                    }
-                    let (start, end) = (offsets[i] as usize, offsets[i + 1] as usize);
-                    let object = (start..end)
-                        .map(|j| {
-                            let key = keys[j].as_str().unwrap_or_default().to_string();
-                            (key, values[j].take())
-                        })
-                        .collect();
-                    Value::Object(object)
-                })
-                .collect()
-        }
-        DataType::Dictionary(..) => {
-            let dictionary = array.as_any_dictionary();
-            let values = json_values(dictionary.values().as_ref(), column)?;
-            let keys = dictionary.normalized_keys();
-            each(array, |i| values[keys[i]].clone())
-        }
-        _ => return Err(Unsupported::new(column, data_type, "")),
+        _ => return None,
     })
+}
+
+/// Fixed-size lists as JSON arrays.
+fn fixed_size_list_values(
+    list: &FixedSizeListArray,
+    column: &str,
+) -> Result<Vec<Value>, Unsupported> {
+    let mut items = json_values(list.values().as_ref(), &format!("{column}[]"))?;
+    let length = list.value_length() as usize;
+    Ok((0..list.len())
+        .map(|i| {
+            if list.is_null(i) {
+                return Value::Null;
+            }
+            let start = list.value_offset_at(i);
+            Value::Array(
+                items[start..start + length]
+                    .iter_mut()
+                    .map(Value::take)
+                    .collect(),
+            )
+        })
+        .collect())
+}
+
+/// Structs as JSON objects, their fields in schema order.
+fn struct_values(array: &StructArray, column: &str) -> Result<Vec<Value>, Unsupported> {
+    let fields = array.fields();
+    let mut children = Vec::with_capacity(fields.len());
+    for (field, child) in fields.iter().zip(array.columns()) {
+        let values = json_values(child.as_ref(), &format!("{column}.{}", field.name()))?;
+        children.push(values.into_iter());
+    }
+    Ok((0..array.len())
+        .map(|i| {
+            let mut object = Map::with_capacity(fields.len());
+            for (field, values) in fields.iter().zip(children.iter_mut()) {
+                object.insert(field.name().clone(), values.next().unwrap_or(Value::Null));
+            }
+            if array.is_null(i) {
+                Value::Null
+            } else {
+                Value::Object(object)
+            }
+        })
+        .collect())
+}
+
+/// Maps with string keys as JSON objects.
+fn map_values(map: &MapArray, column: &str) -> Result<Vec<Value>, Unsupported> {
+    if !matches!(
+        map.key_type(),
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
+    ) {
+        return Err(Unsupported::new(
+            column,
+            map.data_type(),
+            ": JSON object keys must be strings",
+        ));
+    }
+    let keys = json_values(map.keys().as_ref(), &format!("{column}{{}}"))?;
+    let mut values = json_values(map.values().as_ref(), &format!("{column}{{}}"))?;
+    let offsets = map.value_offsets();
+    Ok((0..map.len())
+        .map(|i| {
+            if map.is_null(i) {
+                return Value::Null;
+            }
+            let (start, end) = (offsets[i] as usize, offsets[i + 1] as usize);
+            let object = (start..end)
+                .map(|j| {
+                    let key = keys[j].as_str().unwrap_or_default().to_string();
+                    (key, values[j].take())
+                })
+                .collect();
+            Value::Object(object)
+        })
+        .collect())
 }
 
 fn list_values<O: OffsetSizeTrait>(
