@@ -600,14 +600,7 @@ where
         Command::Neighbours(args) => Action::Neighbours(args.run),
         Command::Score(args) => {
             if args.threads == Some(0) {
-                return Err(invalid("score")(ConfigError::new(
-                    "--threads",
-                    Problem::TooSmall {
-                        least: "1".into(),
-                        got: "0".into(),
-                        why: None,
-                    },
-                )));
+                return Err(invalid("score")(ConfigError::too_small("--threads", 1, 0)));
             }
             let shard = args.shard.check("score", |name| std::env::var(name).ok())?;
             Action::Score(args.run, shard, args.threads)
@@ -729,26 +722,11 @@ impl BenchNeighboursArgs {
         use crate::retrieval::neighbours::IndexOptions;
         let fail = invalid("bench-neighbours");
         if let Some(&small) = self.sizes.iter().find(|&&n| n < 2) {
-            return Err(fail(ConfigError::new(
-                "--sizes",
-                Problem::TooSmall {
-                    least: "2".into(),
-                    got: small.to_string(),
-                    why: Some("a vector needs a neighbour"),
-                },
-            )));
+            return Err(fail(
+                ConfigError::too_small("--sizes", 2, small).because("a vector needs a neighbour"),
+            ));
         }
-        if self.dim == 0 {
-            return Err(fail(ConfigError::new(
-                "--dim",
-                Problem::TooSmall {
-                    least: "1".into(),
-                    got: "0".into(),
-                    why: None,
-                },
-            )));
-        }
-        config::checked("--dim", self.dim, u32::MAX).map_err(&fail)?;
+        config::check_dim(self.dim).map_err(&fail)?;
         let names = if self.indexes.is_empty() {
             vec!["auto".to_string()]
         } else {
@@ -836,13 +814,10 @@ impl QuantizeArgs {
             )));
         }
         if self.threads == Some(0) {
-            return Err(invalid("quantize")(ConfigError::new(
+            return Err(invalid("quantize")(ConfigError::too_small(
                 "--threads",
-                Problem::TooSmall {
-                    least: "1".into(),
-                    got: "0".into(),
-                    why: None,
-                },
+                1,
+                0,
             )));
         }
         Ok(QuantizeSettings {

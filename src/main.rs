@@ -214,17 +214,14 @@ fn run_doctor(settings: DoctorSettings) -> Result<(), miwv::Error> {
     println!("{}", miwv::tools::doctor::describe_template(&template));
     let view = view_sample(&model, &template, &dataset.samples, settings.sample, false)?
         .ok_or_else(|| {
-            miwv::state::config::ConfigError::new(
+            miwv::state::config::ConfigError::too_large(
                 "--sample",
-                miwv::state::config::Problem::TooLarge {
-                    most: format!(
-                        "{} (the data has {} samples)",
-                        dataset.samples.len().saturating_sub(1),
-                        dataset.samples.len()
-                    ),
-                    got: settings.sample.to_string(),
-                    why: None,
-                },
+                format!(
+                    "{} (the data has {} samples)",
+                    dataset.samples.len().saturating_sub(1),
+                    dataset.samples.len()
+                ),
+                settings.sample,
             )
         })?;
     println!("{}", view.render(|token| model.piece(token)));

@@ -656,29 +656,12 @@ fn approximate_search(
     for rows in query_blocks(queries) {
         gather(db.source, rows, &mut block)?;
         let result = index.search(&block, k).map_err(faiss_error("search"))?;
-        let best: Vec<Option<Neighbour>> = rows
-            .par_iter()
-            .enumerate()
-            .map_init(
-                || vec![0.0f32; dim],
-                |candidate, (q, &sample)| {
-                    let labels = &result.labels[q * k..(q + 1) * k];
-                    rerank(
-                        db,
-                        sample,
-                        &block[q * dim..(q + 1) * dim],
-                        labels.iter().filter_map(|&label| db.sample(label)),
-                        candidate,
-                    )
-                },
-            )
-            .collect::<Result<_, _>>()?;
-        for (&sample, best) in rows.iter().zip(best) {
-            found[sample] = best;
-            if best.is_none() {
-                missing.push(sample);
-            }
-        }
+        let candidates = |q: usize| {
+            result.labels[q * k..(q + 1) * k]
+                .iter()
+                .filter_map(|&label| db.sample(label))
+        };
+        rerank_block(db, rows, &block, candidates, found, &mut missing)?;
         done += rows.len();
         progress(Stage::Search, done, queries.len());
     }
@@ -895,38 +878,53 @@ fn rerank_candidates(
     top: &TopK,
     found: &mut [Option<Neighbour>],
 ) -> Result<Vec<usize>, NeighbourError> {
-    let dim = db.dim();
     let mut block = Vec::new();
     let mut missing = Vec::new();
     let mut done = 0;
     for rows in query_blocks(queries) {
         gather(db.source, rows, &mut block)?;
         let first = done;
-        let best: Vec<Option<Neighbour>> = rows
-            .par_iter()
-            .enumerate()
-            .map_init(
-                || vec![0.0f32; dim],
-                |candidate, (q, &sample)| {
-                    rerank(
-                        db,
-                        sample,
-                        &block[q * dim..(q + 1) * dim],
-                        top.row(first + q).map(|p| db.rows[p as usize]),
-                        candidate,
-                    )
-                },
-            )
-            .collect::<Result<_, _>>()?;
-        for (&sample, best) in rows.iter().zip(best) {
-            found[sample] = best;
-            if best.is_none() {
-                missing.push(sample);
-            }
-        }
+        let candidates = |q: usize| top.row(first + q).map(|p| db.rows[p as usize]);
+        rerank_block(db, rows, &block, candidates, found, &mut missing)?;
         done += rows.len();
     }
     Ok(missing)
+}
+
+/// The queries `rows` (their vectors in `block`), each re-ranked against its `candidates(q)`
+/// into `found`; the queries left without a neighbour go to `missing`.
+fn rerank_block<I: Iterator<Item = usize>>(
+    db: &Database,
+    rows: &[usize],
+    block: &[f32],
+    candidates: impl Fn(usize) -> I + Sync,
+    found: &mut [Option<Neighbour>],
+    missing: &mut Vec<usize>,
+) -> Result<(), NeighbourError> {
+    let dim = db.dim();
+    let best: Vec<Option<Neighbour>> = rows
+        .par_iter()
+        .enumerate()
+        .map_init(
+            || vec![0.0f32; dim],
+            |candidate, (q, &sample)| {
+                rerank(
+                    db,
+                    sample,
+                    &block[q * dim..(q + 1) * dim],
+                    candidates(q),
+                    candidate,
+                )
+            },
+        )
+        .collect::<Result<_, _>>()?;
+    for (&sample, best) in rows.iter().zip(best) {
+        found[sample] = best;
+        if best.is_none() {
+            missing.push(sample);
+        }
+    }
+    Ok(())
 }
 
 /// The neighbours of `samples` by exact search, for queries an approximate search left

@@ -234,7 +234,8 @@ impl ConfigError {
         }
     }
 
-    fn too_small(flag: &str, least: impl ToString, got: impl ToString) -> Self {
+    /// `flag` must be at least `least`, and was `got`.
+    pub fn too_small(flag: &str, least: impl ToString, got: impl ToString) -> Self {
         Self::new(
             flag,
             Problem::TooSmall {
@@ -245,7 +246,8 @@ impl ConfigError {
         )
     }
 
-    fn too_large(flag: &str, most: impl ToString, got: impl ToString) -> Self {
+    /// `flag` must be at most `most`, and was `got`.
+    pub fn too_large(flag: &str, most: impl ToString, got: impl ToString) -> Self {
         Self::new(
             flag,
             Problem::TooLarge {
@@ -256,7 +258,8 @@ impl ConfigError {
         )
     }
 
-    fn because(mut self, reason: &'static str) -> Self {
+    /// Adds why a bound exists to a [`Problem::TooSmall`] or [`Problem::TooLarge`].
+    pub fn because(mut self, reason: &'static str) -> Self {
         if let Problem::TooSmall { why, .. } | Problem::TooLarge { why, .. } = &mut self.problem {
             *why = Some(reason);
         }
@@ -275,6 +278,17 @@ pub fn checked<T: TryFrom<usize> + std::fmt::Display>(
     max: T,
 ) -> Result<T, ConfigError> {
     T::try_from(value).map_err(|_| ConfigError::too_large(flag, max, value))
+}
+
+/// Checks `miwv bench-neighbours --dim`: at least 1, and a width FAISS takes (a `u32`).
+///
+/// # Errors
+/// [`ConfigError`] naming `--dim`.
+pub fn check_dim(dim: usize) -> Result<(), ConfigError> {
+    if dim == 0 {
+        return Err(ConfigError::too_small("--dim", 1, 0));
+    }
+    checked("--dim", dim, u32::MAX).map(|_| ())
 }
 
 /// `--chat-template` replaces the model's own template: only with `--template auto` or

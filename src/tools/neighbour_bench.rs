@@ -25,7 +25,7 @@ use serde::Serialize;
 use crate::retrieval::neighbours::{
     find_neighbours, recall_at_1, FileVectors, IndexOptions, IndexPlan, IndexReport, Stage,
 };
-use crate::state::config::{ConfigError, Problem};
+use crate::state::config::ConfigError;
 use crate::state::progress::{peak_rss_mib, reset_peak_rss};
 use crate::state::schema::Neighbour;
 use crate::Error;
@@ -122,17 +122,7 @@ pub fn run(config: &NeighbourBenchConfig) -> Result<NeighbourBenchReport, Error>
 
 fn check(config: &NeighbourBenchConfig) -> Result<(), ConfigError> {
     crate::state::config::check_bench(&config.sizes, 1)?;
-    if config.dim == 0 {
-        return Err(ConfigError::new(
-            "--dim",
-            Problem::TooSmall {
-                least: "1".into(),
-                got: "0".into(),
-                why: None,
-            },
-        ));
-    }
-    crate::state::config::checked("--dim", config.dim, u32::MAX)?;
+    crate::state::config::check_dim(config.dim)?;
     for options in &config.indexes {
         options.validate()?;
     }
