@@ -274,6 +274,9 @@ struct SelectArgs {
     /// Inverted lists probed per query (`auto`, `join`, FAISS IVF indexes) [default: 8].
     #[arg(long)]
     nprobe: Option<u32>,
+    /// Candidates an HNSW index keeps while it searches (FAISS's efSearch) [default: 16].
+    #[arg(long)]
+    ef_search: Option<u32>,
     /// Text put before each retrieval text [default: the embedder's convention, e.g.
     /// "search_document: " for nomic-embed].
     #[arg(long)]
@@ -448,6 +451,10 @@ struct BenchNeighboursArgs {
     /// auto) [default: the index's own].
     #[arg(long, value_delimiter = ',')]
     nprobe: Vec<u32>,
+    /// Candidates an HNSW index keeps while it searches, comma-separated to compare several
+    /// (HNSW indexes) [default: FAISS's 16].
+    #[arg(long, value_delimiter = ',')]
+    ef_search: Vec<u32>,
     /// Exact search (which grows with N²) runs for sizes up to this.
     #[arg(long, default_value_t = 100_000)]
     exact_max: usize,
@@ -683,6 +690,7 @@ impl SelectArgs {
             neighbours: IndexOptions {
                 index: self.index,
                 nprobe: self.nprobe,
+                ef_search: self.ef_search,
                 ..IndexOptions::default()
             },
         };
@@ -737,20 +745,36 @@ impl BenchNeighboursArgs {
             let options = IndexOptions {
                 index,
                 nprobe: None,
+                ef_search: None,
                 recall_queries: self.recall_queries,
             };
             options.validate().map_err(&fail)?;
-            if self.nprobe.is_empty() || !options.takes_nprobe() {
+            // One run per value of whichever search breadth the index takes.
+            let variants: Vec<IndexOptions> = if options.takes_nprobe() {
+                self.nprobe
+                    .iter()
+                    .map(|&nprobe| IndexOptions {
+                        nprobe: Some(nprobe),
+                        ..options.clone()
+                    })
+                    .collect()
+            } else if options.takes_ef_search() {
+                self.ef_search
+                    .iter()
+                    .map(|&ef_search| IndexOptions {
+                        ef_search: Some(ef_search),
+                        ..options.clone()
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            if variants.is_empty() {
                 indexes.push(options);
-                continue;
             }
-            for &nprobe in &self.nprobe {
-                let options = IndexOptions {
-                    nprobe: Some(nprobe),
-                    ..options.clone()
-                };
-                options.validate().map_err(&fail)?;
-                indexes.push(options);
+            for variant in variants {
+                variant.validate().map_err(&fail)?;
+                indexes.push(variant);
             }
         }
         let mut sizes = self.sizes;
@@ -1208,6 +1232,10 @@ mod tests {
             "join",
             "--nprobe",
             "2,4",
+            "--index",
+            "HNSW32",
+            "--ef-search",
+            "16,64",
         ])
         .action
         {
@@ -1218,7 +1246,7 @@ mod tests {
             .config
             .indexes
             .iter()
-            .map(|o| (o.index.as_str(), o.nprobe))
+            .map(|o| (o.index.as_str(), o.nprobe.or(o.ef_search)))
             .collect();
         assert_eq!(settings.config.sizes, [20, 500]);
         assert_eq!(
@@ -1228,11 +1256,21 @@ mod tests {
                 ("IVF64,SQ8", Some(4)),
                 ("Flat", None),
                 ("join", Some(2)),
-                ("join", Some(4))
+                ("join", Some(4)),
+                ("HNSW32", Some(16)),
+                ("HNSW32", Some(64))
             ]
         );
         refused(&["bench-neighbours", "--sizes", "1"], &["--sizes"]);
         refused(&["bench-neighbours", "--nprobe", "0"], &["nprobe"]);
+        refused(
+            &["bench-neighbours", "--index", "HNSW32", "--ef-search", "0"],
+            &["--ef-search"],
+        );
+        refused(
+            &["select", "d.json", "--index", "join", "--ef-search", "64"],
+            &["--ef-search", "HNSW"],
+        );
         refused(&["bench-neighbours", "--index", "join0"], &["--index"]);
         // The flag is named once, by the one place messages are composed.
         let err = run(&["select", "d.json", "--index", "join0"])

@@ -465,7 +465,7 @@ fn settings(
     embed_model: Option<&FileRecord>,
 ) -> serde_json::Value {
     let s = &config.sizes;
-    serde_json::json!({
+    let mut settings = serde_json::json!({
         "tool": env!("CARGO_PKG_VERSION"),
         "data_sha256": data.sha256,
         "model_sha256": model.sha256,
@@ -484,7 +484,12 @@ fn settings(
         "checkpoint_tokens": config.checkpoint_tokens,
         "index": config.neighbours.index,
         "nprobe": config.neighbours.nprobe,
-    })
+    });
+    // Only when set, so runs made before the setting existed still resume.
+    if let Some(ef_search) = config.neighbours.ef_search {
+        settings["ef_search"] = ef_search.into();
+    }
+    settings
 }
 
 /// Embeds the samples and finds each one's neighbour.
@@ -537,6 +542,7 @@ fn search_neighbours(
     tracing::info!(
         index = %report.plan.factory,
         nprobe = ?report.plan.nprobe,
+        ef_search = ?report.plan.ef_search,
         duplicates = report.duplicates,
         recall_at_1 = ?report.recall_at_1,
         "neighbours found"
@@ -546,17 +552,18 @@ fn search_neighbours(
 
 /// The index as `run.json`'s embedder record names it.
 fn describe_index(search: &IndexReport) -> String {
-    match search.plan.nprobe {
-        _ if search.plan.exact => "faiss Flat, inner product".into(),
-        Some(nprobe) => format!(
-            "{}, nprobe {nprobe}, candidates re-ranked by exact inner product",
-            search.plan.factory
-        ),
-        None => format!(
-            "{}, candidates re-ranked by exact inner product",
-            search.plan.factory
-        ),
+    let plan = &search.plan;
+    if plan.exact {
+        return "faiss Flat, inner product".into();
     }
+    let mut described = plan.factory.clone();
+    if let Some(nprobe) = plan.nprobe {
+        described += &format!(", nprobe {nprobe}");
+    }
+    if let Some(ef_search) = plan.ef_search {
+        described += &format!(", efSearch {ef_search}");
+    }
+    described + ", candidates re-ranked by exact inner product"
 }
 
 /// A hash of each sample's retrieval text, stable across builds: samples with the same text

@@ -275,6 +275,7 @@ impl IndexPlan {
             exact: method == Method::Exact,
             lists,
             nprobe,
+            ef_search: options.ef_search.filter(|_| options.takes_ef_search()),
             train,
         }
     }
@@ -637,10 +638,13 @@ fn approximate_search(
         index.train(&vectors).map_err(faiss_error("train"))?;
         progress(Stage::Train, sample.len(), sample.len());
     }
-    if let Some(nprobe) = plan.nprobe {
-        faiss::index::autotune::ParameterSpace::new()
-            .and_then(|space| space.set_index_parameter(&index, "nprobe", f64::from(nprobe)))
-            .map_err(faiss_error("nprobe"))?;
+    let parameters = [("nprobe", plan.nprobe), ("efSearch", plan.ef_search)];
+    for (name, value) in parameters {
+        if let Some(value) = value {
+            faiss::index::autotune::ParameterSpace::new()
+                .and_then(|space| space.set_index_parameter(&index, name, f64::from(value)))
+                .map_err(faiss_error(name))?;
+        }
     }
     report.train_s = started.elapsed().as_secs_f64();
 
@@ -1312,6 +1316,7 @@ mod tests {
         IndexOptions {
             index: format!("join{lists}"),
             nprobe: Some(nprobe),
+            ef_search: None,
             recall_queries: 50,
         }
     }
@@ -1320,6 +1325,16 @@ mod tests {
         IndexOptions {
             index: format!("IVF{lists},SQ8"),
             nprobe: Some(nprobe),
+            ef_search: None,
+            recall_queries: 50,
+        }
+    }
+
+    fn hnsw(ef_search: u32) -> IndexOptions {
+        IndexOptions {
+            index: "HNSW32".into(),
+            nprobe: None,
+            ef_search: Some(ef_search),
             recall_queries: 50,
         }
     }
@@ -1484,10 +1499,16 @@ mod tests {
         // Exact search reports 1 by construction.
         assert_eq!(exact.report.recall_at_1, Some(1.0));
         // Every list probed: the candidates are the exact top 8 (up to 8-bit rounding).
-        for (options, method) in [(ivf(32, 32), Method::Faiss), (join(32, 32), Method::Join)] {
+        let runs = [
+            (ivf(32, 32), Method::Faiss),
+            (join(32, 32), Method::Join),
+            (hnsw(64), Method::Faiss),
+        ];
+        for (options, method) in runs {
             let approximate = find(&v, dim, &hashes, &options);
             let plan = &approximate.report.plan;
             assert_eq!((plan.method, plan.exact), (method, false));
+            assert_eq!(plan.ef_search, options.ef_search);
             for (i, n) in approximate.found.iter().enumerate() {
                 assert_ne!(n.unwrap().index, i, "never itself");
             }

@@ -30,6 +30,10 @@ pub struct IndexOptions {
     /// Inverted lists probed per query (`auto`, `join` and FAISS IVF indexes); `None`:
     /// `neighbours::AUTO_NPROBE`.
     pub nprobe: Option<u32>,
+    /// Candidates an HNSW index keeps while it searches (FAISS's `efSearch`); `None`: FAISS's
+    /// default of 16. More buys recall with search time.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ef_search: Option<u32>,
     /// Queries whose exact neighbour is computed to measure an approximate index's recall@1
     /// (0: do not measure).
     pub recall_queries: usize,
@@ -40,6 +44,7 @@ impl Default for IndexOptions {
         IndexOptions {
             index: "auto".into(),
             nprobe: None,
+            ef_search: None,
             recall_queries: 1000,
         }
     }
@@ -60,12 +65,18 @@ impl IndexOptions {
         index == "auto" || index.starts_with("join") || index.contains("IVF")
     }
 
+    /// Whether `ef_search` applies: FAISS HNSW indexes.
+    pub fn takes_ef_search(&self) -> bool {
+        self.index.contains("HNSW")
+    }
+
     /// Checks what can be checked before the vectors exist (a FAISS factory string itself is
     /// checked by FAISS once the width is known).
     ///
     /// # Errors
     /// [`ConfigError`] naming the flag: an empty index string, a `join` without a number of
-    /// lists, `--nprobe` 0, or `--nprobe` with an index that has no inverted lists.
+    /// lists, `--nprobe` 0, `--nprobe` with an index that has no inverted lists, or
+    /// `--ef-search` 0 or with an index that is not HNSW.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let index = self.index.trim();
         if index.is_empty() {
@@ -98,6 +109,18 @@ impl IndexOptions {
                 Problem::Conflict {
                     other: format!("--index {index}"),
                     why: "it applies to `auto`, `join` and inverted-file (IVF) indexes only",
+                },
+            ));
+        }
+        if self.ef_search == Some(0) {
+            return Err(ConfigError::too_small("--ef-search", 1, 0));
+        }
+        if self.ef_search.is_some() && !self.takes_ef_search() {
+            return Err(ConfigError::new(
+                "--ef-search",
+                Problem::Conflict {
+                    other: format!("--index {index}"),
+                    why: "it applies to HNSW indexes only",
                 },
             ));
         }

@@ -295,6 +295,9 @@ pub struct IndexPlan {
     pub lists: Option<usize>,
     /// Inverted lists probed per query, when the index has them.
     pub nprobe: Option<u32>,
+    /// Candidates an HNSW index keeps while it searches, when one was set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ef_search: Option<u32>,
     /// Vectors the index is trained on (0: no training).
     pub train: usize,
 }

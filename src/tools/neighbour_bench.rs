@@ -232,7 +232,7 @@ impl NeighbourBenchReport {
         for (n, s) in &self.generation_s {
             out += &format!("generated {n} vectors in {s:.1} s (not timed below)\n");
         }
-        out += "\n| N | asked | index | nprobe | train s | add s | search s | recall s | total s | peak RSS MiB | recall@1 sampled | recall@1 all | mean sim | settled by copies |\n";
+        out += "\n| N | asked | index | nprobe / efSearch | train s | add s | search s | recall s | total s | peak RSS MiB | recall@1 sampled | recall@1 all | mean sim | settled by copies |\n";
         out += "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
         for run in &self.runs {
             let r = &run.report;
@@ -244,7 +244,11 @@ impl NeighbourBenchReport {
                 run.n,
                 run.requested,
                 r.plan.factory,
-                r.plan.nprobe.map_or("–".to_string(), |p| p.to_string()),
+                match (r.plan.nprobe, r.plan.ef_search) {
+                    (Some(nprobe), _) => nprobe.to_string(),
+                    (None, Some(ef_search)) => format!("ef {ef_search}"),
+                    (None, None) => "–".to_string(),
+                },
                 r.train_s,
                 r.add_s,
                 r.search_s,
