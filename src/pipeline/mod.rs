@@ -266,12 +266,12 @@ fn score(
 }
 
 /// The run's whole decode plan, the same in every process that builds it.
-fn scoring_plan(
+fn scoring_plan<'a>(
     config: &SelectConfig,
-    loaded: &Loaded,
-    dataset: &Dataset,
+    loaded: &'a Loaded,
+    dataset: &'a Dataset,
     retrieval: &Retrieval,
-) -> Result<ScoringPlan, Error> {
+) -> Result<ScoringPlan<'a>, Error> {
     Ok(ScoringPlan::new(
         &loaded.model,
         &dataset.samples,

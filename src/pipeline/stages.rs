@@ -422,6 +422,7 @@ pub fn merge(run: &Path, budget: Option<Budget>) -> Result<RunSummary, Error> {
         timings.scoring_s += record.seconds;
     }
     let outcome = plan.fold(&losses, stats)?;
+    drop(plan);
     let ranking = Ranking::of(&outcome, config.budget);
     let summary = write_outputs(&config, format, &dataset, &retrieval, &outcome, &ranking)?;
     timings.total_s = started.elapsed().as_secs_f64();

@@ -1,5 +1,6 @@
 //! The scoring layer, without a model: samples into the exact token sequences that are scored
-//! (`chat`, `prompt`), every decode planned up front (`plan`, `sizes`, `shard`), run through
+//! (`chat`, `prompt`; rendered on demand by `sequences`), every decode planned up front
+//! (`plan`, `sizes`, `shard`), run through
 //! the `decoder` seam (`scheduler`), and losses into MIWV and a selection (`score`,
 //! `select`).
 //!
@@ -13,5 +14,6 @@ pub mod prompt;
 pub mod scheduler;
 pub mod score;
 pub mod select;
+pub mod sequences;
 pub mod shard;
 pub mod sizes;

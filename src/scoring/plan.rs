@@ -6,6 +6,8 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, VecDeque};
 
+use serde::{Deserialize, Serialize};
+
 /// The limits of one decode call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Capacity {
@@ -71,7 +73,7 @@ mod tests {
 }
 
 /// How a sample's one-shot pass is decoded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum OneShot {
     /// No one-shot pass (the sample is unscorable).
     Skip,
@@ -90,7 +92,7 @@ pub enum OneShot {
 }
 
 /// What the scheduler needs to know about one sample.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Shape {
     /// Tokens of the zero-shot sequence; `None` when it is not decoded.
     pub zero_len: Option<usize>,

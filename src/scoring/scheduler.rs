@@ -8,9 +8,10 @@
 //! folds the log-probabilities into losses. At the plan's checkpoints the losses so far go to
 //! a [`Journal`], and a run that finds losses there resumes after them.
 //!
-//! [`ScoringPlan::score`] reads as its phases: [`ScoringPlan::new`] builds the sequences, shapes
-//! them for the planner, plans and accounts each sample's tokens; [`ScoringPlan::decode`]
-//! resumes after the journal's losses and decodes a range of steps (copy, decode, gather,
+//! [`ScoringPlan::score`] reads as its phases: [`ScoringPlan::new`] renders every sample once
+//! into a [`PlanTable`] of lengths, plans and accounts each sample's tokens;
+//! [`ScoringPlan::decode`] resumes after the journal's losses and decodes a range of steps,
+//! each segment's sequences rendered when a worker takes it (render, copy, decode, gather,
 //! fold, checkpoint); [`ScoringPlan::fold`] turns the losses into scores. It talks to the
 //! model only through a [`Decoder`].
 
@@ -24,11 +25,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::dataset::Sample;
 use crate::scoring::decoder::{DecodeError, Decoder, DecoderPool, Item};
-use crate::scoring::plan::{
-    digest, schedule, tokens_of, Entry, Limits, OneShot, Shape, Step, Work,
-};
-use crate::scoring::prompt::{Layout, ScoredSequence, Template, Tokenize, UnrenderableSample};
-use crate::scoring::score::{Scores, Unscorable};
+use crate::scoring::plan::{digest, schedule, tokens_of, Limits, Step, Work};
+use crate::scoring::prompt::{Template, Tokenize, UnrenderableSample};
+use crate::scoring::score::Scores;
+use crate::scoring::sequences::{sample_of, PlanTable, Renderer, SegmentSequences, Sequencer};
 use crate::scoring::shard::Shard;
 use crate::scoring::sizes::ContextSizes;
 
@@ -61,7 +61,7 @@ impl ScoringOptions {
 }
 
 /// Token counts of one sample's passes.
-#[derive(Debug, Clone, Copy, Default, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct Usage {
     /// Scored tokens.
     pub response_tokens: usize,
@@ -224,6 +224,9 @@ pub enum ScoringError {
     /// The journal could not read or keep losses.
     #[error(transparent)]
     Journal(Box<dyn std::error::Error + Send + Sync>),
+    /// A sample could not be read from where the run keeps them.
+    #[error(transparent)]
+    Samples(Box<dyn std::error::Error + Send + Sync>),
     /// Saved state (the journal's) does not fit this plan.
     #[error(transparent)]
     Resume(Box<dyn std::error::Error + Send + Sync>),
@@ -264,43 +267,83 @@ pub enum PlanMismatch {
     /// A saved loss for a sample the plan does not have.
     #[error("saved loss for sample {0} out of range")]
     NoSuchSample(usize),
+    /// A sample's tokens are not those the plan was made from.
+    #[error("sample {0} renders to other tokens than the plan was made from: the data, model or template changed since; plan the run again")]
+    Sequence(usize),
+    /// A saved plan made for another number of samples.
+    #[error("the saved plan has {planned} samples, the data {samples}")]
+    Samples {
+        /// Samples in the saved plan.
+        planned: usize,
+        /// Samples in the data.
+        samples: usize,
+    },
 }
 
-/// Every sequence of a run and every decode step, planned from the data and the settings
-/// alone, so that any process (a resumed run, a shard on another machine) decodes the same
-/// steps in the same batches.
-pub struct ScoringPlan {
-    sequences: Sequences,
-    shapes: Vec<Shape>,
+/// Every decode step of a run, planned from the data and the settings alone, so that any
+/// process (a resumed run, a shard on another machine) decodes the same steps in the same
+/// batches. It holds a [`PlanTable`] of sequence lengths, never the sequences: those are
+/// rendered by its [`Sequencer`] a segment at a time.
+pub struct ScoringPlan<'a> {
+    sequencer: Box<dyn Sequencer + 'a>,
+    table: PlanTable,
     steps: Vec<Step>,
     usage: Vec<Usage>,
     digest: String,
 }
 
-impl ScoringPlan {
-    /// Builds every sample's sequences and plans their decodes.
+impl<'a> ScoringPlan<'a> {
+    /// Renders every sample's sequences (on every core) and plans their decodes.
     ///
     /// # Errors
     /// [`ScoringError::Render`] when the chat template cannot render a sample.
-    pub fn new<T: Tokenize>(
-        tokenizer: &T,
-        samples: &[Sample],
+    pub fn new<T: Tokenize + Sync>(
+        tokenizer: &'a T,
+        samples: &'a [Sample],
         examples: &[Option<usize>],
         options: &ScoringOptions,
     ) -> Result<Self, ScoringError> {
-        let layout = Layout::new(tokenizer, &options.template, options.append_eos);
-        let sequences = Sequences::build(&layout, samples, examples, options)?;
-        let shapes = sequences.shapes(examples, options.held_slots() > 0);
-        let steps = schedule(&shapes, options.limits());
-        let usage = sequences.usage(&steps, &shapes);
+        let renderer = Box::new(Renderer::new(tokenizer, samples, options));
+        let table = PlanTable::build(&*renderer, examples, options.held_slots() > 0)?;
+        ScoringPlan::from_table(renderer, table, options)
+    }
+
+    /// The plan of a saved [`PlanTable`], its sequences rendered by `sequencer` (over the
+    /// same samples, model and template) when they are decoded.
+    ///
+    /// # Errors
+    /// [`PlanMismatch::Samples`] when the table is for another number of samples.
+    pub fn from_table(
+        sequencer: Box<dyn Sequencer + 'a>,
+        table: PlanTable,
+        options: &ScoringOptions,
+    ) -> Result<Self, ScoringError> {
+        if table.len() != sequencer.len() || table.examples.len() != table.len() {
+            return Err(ScoringError::Plan(PlanMismatch::Samples {
+                planned: table.len(),
+                samples: sequencer.len(),
+            }));
+        }
+        let steps = schedule(&table.shapes, options.limits());
+        let mut usage = table.usage.clone();
+        for e in steps.iter().flat_map(|s| &s.entries) {
+            let i = sample_of(e.work);
+            usage[i].reused_prefix |= matches!(e.work, Work::OneShotSuffix(_));
+            usage[i].tokens_decoded += tokens_of(&table.shapes, e.work);
+        }
         let digest = digest(&steps);
         Ok(ScoringPlan {
-            sequences,
-            shapes,
+            sequencer,
+            table,
             steps,
             usage,
             digest,
         })
+    }
+
+    /// What the plan knows of each sample, to save for later processes.
+    pub fn table(&self) -> &PlanTable {
+        &self.table
     }
 
     /// Scores every sample: decodes the whole plan, resuming after what `journal` saved, and
@@ -348,7 +391,7 @@ impl ScoringPlan {
     fn step_tokens(&self, step: &Step) -> usize {
         step.entries
             .iter()
-            .map(|e| tokens_of(&self.shapes, e.work))
+            .map(|e| tokens_of(&self.table.shapes, e.work))
             .sum()
     }
 
@@ -429,7 +472,7 @@ impl ScoringPlan {
     /// [`ScoringError::Resume`] when a loss names a sample that does not exist.
     pub fn fold(&self, losses: &[Loss], stats: Stats) -> Result<Outcome, ScoringError> {
         let losses = Losses::gather(self.usage.len(), losses)?;
-        Ok(losses.fold(&self.sequences, self.usage.clone(), stats))
+        Ok(losses.fold(&self.table, self.usage.clone(), stats))
     }
 }
 
@@ -441,157 +484,6 @@ impl ScoringOptions {
             held: self.held_slots(),
             checkpoint_tokens: self.checkpoint_tokens,
         }
-    }
-}
-
-/// Every sequence a run may decode, per sample, and why a sample has no one-shot pass.
-struct Sequences {
-    zero: Vec<Option<ScoredSequence>>,
-    one: Vec<Option<ScoredSequence>>,
-    alone: Vec<Option<ScoredSequence>>,
-    failed: Vec<Option<Unscorable>>,
-    /// Token counts known before planning (the decoded ones follow from the plan).
-    usage: Vec<Usage>,
-}
-
-impl Sequences {
-    fn build<T: Tokenize>(
-        layout: &Layout<T>,
-        samples: &[Sample],
-        examples: &[Option<usize>],
-        options: &ScoringOptions,
-    ) -> Result<Self, ScoringError> {
-        let max_len = options.sizes.ctx_per_sequence;
-        let n = samples.len();
-        let mut built = Sequences {
-            zero: Vec::with_capacity(n),
-            one: Vec::with_capacity(n),
-            alone: Vec::with_capacity(n),
-            failed: vec![None; n],
-            usage: vec![Usage::default(); n],
-        };
-        for (i, sample) in samples.iter().enumerate() {
-            let own = layout.render(&[sample])?;
-            let usage = &mut built.usage[i];
-            usage.response_tokens = own.response_len();
-            let zero = layout.zero_shot(&own, max_len);
-            let one = match (&zero, examples[i]) {
-                (Err(reason), _) => Err(*reason),
-                (Ok(_), None) => Err(Unscorable::NoNeighbour),
-                (Ok(_), Some(k)) => {
-                    layout.one_shot(&layout.render(&[&samples[k], sample])?, max_len)
-                }
-            };
-            if let Ok(z) = &zero {
-                usage.prompt_tokens_zero_shot = z.target().start;
-            }
-            match one {
-                Ok((seq, cut)) => {
-                    usage.prompt_tokens_one_shot = seq.target().start;
-                    usage.example_tokens_dropped = cut;
-                    built.one.push(Some(seq));
-                }
-                Err(reason) => {
-                    built.failed[i] = Some(reason);
-                    built.one.push(None);
-                }
-            }
-            built.zero.push(zero.ok());
-            built.alone.push(
-                options
-                    .response_only
-                    .then(|| layout.response_only(&own, max_len))
-                    .flatten(),
-            );
-        }
-        Ok(built)
-    }
-
-    /// What the planner needs of each sample. A prefix is reused when the neighbour's
-    /// zero-shot sequence is decoded and the one-shot sequence starts with all of it (the
-    /// example was not shortened, and the template writes a conversation's start the same
-    /// whatever follows).
-    fn shapes(&self, examples: &[Option<usize>], reuse: bool) -> Vec<Shape> {
-        let len = |seq: &Option<ScoredSequence>| seq.as_ref().map(|s| s.tokens.len());
-        (0..self.zero.len())
-            .map(|i| Shape {
-                zero_len: len(&self.zero[i]),
-                one_shot: match (&self.one[i], examples[i]) {
-                    (None, _) => OneShot::Skip,
-                    (Some(seq), Some(k))
-                        if reuse
-                            && self.zero[k]
-                                .as_ref()
-                                .is_some_and(|zero| seq.tokens.starts_with(&zero.tokens)) =>
-                    {
-                        OneShot::Reuse {
-                            parent: k,
-                            suffix_len: seq.tokens.len() - len(&self.zero[k]).unwrap_or(0),
-                        }
-                    }
-                    (Some(seq), _) => OneShot::Whole {
-                        len: seq.tokens.len(),
-                    },
-                },
-                alone_len: len(&self.alone[i]),
-            })
-            .collect()
-    }
-
-    /// Each sample's usage, with what its passes cost under `steps` (the same whichever run
-    /// decodes them).
-    fn usage(&self, steps: &[Step], shapes: &[Shape]) -> Vec<Usage> {
-        let mut usage = self.usage.clone();
-        for e in steps.iter().flat_map(|s| &s.entries) {
-            let i = sample_of(e.work);
-            usage[i].reused_prefix |= matches!(e.work, Work::OneShotSuffix(_));
-            usage[i].tokens_decoded += tokens_of(shapes, e.work);
-        }
-        usage
-    }
-
-    /// The decoder's item for a planned entry: the whole sequence, or the suffix after the
-    /// parent's copied prefix.
-    fn item(&self, entry: &Entry, shapes: &[Shape]) -> Item<'_> {
-        let (seq, first_pos) = match entry.work {
-            Work::ZeroShot(i) => (&self.zero[i], 0),
-            Work::OneShotWhole(i) => (&self.one[i], 0),
-            Work::ResponseOnly(i) => (&self.alone[i], 0),
-            Work::OneShotSuffix(i) => match shapes[i].one_shot {
-                OneShot::Reuse { parent, .. } => (
-                    &self.one[i],
-                    shapes[parent].zero_len.expect("a reused parent is decoded"),
-                ),
-                _ => unreachable!("a suffix continues its parent"),
-            },
-        };
-        let seq = seq.as_ref().expect("planned work has a sequence");
-        let target = seq.target();
-        Item {
-            tokens: &seq.tokens[first_pos..],
-            first_pos,
-            slot: entry.slot,
-            scored: target.start - first_pos..target.end - first_pos,
-        }
-    }
-
-    /// The sequence whose loss a planned entry computes.
-    fn scored(&self, work: Work) -> &ScoredSequence {
-        let seq = match work {
-            Work::ZeroShot(i) => &self.zero[i],
-            Work::OneShotWhole(i) | Work::OneShotSuffix(i) => &self.one[i],
-            Work::ResponseOnly(i) => &self.alone[i],
-        };
-        seq.as_ref().expect("planned work has a sequence")
-    }
-}
-
-fn sample_of(work: Work) -> usize {
-    match work {
-        Work::ZeroShot(i)
-        | Work::OneShotWhole(i)
-        | Work::OneShotSuffix(i)
-        | Work::ResponseOnly(i) => i,
     }
 }
 
@@ -635,9 +527,9 @@ impl Losses {
         }
     }
 
-    fn fold(self, sequences: &Sequences, usage: Vec<Usage>, stats: Stats) -> Outcome {
+    fn fold(self, table: &PlanTable, usage: Vec<Usage>, stats: Stats) -> Outcome {
         let scores = (0..self.zero.len())
-            .map(|i| match sequences.failed[i] {
+            .map(|i| match table.failed[i] {
                 Some(reason) => Scores::unscorable(reason, self.zero[i]),
                 None => Scores::from_losses(self.zero[i], self.one[i]),
             })
@@ -696,7 +588,7 @@ impl Watch for WorkerWatch<'_> {
 /// saved once every segment before it is, so the journal always holds a prefix of the plan
 /// and a resumed run starts right after it.
 struct Keeper<'a, P> {
-    plan: &'a ScoringPlan,
+    plan: &'a ScoringPlan<'a>,
     journal: &'a mut dyn Journal,
     stop: &'a AtomicBool,
     progress: P,
@@ -746,7 +638,7 @@ impl<P: FnMut(Progress)> Watch for Keeper<'_, P> {
     }
 }
 
-impl ScoringPlan {
+impl ScoringPlan<'_> {
     /// Decodes `keeper`'s segments with `decoders`, saving them as they complete.
     fn decode_segments<P: FnMut(Progress)>(
         &self,
@@ -862,12 +754,14 @@ impl ScoringPlan {
     ) -> Result<Option<(Vec<Loss>, Stats)>, ScoringError> {
         let mut stats = Stats::default();
         let mut losses = Vec::new();
-        for step in &self.steps[steps] {
+        let steps = &self.steps[steps];
+        let sequences = SegmentSequences::render(&*self.sequencer, &self.table, steps)?;
+        for step in steps {
             if watch.stopped() {
                 decoder.clear();
                 return Ok(None);
             }
-            losses.extend(self.decode_step(decoder, step, &mut stats)?);
+            losses.extend(self.decode_step(decoder, &sequences, step, &mut stats)?);
             watch.step_done(self.step_tokens(step));
         }
         // An empty cache here is what a resumed run starts from.
@@ -881,6 +775,7 @@ impl ScoringPlan {
     fn decode_step(
         &self,
         decoder: &mut dyn Decoder,
+        sequences: &SegmentSequences,
         step: &Step,
         stats: &mut Stats,
     ) -> Result<Vec<Loss>, ScoringError> {
@@ -890,7 +785,7 @@ impl ScoringPlan {
         entries.sort_by_key(|e| e.slot);
         let items: Vec<Item> = entries
             .iter()
-            .map(|e| self.sequences.item(e, &self.shapes))
+            .map(|e| sequences.item(e, &self.table.shapes))
             .collect();
 
         let clock = Instant::now();
@@ -916,7 +811,7 @@ impl ScoringPlan {
             losses.push(Loss {
                 sample: sample_of(e.work),
                 pass: pass_of(e.work),
-                value: self.sequences.scored(e.work).mean_loss(lps),
+                value: sequences.scored(e.work).mean_loss(lps),
             });
             stats.tokens_decoded += item.tokens.len();
             stats.scored_rows += lps.len();

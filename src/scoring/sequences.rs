@@ -1,0 +1,386 @@
+//! Every sample's token sequences, rendered when they are needed rather than kept.
+//!
+//! A plan needs each sample's sequence *lengths* and whether its one-shot sequence starts
+//! with its neighbour's zero-shot one; a decode needs the tokens of the few samples in the
+//! segment it is decoding. So [`PlanTable::build`] renders every sample once, on every core,
+//! and keeps a few numbers per sample, and [`SegmentSequences::render`] renders a segment's
+//! samples again when a worker takes it. A million samples are planned holding no tokens,
+//! and a shard of a saved plan renders only its own samples, whatever the dataset's size.
+//! Rendering again costs little beside decoding (one tokenisation against a forward pass per
+//! token), and what is rendered is checked against the plan before it is decoded.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::data::dataset::Sample;
+use crate::scoring::decoder::Item;
+use crate::scoring::plan::{Entry, OneShot, Shape, Step, Work};
+use crate::scoring::prompt::{Layout, ScoredSequence, Token, Tokenize};
+use crate::scoring::scheduler::{PlanMismatch, ScoringError, ScoringOptions, Usage};
+use crate::scoring::score::Unscorable;
+
+/// A sample's one-shot sequence and the example tokens cut to fit, or why it has none.
+pub type OneShotSequence = Result<(ScoredSequence, usize), Unscorable>;
+
+/// A sample's sequences without an example.
+#[derive(Debug, Clone)]
+pub struct Own {
+    /// The zero-shot sequence, or why it is not decoded.
+    pub zero: Result<ScoredSequence, Unscorable>,
+    /// The responses alone (IFD's L(y)), when asked for and they fit.
+    pub alone: Option<ScoredSequence>,
+    /// Scored tokens.
+    pub response_tokens: usize,
+}
+
+/// Renders samples' sequences on demand.
+pub trait Sequencer: Sync {
+    /// Samples there are.
+    fn len(&self) -> usize;
+    /// Whether there are none.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Sample `sample`'s own sequences.
+    ///
+    /// # Errors
+    /// The sample cannot be read or rendered.
+    fn own(&self, sample: usize) -> Result<Own, ScoringError>;
+    /// Sample `sample`'s one-shot sequence with sample `example` shown first.
+    ///
+    /// # Errors
+    /// The samples cannot be read or rendered.
+    fn one_shot(&self, sample: usize, example: usize) -> Result<OneShotSequence, ScoringError>;
+}
+
+/// Where samples come from: memory, or a run's sample store read one sample at a time.
+pub trait SampleSource: Sync {
+    /// Samples there are.
+    fn len(&self) -> usize;
+    /// Whether there are none.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Sample `index`.
+    ///
+    /// # Errors
+    /// [`ScoringError::Samples`] when it cannot be read.
+    fn sample(&self, index: usize) -> Result<Cow<'_, Sample>, ScoringError>;
+}
+
+impl SampleSource for [Sample] {
+    fn len(&self) -> usize {
+        <[Sample]>::len(self)
+    }
+    fn sample(&self, index: usize) -> Result<Cow<'_, Sample>, ScoringError> {
+        Ok(Cow::Borrowed(&self[index]))
+    }
+}
+
+/// The [`Sequencer`] of a template and tokenizer over a [`SampleSource`].
+pub struct Renderer<'a, T: Tokenize, S: SampleSource + ?Sized> {
+    layout: Layout<'a, T>,
+    samples: &'a S,
+    max_len: usize,
+    response_only: bool,
+}
+
+impl<'a, T: Tokenize, S: SampleSource + ?Sized> Renderer<'a, T, S> {
+    /// Renders `samples` as `options` say (template, EOS, context, IFD's extra pass).
+    pub fn new(tokenizer: &'a T, samples: &'a S, options: &ScoringOptions) -> Self {
+        Renderer {
+            layout: Layout::new(tokenizer, &options.template, options.append_eos),
+            samples,
+            max_len: options.sizes.ctx_per_sequence,
+            response_only: options.response_only,
+        }
+    }
+}
+
+impl<T: Tokenize + Sync, S: SampleSource + ?Sized> Sequencer for Renderer<'_, T, S> {
+    fn len(&self) -> usize {
+        self.samples.len()
+    }
+
+    fn own(&self, sample: usize) -> Result<Own, ScoringError> {
+        let sample = self.samples.sample(sample)?;
+        let rendered = self.layout.render(&[&sample])?;
+        Ok(Own {
+            zero: self.layout.zero_shot(&rendered, self.max_len),
+            alone: (self.response_only)
+                .then(|| self.layout.response_only(&rendered, self.max_len))
+                .flatten(),
+            response_tokens: rendered.response_len(),
+        })
+    }
+
+    fn one_shot(&self, sample: usize, example: usize) -> Result<OneShotSequence, ScoringError> {
+        let (sample, example) = (self.samples.sample(sample)?, self.samples.sample(example)?);
+        let rendered = self.layout.render(&[&example, &sample])?;
+        Ok(self.layout.one_shot(&rendered, self.max_len))
+    }
+}
+
+/// What a plan knows of each sample without its tokens: enough to schedule every decode,
+/// account for every token and give every unscorable sample its reason. A staged run saves
+/// it once, so shards and the merge plan without rendering the dataset.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlanTable {
+    /// Each sample's example (its neighbour), as the plan was made with.
+    pub examples: Vec<Option<usize>>,
+    /// What the scheduler needs of each sample.
+    pub shapes: Vec<Shape>,
+    /// Why a sample has no one-shot pass.
+    pub failed: Vec<Option<Unscorable>>,
+    /// Token counts known before scheduling (what the decodes cost follows from the plan).
+    pub usage: Vec<Usage>,
+}
+
+/// The part of a sample's own rendering the second pass needs.
+struct OwnSummary {
+    zero: Result<(usize, u64, usize), Unscorable>,
+    alone_len: Option<usize>,
+    response_tokens: usize,
+}
+
+impl PlanTable {
+    /// Renders every sample, on every core, and keeps what planning needs. A one-shot
+    /// sequence reuses its neighbour's cache (when `reuse`) if it starts with the neighbour's
+    /// whole zero-shot sequence: the example was not shortened, and the template writes a
+    /// conversation's start the same whatever follows. That is decided here by comparing
+    /// hashes of the two, and checked token by token before each reuse is decoded.
+    ///
+    /// # Errors
+    /// A sample that cannot be read or rendered.
+    pub fn build(
+        sequencer: &dyn Sequencer,
+        examples: &[Option<usize>],
+        reuse: bool,
+    ) -> Result<Self, ScoringError> {
+        let own: Vec<OwnSummary> = (0..sequencer.len())
+            .into_par_iter()
+            .map(|i| {
+                let own = sequencer.own(i)?;
+                Ok(OwnSummary {
+                    zero: own
+                        .zero
+                        .map(|z| (z.tokens.len(), hash(&z.tokens), z.target().start)),
+                    alone_len: own.alone.map(|a| a.tokens.len()),
+                    response_tokens: own.response_tokens,
+                })
+            })
+            .collect::<Result<_, ScoringError>>()?;
+        let rows: Vec<(Shape, Option<Unscorable>, Usage)> = (0..own.len())
+            .into_par_iter()
+            .map(|i| Self::row(sequencer, &own, i, examples[i], reuse))
+            .collect::<Result<_, ScoringError>>()?;
+        let mut table = PlanTable {
+            examples: examples.to_vec(),
+            shapes: Vec::with_capacity(rows.len()),
+            failed: Vec::with_capacity(rows.len()),
+            usage: Vec::with_capacity(rows.len()),
+        };
+        for (shape, failed, usage) in rows {
+            table.shapes.push(shape);
+            table.failed.push(failed);
+            table.usage.push(usage);
+        }
+        Ok(table)
+    }
+
+    /// Sample `i`'s shape, reason and usage, its own rendering summarised in `own[i]`.
+    fn row(
+        sequencer: &dyn Sequencer,
+        own: &[OwnSummary],
+        i: usize,
+        example: Option<usize>,
+        reuse: bool,
+    ) -> Result<(Shape, Option<Unscorable>, Usage), ScoringError> {
+        let mine = &own[i];
+        let mut usage = Usage {
+            response_tokens: mine.response_tokens,
+            ..Usage::default()
+        };
+        let one = match (mine.zero, example) {
+            (Err(reason), _) => Err(reason),
+            (Ok(_), None) => Err(Unscorable::NoNeighbour),
+            (Ok(_), Some(k)) => sequencer.one_shot(i, k)?,
+        };
+        if let Ok((_, _, prompt)) = mine.zero {
+            usage.prompt_tokens_zero_shot = prompt;
+        }
+        let (one_shot, failed) = match one {
+            Err(reason) => (OneShot::Skip, Some(reason)),
+            Ok((seq, cut)) => {
+                usage.prompt_tokens_one_shot = seq.target().start;
+                usage.example_tokens_dropped = cut;
+                let parent = example.and_then(|k| own[k].zero.ok().map(|z| (k, z)));
+                let shape = match parent {
+                    Some((k, (len, hashed, _)))
+                        if reuse
+                            && seq.tokens.len() >= len
+                            && hash(&seq.tokens[..len]) == hashed =>
+                    {
+                        OneShot::Reuse {
+                            parent: k,
+                            suffix_len: seq.tokens.len() - len,
+                        }
+                    }
+                    _ => OneShot::Whole {
+                        len: seq.tokens.len(),
+                    },
+                };
+                (shape, None)
+            }
+        };
+        let shape = Shape {
+            zero_len: mine.zero.ok().map(|(len, _, _)| len),
+            one_shot,
+            alone_len: mine.alone_len,
+        };
+        Ok((shape, failed, usage))
+    }
+
+    /// Samples in the table.
+    pub fn len(&self) -> usize {
+        self.shapes.len()
+    }
+
+    /// Whether it has none.
+    pub fn is_empty(&self) -> bool {
+        self.shapes.is_empty()
+    }
+}
+
+fn hash(tokens: &[Token]) -> u64 {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    tokens.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// The sequences one segment of a plan decodes, rendered when a worker takes it and checked
+/// against the plan's lengths.
+#[derive(Default)]
+pub struct SegmentSequences {
+    zero: HashMap<usize, ScoredSequence>,
+    one: HashMap<usize, ScoredSequence>,
+    alone: HashMap<usize, ScoredSequence>,
+}
+
+impl SegmentSequences {
+    /// Renders what `steps` decode.
+    ///
+    /// # Errors
+    /// A sample that cannot be read or rendered, or whose tokens are not what the plan
+    /// was made from ([`PlanMismatch::Sequence`]).
+    pub fn render(
+        sequencer: &dyn Sequencer,
+        table: &PlanTable,
+        steps: &[Step],
+    ) -> Result<Self, ScoringError> {
+        let mut own: HashMap<usize, Own> = HashMap::new();
+        let mut built = SegmentSequences::default();
+        let mut own_of = |i: usize| -> Result<Own, ScoringError> {
+            if let Some(own) = own.get(&i) {
+                return Ok(own.clone());
+            }
+            let rendered = sequencer.own(i)?;
+            own.insert(i, rendered.clone());
+            Ok(rendered)
+        };
+        let differs = |i: usize| ScoringError::Plan(PlanMismatch::Sequence(i));
+        for e in steps.iter().flat_map(|s| &s.entries) {
+            match e.work {
+                Work::ZeroShot(i) => {
+                    let zero = own_of(i)?.zero.map_err(|_| differs(i))?;
+                    built.zero.insert(i, zero);
+                }
+                Work::ResponseOnly(i) => {
+                    let alone = own_of(i)?.alone.ok_or_else(|| differs(i))?;
+                    built.alone.insert(i, alone);
+                }
+                Work::OneShotWhole(i) | Work::OneShotSuffix(i) => {
+                    let example = table.examples[i].ok_or_else(|| differs(i))?;
+                    let (one, _) = sequencer.one_shot(i, example)?.map_err(|_| differs(i))?;
+                    built.one.insert(i, one);
+                }
+            }
+        }
+        for e in steps.iter().flat_map(|s| &s.entries) {
+            if !built.fits(table, e.work) {
+                return Err(differs(sample_of(e.work)));
+            }
+        }
+        Ok(built)
+    }
+
+    /// Whether the rendered sequence of `work` has the plan's length, and a reused prefix
+    /// the parent's very tokens.
+    fn fits(&self, table: &PlanTable, work: Work) -> bool {
+        let shape = &table.shapes[sample_of(work)];
+        let len = |seq: Option<&ScoredSequence>| seq.map(|s| s.tokens.len());
+        match (work, shape.one_shot) {
+            (Work::ZeroShot(i), _) => len(self.zero.get(&i)) == shape.zero_len,
+            (Work::ResponseOnly(i), _) => len(self.alone.get(&i)) == shape.alone_len,
+            (Work::OneShotWhole(i), OneShot::Whole { len: planned }) => {
+                len(self.one.get(&i)) == Some(planned)
+            }
+            (Work::OneShotSuffix(i), OneShot::Reuse { parent, suffix_len }) => {
+                match (self.one.get(&i), self.zero.get(&parent)) {
+                    (Some(one), Some(prefix)) => {
+                        one.tokens.starts_with(&prefix.tokens)
+                            && one.tokens.len() == prefix.tokens.len() + suffix_len
+                    }
+                    _ => false,
+                }
+            }
+            _ => false,
+        }
+    }
+
+    /// The decoder's item for a planned entry: the whole sequence, or the suffix after the
+    /// parent's copied prefix.
+    pub fn item(&self, entry: &Entry, shapes: &[Shape]) -> Item<'_> {
+        let first_pos = match entry.work {
+            Work::OneShotSuffix(i) => match shapes[i].one_shot {
+                OneShot::Reuse { parent, .. } => {
+                    shapes[parent].zero_len.expect("a reused parent is decoded")
+                }
+                _ => unreachable!("a suffix continues its parent"),
+            },
+            _ => 0,
+        };
+        let seq = self.scored(entry.work);
+        let target = seq.target();
+        Item {
+            tokens: &seq.tokens[first_pos..],
+            first_pos,
+            slot: entry.slot,
+            scored: target.start - first_pos..target.end - first_pos,
+        }
+    }
+
+    /// The sequence whose loss a planned entry computes.
+    pub fn scored(&self, work: Work) -> &ScoredSequence {
+        let seq = match work {
+            Work::ZeroShot(i) => self.zero.get(&i),
+            Work::OneShotWhole(i) | Work::OneShotSuffix(i) => self.one.get(&i),
+            Work::ResponseOnly(i) => self.alone.get(&i),
+        };
+        seq.expect("a rendered segment has every planned sequence")
+    }
+}
+
+/// The sample a unit of work belongs to.
+pub fn sample_of(work: Work) -> usize {
+    match work {
+        Work::ZeroShot(i)
+        | Work::OneShotWhole(i)
+        | Work::OneShotSuffix(i)
+        | Work::ResponseOnly(i) => i,
+    }
+}
