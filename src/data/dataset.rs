@@ -24,7 +24,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 /// One instruction-tuning sample: an Alpaca record (one turn) or a conversation.
-#[derive(Debug, Clone, PartialEq)]
+///
+/// Serialised without its record: what a run's sample store keeps for scoring.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Sample {
     /// The record's id field, or its 0-based index as a string when it has none.
     pub id: String,
@@ -33,11 +35,12 @@ pub struct Sample {
     /// The exchanges whose responses are scored, in order; empty when the record has none.
     pub turns: Vec<Turn>,
     /// The record exactly as read, for writing the selection back.
+    #[serde(skip)]
     pub record: Map<String, Value>,
 }
 
 /// One exchange: what the model is asked, and the response it is trained to produce.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct Turn {
     /// What the model is asked to do (a conversation's user message).
     pub instruction: String,

@@ -8,3 +8,4 @@ pub mod dataset;
 pub mod gguf;
 pub mod output;
 pub mod records;
+pub mod store;

@@ -65,6 +65,9 @@ pub enum Error {
     /// An output file could not be written.
     #[error(transparent)]
     Output(#[from] OutputError),
+    /// The run's sample store.
+    #[error(transparent)]
+    Store(#[from] crate::data::store::StoreError),
     /// Another process works on the same run or shard.
     #[error(transparent)]
     Lock(#[from] LockError),

@@ -17,9 +17,12 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    check_renders, describe_index, load_models, read_input, scoring_plan, search_neighbours,
-    text_hashes, with_embedder, write_outputs, Loaded, Ranking, RunSummary,
+    check_renders, describe_index, load_models, read_input, scoring_options, scoring_plan,
+    search_neighbours, text_hashes, with_embedder, write_outputs, Loaded, Ranking, RunSummary,
 };
+use crate::data::store::SampleStore;
+use crate::scoring::scheduler::ScoringPlan;
+use crate::scoring::sequences::Renderer;
 use crate::data::output::{write_atomically, write_json};
 use crate::engine::embed::{read_precomputed, EmbeddingBatches};
 use crate::engine::ScorerPool;
@@ -63,6 +66,9 @@ struct ScoreShard {
     steps: Range<usize>,
     stats: Stats,
     seconds: f64,
+    /// Seconds from the start until the shard's steps were known, ready to decode.
+    #[serde(default)]
+    ready_s: f64,
 }
 
 /// What a stage did, for the command's last words.
@@ -214,6 +220,7 @@ pub fn neighbours(run: &Path) -> Result<StageSummary, Error> {
         search: Some(search),
     };
     loaded.state.save_retrieval_record(&retrieval)?;
+    save_plan(&config, &loaded, &dataset, &retrieval)?;
     write_json(
         &stage_record_path(run),
         &StageRecord {
@@ -224,6 +231,56 @@ pub fn neighbours(run: &Path) -> Result<StageSummary, Error> {
     Ok(done(format!(
         "neighbours of {n} samples from {count} embed shards"
     )))
+}
+
+/// Plans the run's decodes once, on every core, and saves the plan's table and the samples
+/// in the run directory, so that a score shard reads only what its own segments need and
+/// the merge plans without rendering the dataset again.
+fn save_plan(
+    config: &SelectConfig,
+    loaded: &Loaded,
+    dataset: &crate::data::dataset::Dataset,
+    retrieval: &Retrieval,
+) -> Result<(), Error> {
+    let clock = Instant::now();
+    let plan = scoring_plan(config, loaded, dataset, retrieval)?;
+    SampleStore::write(&loaded.state.plan_dir()?, &dataset.samples)?;
+    loaded.state.save_plan(plan.table())?;
+    tracing::info!(
+        samples = dataset.samples.len(),
+        steps = plan.steps(),
+        tokens = plan.tokens_in(0..plan.steps()),
+        seconds = clock.elapsed().as_secs_f64(),
+        "planned"
+    );
+    Ok(())
+}
+
+/// The plan `neighbours` saved, its sequences rendered from the run's sample store.
+fn saved_plan<'a>(
+    config: &SelectConfig,
+    loaded: &'a Loaded,
+    store: &'a SampleStore,
+    run: &Path,
+) -> Result<ScoringPlan<'a>, Error> {
+    let table = loaded.state.load_plan()?.ok_or_else(|| no_neighbours(run))?;
+    let options = scoring_options(config, &loaded.template);
+    let renderer = Renderer::new(&loaded.model, store, &options);
+    Ok(ScoringPlan::from_table(Box::new(renderer), table, &options)?)
+}
+
+/// The run's sample store, written by `neighbours`.
+fn sample_store(loaded: &Loaded, run: &Path) -> Result<SampleStore, Error> {
+    SampleStore::open(&loaded.state.plan_dir()?)?.ok_or_else(|| no_neighbours(run))
+}
+
+fn no_neighbours(run: &Path) -> Error {
+    ResumeError::Missing {
+        run: run.to_path_buf(),
+        what: "no neighbours yet".into(),
+        command: format!("`miwv neighbours {}`", run.display()),
+    }
+    .into()
 }
 
 /// The embedding shards' row files, checked against the run, and where each sample's row is.
@@ -339,16 +396,17 @@ pub fn score(
         config.sizes.threads = threads;
         config.sizes.workers = ContextSizes::default_workers(threads, config.gpu_layers);
     }
-    let (_, dataset) = read_input(&config)?;
     let loaded = load_models(&config)?;
-    let retrieval = saved_retrieval(&loaded, run)?;
     let dir = loaded.state.stage_dir("score", shard.count)?;
     let marker = shard_file(&dir, shard, "json");
     if marker.exists() {
         return Ok(done(format!("score shard {shard} is already done")));
     }
-    let plan = scoring_plan(&config, &loaded, &dataset, &retrieval)?;
+    let store = sample_store(&loaded, run)?;
+    let plan = saved_plan(&config, &loaded, &store, run)?;
     let steps = plan.shard(shard);
+    let ready_s = clock.elapsed().as_secs_f64();
+    tracing::info!(ready_s, steps = ?steps, "score shard planned");
     let pool = ScorerPool::new(&loaded.model, config.sizes);
     let mut progress = ScoringProgress::default();
     let (_, stats) = plan.decode(
@@ -365,6 +423,7 @@ pub fn score(
             steps: steps.clone(),
             stats,
             seconds: clock.elapsed().as_secs_f64(),
+            ready_s,
         },
     )?;
     Ok(done(format!(
@@ -392,7 +451,8 @@ pub fn merge(run: &Path, budget: Option<Budget>) -> Result<RunSummary, Error> {
     let (format, dataset) = read_input(&config)?;
     let loaded = load_models(&config)?;
     let retrieval = saved_retrieval(&loaded, run)?;
-    let plan = scoring_plan(&config, &loaded, &dataset, &retrieval)?;
+    let store = sample_store(&loaded, run)?;
+    let plan = saved_plan(&config, &loaded, &store, run)?;
     let score_dir = run.join("checkpoint").join("score");
     let count = shard_count(&score_dir, "score", run)?;
     let mut losses = Vec::new();
@@ -456,14 +516,10 @@ fn read_stage_record(run: &Path) -> Result<StageRecord, Error> {
 }
 
 fn saved_retrieval(loaded: &Loaded, run: &Path) -> Result<Retrieval, Error> {
-    loaded.state.load_retrieval()?.ok_or_else(|| {
-        ResumeError::Missing {
-            run: run.to_path_buf(),
-            what: "no neighbours yet".into(),
-            command: format!("`miwv neighbours {}`", run.display()),
-        }
-        .into()
-    })
+    loaded
+        .state
+        .load_retrieval()?
+        .ok_or_else(|| no_neighbours(run))
 }
 
 /// The shard count of a stage's files (all must agree; see `RunState::stage_dir`).

@@ -17,6 +17,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::data::dataset::Sample;
+use crate::data::store::SampleStore;
 use crate::scoring::decoder::Item;
 use crate::scoring::plan::{Entry, OneShot, Shape, Step, Work};
 use crate::scoring::prompt::{Layout, ScoredSequence, Token, Tokenize};
@@ -70,6 +71,18 @@ pub trait SampleSource: Sync {
     /// # Errors
     /// [`ScoringError::Samples`] when it cannot be read.
     fn sample(&self, index: usize) -> Result<Cow<'_, Sample>, ScoringError>;
+}
+
+impl SampleSource for SampleStore {
+    fn len(&self) -> usize {
+        SampleStore::len(self)
+    }
+    fn sample(&self, index: usize) -> Result<Cow<'_, Sample>, ScoringError> {
+        Ok(Cow::Owned(
+            self.read(index)
+                .map_err(|e| ScoringError::Samples(Box::new(e)))?,
+        ))
+    }
 }
 
 impl SampleSource for [Sample] {

@@ -16,6 +16,7 @@ use serde_json::Value;
 
 use crate::data::output::{sync_parent, write_atomically, write_json, OutputError};
 use crate::scoring::scheduler::{Journal, Loss, Pass, Saved, ScoringError};
+use crate::scoring::sequences::PlanTable;
 use crate::scoring::shard::Shard;
 use crate::state::schema::{EmbedderRecord, IndexReport, Neighbour};
 
@@ -233,6 +234,49 @@ impl RunState {
     /// The checkpoint directory.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Where a staged run keeps its plan and sample store (`checkpoint/plan`), created.
+    ///
+    /// # Errors
+    /// [`ResumeError::Io`] when it cannot be created.
+    pub fn plan_dir(&self) -> Result<PathBuf, ResumeError> {
+        let dir = self.dir.join("plan");
+        std::fs::create_dir_all(&dir).map_err(|source| ResumeError::Io {
+            path: dir.clone(),
+            source,
+        })?;
+        Ok(dir)
+    }
+
+    /// Saves the run's plan table (`checkpoint/plan/table.bin`), which marks the plan done.
+    ///
+    /// # Errors
+    /// When it cannot be written.
+    pub fn save_plan(&self, table: &PlanTable) -> Result<(), ResumeError> {
+        let bytes = postcard::to_stdvec(table).expect("a plan table serialises");
+        let path = self.plan_dir()?.join("table.bin");
+        write_atomically(&path, |out| out.write_all(&bytes))?;
+        Ok(())
+    }
+
+    /// The saved plan table, if a `neighbours` stage made one.
+    ///
+    /// # Errors
+    /// When the file exists but cannot be read.
+    pub fn load_plan(&self) -> Result<Option<PlanTable>, ResumeError> {
+        let path = self.dir.join("plan").join("table.bin");
+        read_if_present(&path)?
+            .map(|bytes| {
+                postcard::from_bytes(&bytes).map_err(|e| {
+                    ResumeError::incompatible(
+                        &path,
+                        Mismatch::Unreadable(e.to_string()),
+                        Remedy::Delete(path.clone()),
+                    )
+                })
+            })
+            .transpose()
     }
 
     /// The saved retrieval, if an earlier run finished that step.
