@@ -87,7 +87,12 @@ impl SampleStore {
         let bytes = match std::fs::read(&index) {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => return Err(StoreError::Read { path: index, source }),
+            Err(source) => {
+                return Err(StoreError::Read {
+                    path: index,
+                    source,
+                })
+            }
         };
         let damaged = |path: &Path, problem: String| StoreError::Damaged {
             path: path.to_path_buf(),
@@ -160,7 +165,11 @@ mod tests {
     fn sample(i: usize) -> Sample {
         Sample {
             id: format!("s{i}"),
-            system: if i % 2 == 0 { String::new() } else { "be brief".into() },
+            system: if i % 2 == 0 {
+                String::new()
+            } else {
+                "be brief".into()
+            },
             turns: (0..=i % 3)
                 .map(|t| Turn {
                     instruction: format!("question {i}.{t} ü"),

@@ -20,15 +20,15 @@ use super::{
     check_renders, describe_index, load_models, read_input, scoring_options, scoring_plan,
     search_neighbours, text_hashes, with_embedder, write_outputs, Loaded, Ranking, RunSummary,
 };
-use crate::data::store::SampleStore;
-use crate::scoring::scheduler::ScoringPlan;
-use crate::scoring::sequences::Renderer;
 use crate::data::output::{write_atomically, write_json};
+use crate::data::store::SampleStore;
 use crate::engine::embed::{read_precomputed, EmbeddingBatches};
 use crate::engine::ScorerPool;
 use crate::retrieval::neighbours::FileVectors;
+use crate::scoring::scheduler::ScoringPlan;
 use crate::scoring::scheduler::{Decoders, Stats};
 use crate::scoring::select::Budget;
+use crate::scoring::sequences::Renderer;
 use crate::scoring::shard::Shard;
 use crate::scoring::sizes::ContextSizes;
 use crate::state::config::{EmbedModel, SelectConfig};
@@ -263,10 +263,17 @@ fn saved_plan<'a>(
     store: &'a SampleStore,
     run: &Path,
 ) -> Result<ScoringPlan<'a>, Error> {
-    let table = loaded.state.load_plan()?.ok_or_else(|| no_neighbours(run))?;
+    let table = loaded
+        .state
+        .load_plan()?
+        .ok_or_else(|| no_neighbours(run))?;
     let options = scoring_options(config, &loaded.template);
     let renderer = Renderer::new(&loaded.model, store, &options);
-    Ok(ScoringPlan::from_table(Box::new(renderer), table, &options)?)
+    Ok(ScoringPlan::from_table(
+        Box::new(renderer),
+        table,
+        &options,
+    )?)
 }
 
 /// The run's sample store, written by `neighbours`.

@@ -17,6 +17,7 @@ use miwv::scoring::scheduler::{
     Decoders, Journal, NoJournal, Outcome, ScoringError, ScoringOptions, ScoringPlan,
 };
 use miwv::scoring::score::Unscorable;
+use miwv::scoring::sequences::{OneShotSequence, Own, PlanTable, Renderer, Sequencer};
 use miwv::scoring::shard::Shard;
 use miwv::scoring::sizes::ContextSizes;
 use miwv::state::resume::RunState;
@@ -517,4 +518,114 @@ fn workers_interrupted_keep_a_prefix_of_the_plan_and_resume_to_the_same_scores()
     );
     let rerun = score_in_pool(&pool(&options, 2), &options, &mut state.loss_log(), &stop).unwrap();
     assert_eq!(bits(&rerun), bits(&reference));
+}
+
+/// A sequencer that counts which samples it renders.
+struct Counting<'a> {
+    inner: Renderer<'a, ByteTokenizer, [Sample]>,
+    rendered: &'a std::sync::Mutex<Vec<usize>>,
+}
+
+impl Sequencer for Counting<'_> {
+    fn len(&self) -> usize {
+        self.inner.len()
+    }
+    fn own(&self, sample: usize) -> Result<Own, ScoringError> {
+        self.rendered.lock().unwrap().push(sample);
+        self.inner.own(sample)
+    }
+    fn one_shot(&self, sample: usize, example: usize) -> Result<OneShotSequence, ScoringError> {
+        self.rendered.lock().unwrap().extend([sample, example]);
+        self.inner.one_shot(sample, example)
+    }
+}
+
+#[test]
+fn a_shard_renders_only_its_own_samples_however_large_the_dataset() {
+    let options = options(true, 600);
+    let base = samples();
+    for copies in [1, 10] {
+        // The dataset grown tenfold with other samples: a shard's rendering stays its own.
+        let samples: Vec<Sample> = (0..copies)
+            .flat_map(|c| {
+                base.iter().map(move |s| Sample {
+                    id: format!("{c}-{}", s.id),
+                    ..s.clone()
+                })
+            })
+            .collect();
+        let examples = examples(samples.len());
+        let renderer = Renderer::new(&ByteTokenizer, samples.as_slice(), &options);
+        let table = PlanTable::build(&renderer, &examples, true).unwrap();
+        let rendered = std::sync::Mutex::new(Vec::new());
+        let counting = Counting {
+            inner: Renderer::new(&ByteTokenizer, samples.as_slice(), &options),
+            rendered: &rendered,
+        };
+        let plan = ScoringPlan::from_table(Box::new(counting), table.clone(), &options).unwrap();
+        let reference = ScoringPlan::new(&ByteTokenizer, &samples, &examples, &options).unwrap();
+        assert_eq!(
+            plan.digest(),
+            reference.digest(),
+            "a saved table plans the same"
+        );
+        assert_eq!(plan.table(), &table);
+
+        let count = 8 * copies;
+        let shard = Shard::new(count / 2, count).unwrap();
+        let range = plan.shard(shard);
+        let (saved, _) = plan
+            .decode(
+                Decoders::One(&mut FakeDecoder::new(options.sizes)),
+                range.clone(),
+                &mut NoJournal,
+                &GO_ON,
+                |_| {},
+            )
+            .unwrap();
+        let mine: std::collections::BTreeSet<usize> =
+            saved.losses.iter().map(|l| l.sample).collect();
+        let examples_of_mine: std::collections::BTreeSet<usize> =
+            mine.iter().filter_map(|&i| examples[i]).collect();
+        drop(plan);
+        let rendered = rendered.into_inner().unwrap();
+        assert!(!rendered.is_empty());
+        for i in &rendered {
+            assert!(
+                mine.contains(i) || examples_of_mine.contains(i),
+                "{copies}x: sample {i} rendered for a shard that does not score it"
+            );
+        }
+        assert!(
+            rendered.len() <= 4 * mine.len(),
+            "{copies}x: {} renders for {} samples",
+            rendered.len(),
+            mine.len()
+        );
+    }
+}
+
+#[test]
+fn a_saved_plan_refuses_samples_that_render_otherwise() {
+    let options = options(true, 600);
+    let samples = samples();
+    let examples = examples(samples.len());
+    let renderer = Renderer::new(&ByteTokenizer, samples.as_slice(), &options);
+    let table = PlanTable::build(&renderer, &examples, true).unwrap();
+    let mut changed = samples.clone();
+    changed[3].turns[0].output.push_str(" and a little more");
+    let renderer = Renderer::new(&ByteTokenizer, changed.as_slice(), &options);
+    let plan = ScoringPlan::from_table(Box::new(renderer), table, &options).unwrap();
+    let err = plan
+        .score(
+            Decoders::One(&mut FakeDecoder::new(options.sizes)),
+            &mut NoJournal,
+            &GO_ON,
+            |_| {},
+        )
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("sample 3 renders to other tokens"),
+        "{err}"
+    );
 }
