@@ -78,6 +78,13 @@ enum Command {
             miwv bench-neighbours --sizes 1000000 --index auto --index IVF4096,PQ96 --nprobe 4,8,16 --json nb.json\n\n\
             The vectors are written to a temporary file (N x dim x 4 bytes) and read back block by block.")]
     BenchNeighbours(BenchNeighboursArgs),
+    /// Measure the staged run's stages (time, peak memory, a score shard's start) at a size,
+    /// on synthetic data with precomputed embeddings.
+    #[command(after_help = "Example:\n  \
+            miwv bench-scale --samples 1000000 --dir /var/tmp/scale --json scale.json\n\n\
+            Writes N and N/10 samples with their embeddings under --dir (about 1.3 GB at 1M x 256) \
+            and keeps them with each stage's log.")]
+    BenchScale(BenchScaleArgs),
     /// Compare two runs' scores: MIWV rank correlations, loss differences, selection overlap.
     #[command(
         after_help = "Example (what quantisation does to the selection):\n  miwv select data.json -m model.Q4_1.gguf -o q4\n  miwv select data.json -m model.F32.gguf -o f32\n  miwv compare q4 f32 --json drift.json"
@@ -472,6 +479,31 @@ struct BenchNeighboursArgs {
     json: Option<PathBuf>,
 }
 
+#[derive(Args)]
+struct BenchScaleArgs {
+    /// Samples in the large dataset; the small one has a tenth.
+    #[arg(long, default_value_t = 1_000_000)]
+    samples: usize,
+    /// Width of the embeddings.
+    #[arg(long, default_value_t = 256)]
+    dim: usize,
+    /// Samples a score shard holds, at either size.
+    #[arg(long, default_value_t = 250)]
+    shard_samples: usize,
+    /// The scoring model.
+    #[arg(short = 'm', long, default_value = crate::DEFAULT_MODEL)]
+    model: PathBuf,
+    /// Where the data, runs and logs go [default: miwv-bench-scale in the temporary directory].
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Seed of the synthetic data.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Also write the report as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
 /// A checked command line: what to do, and how much to log.
 #[derive(Debug, Clone)]
 pub struct Invocation {
@@ -498,6 +530,8 @@ pub enum Action {
     Bench(BenchSettings),
     /// `miwv bench-neighbours`.
     BenchNeighbours(BenchNeighboursSettings),
+    /// `miwv bench-scale`, and where its JSON report goes.
+    BenchScale(crate::tools::scale_bench::ScaleBenchConfig, Option<PathBuf>),
     /// `miwv compare`.
     Compare(CompareSettings),
     /// `miwv quantize`.
@@ -625,6 +659,7 @@ where
         }
         Command::Bench(args) => Action::Bench(args.check()?),
         Command::BenchNeighbours(args) => Action::BenchNeighbours(args.check()?),
+        Command::BenchScale(args) => args.check()?,
         Command::Compare(args) => Action::Compare(args.check()?),
         Command::Quantize(args) => Action::Quantize(args.check()?),
         Command::Doctor(args) => Action::Doctor(args.check()?),
@@ -791,6 +826,33 @@ impl BenchNeighboursArgs {
             },
             json: self.json,
         })
+    }
+}
+
+impl BenchScaleArgs {
+    fn check(self) -> Result<Action, clap::Error> {
+        let fail = invalid("bench-scale");
+        if self.samples < 20 {
+            return Err(fail(
+                ConfigError::too_small("--samples", 20, self.samples)
+                    .because("its tenth is scored as well"),
+            ));
+        }
+        if self.shard_samples == 0 {
+            return Err(fail(ConfigError::too_small("--shard-samples", 1, 0)));
+        }
+        config::check_dim(self.dim).map_err(&fail)?;
+        let config = crate::tools::scale_bench::ScaleBenchConfig {
+            samples: self.samples,
+            dim: self.dim,
+            shard_samples: self.shard_samples,
+            model: self.model,
+            dir: self
+                .dir
+                .unwrap_or_else(|| std::env::temp_dir().join("miwv-bench-scale")),
+            seed: self.seed,
+        };
+        Ok(Action::BenchScale(config, self.json))
     }
 }
 

@@ -32,6 +32,7 @@ fn main() -> ExitCode {
         }
         Action::Bench(settings) => run_bench(settings),
         Action::BenchNeighbours(settings) => run_bench_neighbours(settings),
+        Action::BenchScale(config, json) => run_bench_scale(&config, json.as_deref()),
         Action::Compare(settings) => run_compare(settings),
         Action::Quantize(settings) => run_quantize(&settings),
         Action::Doctor(settings) => run_doctor(settings),
@@ -164,6 +165,18 @@ fn run_bench_neighbours(settings: miwv::cli::BenchNeighboursSettings) -> Result<
     print!("{}", report.render());
     if let Some(path) = settings.json {
         miwv::data::output::write_json(&path, &report)?;
+    }
+    Ok(())
+}
+
+fn run_bench_scale(
+    config: &miwv::tools::scale_bench::ScaleBenchConfig,
+    json: Option<&std::path::Path>,
+) -> Result<(), miwv::Error> {
+    let report = miwv::tools::scale_bench::run(config)?;
+    print!("{}", report.render());
+    if let Some(path) = json {
+        miwv::data::output::write_json(path, &report)?;
     }
     Ok(())
 }

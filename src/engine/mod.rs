@@ -112,7 +112,15 @@ pub struct Model {
     model: LlamaModel,
     path: PathBuf,
     claims: GgufSummary,
+    /// A template's markup, tokenised once: a render tokenises the same few strings
+    /// (`<|im_start|>user\n`, ...) for every sample, and each llama.cpp call pays for its
+    /// pre-tokeniser's setup.
+    markup: std::sync::RwLock<std::collections::HashMap<String, Vec<Token>>>,
 }
+
+/// Distinct markup strings kept tokenised; a template that puts sample text in its markup
+/// stops filling the cache there.
+const MARKUP_CACHE: usize = 4096;
 
 impl Model {
     /// Loads a GGUF model, offloading `gpu_layers` layers when a GPU backend is built in.
@@ -133,6 +141,7 @@ impl Model {
             model,
             path: path.to_path_buf(),
             claims,
+            markup: Default::default(),
         };
         model.check_loaded()?;
         Ok(model)
@@ -333,7 +342,17 @@ impl Tokenize for Model {
         if text.is_empty() {
             return Vec::new();
         }
-        to_ids(self.model.vocab().tokenize(text.as_bytes(), false, true))
+        let cache = |c| self.markup.read().ok().and_then(|m| m.get(c).cloned());
+        if let Some(tokens) = cache(text) {
+            return tokens;
+        }
+        let tokens = to_ids(self.model.vocab().tokenize(text.as_bytes(), false, true));
+        if let Ok(mut markup) = self.markup.write() {
+            if markup.len() < MARKUP_CACHE {
+                markup.insert(text.to_string(), tokens.clone());
+            }
+        }
+        tokens
     }
 
     fn bos(&self) -> Option<Token> {

@@ -270,7 +270,7 @@ impl NeighbourBenchReport {
 }
 
 /// Clustered unit vectors, each row a function of the seed and its index alone.
-struct Synthetic {
+pub(crate) struct Synthetic {
     dim: usize,
     seed: u64,
     /// The direction all rows share.
@@ -297,7 +297,7 @@ const COPIES: f64 = 0.01;
 const PARAPHRASES: f64 = 0.05;
 
 impl Synthetic {
-    fn new(dim: usize, seed: u64) -> Self {
+    pub(crate) fn new(dim: usize, seed: u64) -> Self {
         let mut rng = Rng::new(seed, u64::MAX);
         let unit = |rng: &mut Rng| {
             let mut v: Vec<f32> = (0..dim).map(|_| rng.normal()).collect();
@@ -348,7 +348,7 @@ impl Synthetic {
     }
 
     /// Row `i` (normalised) into `out`; returns the hash of its text.
-    fn row(&self, i: usize, out: &mut [f32]) -> u64 {
+    pub(crate) fn row(&self, i: usize, out: &mut [f32]) -> u64 {
         let i = self.original(i);
         let mut rng = Rng::new(self.seed ^ 0x0b5e_0000, i as u64);
         let (topic, z) = if i > 0 && rng.uniform() < PARAPHRASES {
@@ -436,7 +436,7 @@ impl Rng {
     }
 }
 
-fn machine() -> String {
+pub(crate) fn machine() -> String {
     let model = std::process::Command::new("lscpu")
         .output()
         .ok()
