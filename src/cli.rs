@@ -63,6 +63,13 @@ enum Command {
     Embed(EmbedArgs),
     /// Stage 2: find every sample's neighbour from all embedding shards.
     Neighbours(NeighboursArgs),
+    /// What scoring a run will cost (tokens, memory, time here), once its neighbours are found.
+    #[command(
+        after_help = "Example:\n  miwv embed data.jsonl --out run --shard 0/1 && miwv neighbours run && miwv plan run\n\n\
+            Times a short decode of the plan's first segments with the run's model and settings; \
+            nothing is saved."
+    )]
+    Plan(PlanArgs),
     /// Stage 3: score (a shard of) the samples.
     Score(ScoreArgs),
     /// Stage 4: gather every score shard into scores.jsonl, the selection and run.json.
@@ -163,6 +170,18 @@ struct EmbedArgs {
 struct NeighboursArgs {
     /// The run directory (`--out` of `miwv embed`).
     run: PathBuf,
+}
+
+#[derive(Args)]
+struct PlanArgs {
+    /// The run directory (after `miwv neighbours`).
+    run: PathBuf,
+    /// Tokens decoded to time this machine (0: no calibration, no time estimate).
+    #[arg(long, default_value_t = 16_384)]
+    calibrate_tokens: usize,
+    /// Also write the estimate as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -363,6 +382,7 @@ impl FieldArgs {
                 conversation: self.messages_field,
             },
             first_turn_only: self.first_turn,
+            drop_records: false,
         }
     }
 }
@@ -522,6 +542,8 @@ pub enum Action {
     Embed(SelectConfig, Shard),
     /// `miwv neighbours RUN`.
     Neighbours(PathBuf),
+    /// `miwv plan RUN`: tokens to time, and where the JSON goes.
+    Plan(PathBuf, usize, Option<PathBuf>),
     /// `miwv score RUN`: the shard and a thread count overriding the run's.
     Score(PathBuf, Shard, Option<usize>),
     /// `miwv merge RUN`, with a budget overriding the run's.
@@ -639,6 +661,7 @@ where
             Action::Embed(args.select.check()?, shard)
         }
         Command::Neighbours(args) => Action::Neighbours(args.run),
+        Command::Plan(args) => Action::Plan(args.run, args.calibrate_tokens, args.json),
         Command::Score(args) => {
             if args.threads == Some(0) {
                 return Err(invalid("score")(ConfigError::too_small("--threads", 1, 0)));
@@ -1132,6 +1155,7 @@ mod tests {
                     conversation: Some("turns".into()),
                 },
                 first_turn_only: true,
+                drop_records: false,
             }
         );
         assert!(select(&["--append-eos"]).append_eos);

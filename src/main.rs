@@ -23,6 +23,9 @@ fn main() -> ExitCode {
         Action::Select(config) => run_select(&config),
         Action::Embed(config, shard) => stage(miwv::pipeline::stages::embed(&config, shard)),
         Action::Neighbours(run) => stage(miwv::pipeline::stages::neighbours(&run)),
+        Action::Plan(run, calibrate_tokens, json) => {
+            run_plan(&run, calibrate_tokens, json.as_deref())
+        }
         Action::Score(run, shard, threads) => {
             stop_on_ctrl_c();
             stage(miwv::pipeline::stages::score(&run, shard, threads, &STOP))
@@ -165,6 +168,19 @@ fn run_bench_neighbours(settings: miwv::cli::BenchNeighboursSettings) -> Result<
     print!("{}", report.render());
     if let Some(path) = settings.json {
         miwv::data::output::write_json(&path, &report)?;
+    }
+    Ok(())
+}
+
+fn run_plan(
+    run: &std::path::Path,
+    calibrate_tokens: usize,
+    json: Option<&std::path::Path>,
+) -> Result<(), miwv::Error> {
+    let estimate = miwv::pipeline::estimate::estimate(run, calibrate_tokens)?;
+    print!("{}", estimate.render());
+    if let Some(path) = json {
+        miwv::data::output::write_json(path, &estimate)?;
     }
     Ok(())
 }

@@ -106,6 +106,11 @@ pub struct ReadOptions {
     pub fields: Fields,
     /// Keep only a conversation's first exchange.
     pub first_turn_only: bool,
+    /// Leave each sample's original record out, for the stages that never write the
+    /// selection: a million records held as JSON objects take gigabytes. Not a setting of
+    /// the run (it changes no score), so it is not saved with one.
+    #[serde(skip)]
+    pub drop_records: bool,
 }
 
 /// A dataset as read: its complete records, and where the file stops if it was cut off.
@@ -543,7 +548,11 @@ fn sample_from(value: Value, at: Location, options: &ReadOptions) -> Result<Samp
         id,
         system,
         turns,
-        record,
+        record: if options.drop_records {
+            Map::new()
+        } else {
+            record
+        },
     })
 }
 

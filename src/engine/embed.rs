@@ -130,14 +130,27 @@ impl EmbeddingBatches {
 /// [`EngineError::Model`] naming the file when it cannot be read, is not a 2-D float array in
 /// C order, or has another number of rows than `samples`.
 pub fn read_precomputed(path: &Path, samples: usize) -> Result<(Vec<f32>, usize), EngineError> {
+    read_precomputed_rows(path, samples, 0..samples)
+}
+
+/// Rows `rows` of [`read_precomputed`]'s file, read from where they lie, so an embedding
+/// shard of a million-row file holds only its own.
+///
+/// # Errors
+/// As [`read_precomputed`]; a value that is not finite is found in the rows read.
+pub fn read_precomputed_rows(
+    path: &Path,
+    samples: usize,
+    rows: std::ops::Range<usize>,
+) -> Result<(Vec<f32>, usize), EngineError> {
     let fail = |problem: String| EngineError::Model {
         path: path.to_path_buf(),
         problem,
     };
     let file = std::fs::File::open(path).map_err(|e| fail(format!("cannot read: {e}")))?;
-    let npy = npyz::NpyFile::new(std::io::BufReader::new(file))
+    let npy = npyz::NpyFile::new(std::io::BufReader::new(&file))
         .map_err(|e| fail(format!("not a NumPy .npy file: {e}")))?;
-    let &[rows, dim] = npy.shape() else {
+    let &[count, dim] = npy.shape() else {
         return Err(fail(format!(
             "embeddings must be a 2-D array (samples x width), this one has shape {:?}",
             npy.shape()
@@ -148,21 +161,15 @@ pub fn read_precomputed(path: &Path, samples: usize) -> Result<(Vec<f32>, usize)
             "the array is in Fortran order; save it with numpy.ascontiguousarray".into(),
         ));
     }
-    if rows as usize != samples {
+    if count as usize != samples {
         return Err(fail(format!(
-            "{rows} rows of embeddings, but the dataset has {samples} samples"
+            "{count} rows of embeddings, but the dataset has {samples} samples"
         )));
     }
     let descr = npy.dtype().descr().trim_matches('\'').to_string();
-    let unreadable = |e: std::io::Error| fail(format!("cannot read the array: {e}"));
-    let mut vectors: Vec<f32> = match descr.as_str() {
-        "<f4" | ">f4" => npy.into_vec::<f32>().map_err(unreadable)?,
-        "<f8" | ">f8" => npy
-            .into_vec::<f64>()
-            .map_err(unreadable)?
-            .into_iter()
-            .map(|x| x as f32)
-            .collect(),
+    let width = match descr.as_str() {
+        "<f4" | ">f4" => 4,
+        "<f8" | ">f8" => 8,
         other => {
             return Err(fail(format!(
                 "embeddings must be float32 or float64, not {other}"
@@ -170,11 +177,58 @@ pub fn read_precomputed(path: &Path, samples: usize) -> Result<(Vec<f32>, usize)
         }
     };
     let dim = dim as usize;
-    if dim == 0 || vectors.iter().any(|x| !x.is_finite()) {
-        return Err(fail("embeddings must be finite and at least 1 wide".into()));
+    if dim == 0 {
+        return Err(fail("embeddings must be at least 1 wide".into()));
+    }
+    let unreadable = |e: std::io::Error| fail(format!("cannot read the array: {e}"));
+    let mut bytes = vec![0u8; rows.len() * dim * width];
+    let at = data_offset(&file).map_err(unreadable)? + (rows.start * dim * width) as u64;
+    std::os::unix::fs::FileExt::read_exact_at(&file, &mut bytes, at).map_err(unreadable)?;
+    let big = descr.starts_with('>');
+    let mut vectors: Vec<f32> = match width {
+        4 => bytes
+            .chunks_exact(4)
+            .map(|b| {
+                let b = b.try_into().expect("4 bytes");
+                if big {
+                    f32::from_be_bytes(b)
+                } else {
+                    f32::from_le_bytes(b)
+                }
+            })
+            .collect(),
+        _ => bytes
+            .chunks_exact(8)
+            .map(|b| {
+                let b = b.try_into().expect("8 bytes");
+                (if big {
+                    f64::from_be_bytes(b)
+                } else {
+                    f64::from_le_bytes(b)
+                }) as f32
+            })
+            .collect(),
+    };
+    if vectors.iter().any(|x| !x.is_finite()) {
+        return Err(fail("embeddings must be finite".into()));
     }
     vectors.chunks_exact_mut(dim).for_each(l2_normalise);
     Ok((vectors, dim))
+}
+
+/// Where a `.npy` file's array starts: after the magic, the version, the header's length
+/// (2 bytes in format 1, 4 in formats 2 and 3) and the header.
+fn data_offset(file: &std::fs::File) -> std::io::Result<u64> {
+    let mut prefix = [0u8; 12];
+    std::os::unix::fs::FileExt::read_exact_at(file, &mut prefix, 0)?;
+    Ok(match prefix[6] {
+        1 => 10 + u64::from(u16::from_le_bytes([prefix[8], prefix[9]])),
+        _ => {
+            12 + u64::from(u32::from_le_bytes(
+                prefix[8..12].try_into().expect("4 bytes"),
+            ))
+        }
+    })
 }
 
 #[cfg(test)]

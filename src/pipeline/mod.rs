@@ -11,8 +11,8 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::data::dataset::Dataset;
 use crate::data::dataset::Sample;
+use crate::data::dataset::{Dataset, ReadOptions};
 use crate::data::output::{file_sha256, write_json, write_jsonl};
 use crate::data::records::{output_file_name, read_samples, write_selected, FileFormat};
 use crate::engine::embed::{default_prefix, embed_samples, read_precomputed};
@@ -31,6 +31,7 @@ use crate::state::schema::{
 };
 
 mod error;
+pub mod estimate;
 pub mod stages;
 
 pub use error::Error;
@@ -101,11 +102,27 @@ pub fn select_until(config: &SelectConfig, stop: &AtomicBool) -> Result<RunSumma
 
 /// The dataset, read and checked before any model is loaded.
 fn read_input(config: &SelectConfig) -> Result<(FileFormat, Dataset), Error> {
+    read_dataset_with(config, &config.read)
+}
+
+/// The dataset without its records, for the stages that never write the selection.
+fn read_samples_only(config: &SelectConfig) -> Result<Dataset, Error> {
+    let read = ReadOptions {
+        drop_records: true,
+        ..config.read.clone()
+    };
+    Ok(read_dataset_with(config, &read)?.1)
+}
+
+fn read_dataset_with(
+    config: &SelectConfig,
+    read: &ReadOptions,
+) -> Result<(FileFormat, Dataset), Error> {
     std::fs::create_dir_all(&config.out_dir).map_err(|source| Error::Io {
         path: config.out_dir.clone(),
         source,
     })?;
-    let (format, dataset) = read_samples(&config.data, &config.read)?;
+    let (format, dataset) = read_samples(&config.data, read)?;
     if let Some(cut) = &dataset.truncated {
         tracing::warn!("{}: {cut}", config.data.display());
     }

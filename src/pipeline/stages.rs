@@ -17,12 +17,13 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    check_renders, describe_index, load_models, read_input, scoring_options, scoring_plan,
-    search_neighbours, text_hashes, with_embedder, write_outputs, Loaded, Ranking, RunSummary,
+    check_renders, describe_index, load_models, read_input, read_samples_only, scoring_options,
+    scoring_plan, search_neighbours, text_hashes, with_embedder, write_outputs, Loaded, Ranking,
+    RunSummary,
 };
 use crate::data::output::{write_atomically, write_json};
 use crate::data::store::SampleStore;
-use crate::engine::embed::{read_precomputed, EmbeddingBatches};
+use crate::engine::embed::{read_precomputed_rows, EmbeddingBatches};
 use crate::engine::ScorerPool;
 use crate::retrieval::neighbours::FileVectors;
 use crate::scoring::scheduler::ScoringPlan;
@@ -55,8 +56,8 @@ struct EmbedShard {
 
 /// The run's settings once every embedding shard is in: what `score` and `merge` read.
 #[derive(Debug, Serialize, Deserialize)]
-struct StageRecord {
-    config: SelectConfig,
+pub(super) struct StageRecord {
+    pub(super) config: SelectConfig,
     embed_shards: usize,
 }
 
@@ -105,7 +106,7 @@ pub fn embed(config: &SelectConfig, shard: Shard) -> Result<StageSummary, Error>
         &format!("miwv embed --shard {shard}"),
     )?;
     let config = &with_absolute_paths(config);
-    let (_, dataset) = read_input(config)?;
+    let dataset = read_samples_only(config)?;
     let clock = Instant::now();
     let loaded = load_models(config)?;
     check_renders(config, &loaded, &dataset)?;
@@ -123,40 +124,45 @@ pub fn embed(config: &SelectConfig, shard: Shard) -> Result<StageSummary, Error>
         return Ok(done(format!("embed shard {shard} is already done")));
     }
     let samples = &dataset.samples;
-    let (rows, embedder) = match &config.embed_model {
+    // The shard's rows, one after another, and the sample of each.
+    let (rows, vectors, dim, embedder) = match &config.embed_model {
         EmbedModel::Precomputed(path) => {
-            let (vectors, dim) = read_precomputed(path, samples.len())?;
             let range = shard.split(samples.len(), |_| 1);
-            let rows = range
-                .map(|i| (i, vectors[i * dim..(i + 1) * dim].to_vec()))
-                .collect::<Vec<_>>();
-            (rows, super::precomputed_record(&loaded))
+            let (vectors, dim) = read_precomputed_rows(path, samples.len(), range.clone())?;
+            let record = super::precomputed_record(&loaded);
+            (range.collect::<Vec<_>>(), vectors, dim, record)
         }
-        _ => with_embedder(config, &loaded, |embedder, prefix| {
-            let batches = EmbeddingBatches::plan(embedder, samples, prefix);
-            let range = batches.shard(shard);
-            let bar = Phase::new("embedding", samples.len() as u64, "samples");
-            Ok(batches.embed(embedder, range, |n| bar.set(n as u64))?)
-        })?,
+        _ => {
+            let (embedded, embedder) = with_embedder(config, &loaded, |embedder, prefix| {
+                let batches = EmbeddingBatches::plan(embedder, samples, prefix);
+                let range = batches.shard(shard);
+                let bar = Phase::new("embedding", samples.len() as u64, "samples");
+                Ok(batches.embed(embedder, range, |n| bar.set(n as u64))?)
+            })?;
+            let dim = embedded.first().map_or(0, |(_, v)| v.len());
+            let rows = embedded.iter().map(|(i, _)| *i).collect();
+            let vectors = embedded.into_iter().flat_map(|(_, v)| v).collect();
+            (rows, vectors, dim, embedder)
+        }
     };
-    let dim = rows.first().map_or(0, |(_, v)| v.len());
     write_atomically(&shard_file(&dir, shard, "f32"), |out| {
-        rows.iter()
-            .flat_map(|(_, v)| v)
-            .try_for_each(|x| out.write_all(&x.to_le_bytes()))
+        vectors.chunks(1 << 16).try_for_each(|block| {
+            let bytes: Vec<u8> = block.iter().flat_map(|x| x.to_le_bytes()).collect();
+            out.write_all(&bytes)
+        })
     })?;
+    let embedded = rows.len();
     let record = EmbedShard {
         config: config.clone(),
         settings: loaded.settings.clone(),
-        samples: rows.iter().map(|(i, _)| *i).collect(),
+        samples: rows,
         dim,
         embedder,
         seconds: clock.elapsed().as_secs_f64(),
     };
     write_json(&marker, &record)?;
     Ok(done(format!(
-        "embed shard {shard}: {} of {} samples embedded",
-        rows.len(),
+        "embed shard {shard}: {embedded} of {} samples embedded",
         samples.len()
     )))
 }
@@ -197,7 +203,7 @@ pub fn neighbours(run: &Path) -> Result<StageSummary, Error> {
     let first = &shards[0];
     let mut config = first.config.clone();
     config.out_dir = run.to_path_buf();
-    let (_, dataset) = read_input(&config)?;
+    let dataset = read_samples_only(&config)?;
     let loaded = load_models(&config)?;
     let n = dataset.samples.len();
     // A shard may hold no samples (more shards than batches); its width is 0.
@@ -257,7 +263,7 @@ fn save_plan(
 }
 
 /// The plan `neighbours` saved, its sequences rendered from the run's sample store.
-fn saved_plan<'a>(
+pub(super) fn saved_plan<'a>(
     config: &SelectConfig,
     loaded: &'a Loaded,
     store: &'a SampleStore,
@@ -277,7 +283,7 @@ fn saved_plan<'a>(
 }
 
 /// The run's sample store, written by `neighbours`.
-fn sample_store(loaded: &Loaded, run: &Path) -> Result<SampleStore, Error> {
+pub(super) fn sample_store(loaded: &Loaded, run: &Path) -> Result<SampleStore, Error> {
     SampleStore::open(&loaded.state.plan_dir()?)?.ok_or_else(|| no_neighbours(run))
 }
 
@@ -506,7 +512,7 @@ pub fn merge(run: &Path, budget: Option<Budget>) -> Result<RunSummary, Error> {
 
 /// The run's settings as `neighbours` recorded them, its output directory being `run`
 /// wherever the stage runs.
-fn read_stage_record(run: &Path) -> Result<StageRecord, Error> {
+pub(super) fn read_stage_record(run: &Path) -> Result<StageRecord, Error> {
     let path = stage_record_path(run);
     let mut record: StageRecord = read_json(&path)?.ok_or_else(|| {
         Error::from(ResumeError::Missing {

@@ -25,10 +25,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::dataset::Sample;
 use crate::scoring::decoder::{DecodeError, Decoder, DecoderPool, Item};
-use crate::scoring::plan::{digest, schedule, tokens_of, Limits, Step, Work};
+use crate::scoring::plan::{digest, schedule, tokens_of, Limits, OneShot, Step, Work};
 use crate::scoring::prompt::{Template, Tokenize, UnrenderableSample};
 use crate::scoring::score::Scores;
-use crate::scoring::sequences::{sample_of, PlanTable, Renderer, SegmentSequences, Sequencer};
+use crate::scoring::sequences::{
+    sample_of, PlanTable, Renderer, SegmentSequences, Sequencer, TextMemo,
+};
 use crate::scoring::shard::Shard;
 use crate::scoring::sizes::ContextSizes;
 
@@ -303,8 +305,12 @@ impl<'a> ScoringPlan<'a> {
         examples: &[Option<usize>],
         options: &ScoringOptions,
     ) -> Result<Self, ScoringError> {
+        let table = {
+            let memo = TextMemo::new(tokenizer);
+            let planning = Renderer::new(&memo, samples, options);
+            PlanTable::build(&planning, examples, options.held_slots() > 0)?
+        };
         let renderer = Box::new(Renderer::new(tokenizer, samples, options));
-        let table = PlanTable::build(&*renderer, examples, options.held_slots() > 0)?;
         ScoringPlan::from_table(renderer, table, options)
     }
 
@@ -381,6 +387,42 @@ impl<'a> ScoringPlan<'a> {
         let mine = shard.split(segments.len(), |j| self.tokens_in(segments[j].clone()));
         let start = |j: usize| segments.get(j).map_or(self.steps.len(), |s| s.start);
         start(mine.start)..start(mine.end)
+    }
+
+    /// Segments between checkpoints: the units workers take and shards share out.
+    pub fn segment_count(&self) -> usize {
+        self.segments(0..self.steps.len()).len()
+    }
+
+    /// The first whole segments holding at least `tokens` tokens (all when fewer): a
+    /// short, representative piece of the plan to time.
+    pub fn first_segments(&self, tokens: usize) -> Range<usize> {
+        let mut sum = 0;
+        for segment in self.segments(0..self.steps.len()) {
+            sum += self.tokens_in(segment.clone());
+            if sum >= tokens {
+                return 0..segment.end;
+            }
+        }
+        0..self.steps.len()
+    }
+
+    /// Tokens the plan would decode if no one-shot pass reused its neighbour's cache.
+    pub fn tokens_without_reuse(&self) -> usize {
+        let shapes = &self.table.shapes;
+        shapes
+            .iter()
+            .map(|shape| {
+                let one = match shape.one_shot {
+                    OneShot::Skip => 0,
+                    OneShot::Whole { len } => len,
+                    OneShot::Reuse { parent, suffix_len } => {
+                        shapes[parent].zero_len.unwrap_or(0) + suffix_len
+                    }
+                };
+                shape.zero_len.unwrap_or(0) + one + shape.alone_len.unwrap_or(0)
+            })
+            .sum()
     }
 
     /// Tokens decoded in `steps`.

@@ -85,6 +85,17 @@ pub enum Unscorable {
     NoNeighbour,
 }
 
+impl Unscorable {
+    /// The reason as `scores.jsonl` writes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Unscorable::EmptyResponse => "empty_response",
+            Unscorable::TooLong => "too_long",
+            Unscorable::NoNeighbour => "no_neighbour",
+        }
+    }
+}
+
 /// A sample's scores, or why it has none.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Scores {

@@ -269,6 +269,55 @@ impl PlanTable {
     }
 }
 
+/// A tokenizer that remembers the plain texts it has tokenised. Planning renders each
+/// sample's texts three times (alone, after its example, and as other samples' example), and
+/// each tokenisation through llama.cpp costs far more than a lookup; the memory is about
+/// the dataset's tokens, given back when planning ends. Texts are keyed by two independent
+/// 64-bit hashes; a collision could only make a plan that the decode's check refuses.
+pub struct TextMemo<'a, T: Tokenize> {
+    inner: &'a T,
+    shards: Vec<std::sync::Mutex<HashMap<(u64, u64), Vec<Token>>>>,
+}
+
+impl<'a, T: Tokenize> TextMemo<'a, T> {
+    /// An empty memo in front of `inner`.
+    pub fn new(inner: &'a T) -> Self {
+        TextMemo {
+            inner,
+            shards: (0..64).map(|_| Default::default()).collect(),
+        }
+    }
+}
+
+impl<T: Tokenize> Tokenize for TextMemo<'_, T> {
+    fn tokenize(&self, text: &str) -> Vec<Token> {
+        let key = |salt: u8| {
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            (salt, text).hash(&mut hasher);
+            hasher.finish()
+        };
+        let key = (key(0), key(1));
+        let shard = &self.shards[(key.0 % self.shards.len() as u64) as usize];
+        if let Some(tokens) = shard.lock().ok().and_then(|m| m.get(&key).cloned()) {
+            return tokens;
+        }
+        let tokens = self.inner.tokenize(text);
+        if let Ok(mut memo) = shard.lock() {
+            memo.insert(key, tokens.clone());
+        }
+        tokens
+    }
+    fn tokenize_markup(&self, text: &str) -> Vec<Token> {
+        self.inner.tokenize_markup(text)
+    }
+    fn bos(&self) -> Option<Token> {
+        self.inner.bos()
+    }
+    fn eos(&self) -> Option<Token> {
+        self.inner.eos()
+    }
+}
+
 fn hash(tokens: &[Token]) -> u64 {
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     tokens.hash(&mut hasher);

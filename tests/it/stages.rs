@@ -133,6 +133,29 @@ fn sharded_stages_in_any_order_equal_select_byte_for_byte() {
     );
     run(miwv().args(["neighbours", path(&staged)]));
 
+    // What scoring will cost, timed on the run's first segments; nothing is saved.
+    let estimate_path = dir.path().join("estimate.json");
+    let planned = run(miwv().args([
+        "plan",
+        path(&staged),
+        "--calibrate-tokens",
+        "64",
+        "--json",
+        path(&estimate_path),
+    ]));
+    let printed = String::from_utf8_lossy(&planned.stdout);
+    assert!(
+        printed.contains("samples: 12") && printed.contains("suggested: `--shards 1`"),
+        "{printed}"
+    );
+    let estimate = common::read_json(&estimate_path);
+    let tokens = estimate["tokens"].as_u64().unwrap();
+    assert!(tokens > 0 && tokens < estimate["tokens_without_reuse"].as_u64().unwrap());
+    assert!(estimate["segments"].as_u64().unwrap() >= 3);
+    let calibrated = estimate["calibration"]["tokens"].as_u64().unwrap();
+    assert!((64..tokens).contains(&calibrated), "{estimate}");
+    assert!(!staged.join("checkpoint/score").exists());
+
     run(miwv().args(["score", path(&staged), "--shard", "2/3"]));
     kill_mid_run(&staged);
     let missing = failure(miwv().args(["merge", path(&staged)]));

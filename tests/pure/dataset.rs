@@ -727,6 +727,7 @@ fn field_names_are_configurable() {
             conversation: None,
         },
         first_turn_only: false,
+        drop_records: false,
     };
     let text = r#"{"uid": "d1", "instruction": "Sum.", "context": "2 3", "response": "5"}"#;
     let sample = &parse_with(text, &dolly).unwrap().samples[0];
@@ -747,6 +748,7 @@ fn field_names_are_configurable() {
             ..Fields::default()
         },
         first_turn_only: false,
+        drop_records: false,
     };
     let text = r#"{"dialog": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}], "instruction": "ignored"}"#;
     assert_eq!(
