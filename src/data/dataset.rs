@@ -276,7 +276,11 @@ pub fn parse_dataset_with(
         }
     };
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    let split = split_records(text).map_err(|(at, message)| DatasetError::Json {
+    let mut records = Converter::new(path, options);
+    let split = split_records(text, &mut records);
+    // A bad record comes before any syntax error the split stopped at (it stops at either).
+    let samples = records.finish()?;
+    let split = split.map_err(|(at, message)| DatasetError::Json {
         path: path.to_path_buf(),
         at,
         message,
@@ -284,7 +288,6 @@ pub fn parse_dataset_with(
     if let (Some(encoding), None) = (cut_character, split.cut) {
         return Err(encoding);
     }
-    let samples = samples_from_records(split.records, path, options)?;
     let truncated = split.cut.map(|at| Truncation {
         at,
         complete_records: samples.len(),
@@ -302,54 +305,103 @@ pub fn samples_from_records(
     path: &Path,
     options: &ReadOptions,
 ) -> Result<Vec<Sample>, DatasetError> {
-    let mut first_use: HashMap<String, Location> = HashMap::with_capacity(records.len());
-    let mut samples = Vec::with_capacity(records.len());
+    let mut converter = Converter::new(path, options);
     for (at, value) in records {
-        let sample =
-            sample_from(value, at, options).map_err(|(field, problem)| DatasetError::Field {
-                path: path.to_path_buf(),
-                at,
-                field,
-                problem,
-            })?;
-        match first_use.entry(sample.id.clone()) {
+        if !converter.push(at, value) {
+            break;
+        }
+    }
+    converter.finish()
+}
+
+/// Records turned into samples as they are read, their fields checked and their ids kept
+/// unique, so a million records are never all held as JSON values at once.
+struct Converter<'a> {
+    path: &'a Path,
+    options: &'a ReadOptions,
+    samples: Vec<Sample>,
+    first_use: HashMap<String, Location>,
+    failed: Option<DatasetError>,
+}
+
+impl<'a> Converter<'a> {
+    fn new(path: &'a Path, options: &'a ReadOptions) -> Self {
+        Converter {
+            path,
+            options,
+            samples: Vec::new(),
+            first_use: HashMap::new(),
+            failed: None,
+        }
+    }
+
+    /// Records converted so far.
+    fn len(&self) -> usize {
+        self.samples.len()
+    }
+
+    /// Converts the record at `at`; `false` (keeping the error) when it is bad.
+    fn push(&mut self, at: Location, value: Value) -> bool {
+        let path = || self.path.to_path_buf();
+        let sample = match sample_from(value, at, self.options) {
+            Ok(sample) => sample,
+            Err((field, problem)) => {
+                self.failed = Some(DatasetError::Field {
+                    path: path(),
+                    at,
+                    field,
+                    problem,
+                });
+                return false;
+            }
+        };
+        match self.first_use.entry(sample.id.clone()) {
             Entry::Occupied(first) => {
-                return Err(DatasetError::DuplicateId {
-                    path: path.to_path_buf(),
+                self.failed = Some(DatasetError::DuplicateId {
+                    path: path(),
                     id: sample.id,
                     first: *first.get(),
                     second: at,
-                })
+                });
+                return false;
             }
             Entry::Vacant(slot) => {
                 slot.insert(at);
             }
         }
-        samples.push(sample);
+        self.samples.push(sample);
+        true
     }
-    Ok(samples)
+
+    /// The samples, or the first bad record's error.
+    fn finish(self) -> Result<Vec<Sample>, DatasetError> {
+        match self.failed {
+            Some(e) => Err(e),
+            None => Ok(self.samples),
+        }
+    }
 }
 
 type RecordError = (Location, String);
 
 /// The JSON values of a file with their locations, and where it was cut off, if it was.
 struct Split {
-    records: Vec<(Location, Value)>,
     cut: Option<Location>,
 }
 
 /// Splits the text into JSON values with their locations, reading one value at a time so an
-/// error points at the record that broke.
-fn split_records(text: &str) -> Result<Split, RecordError> {
+/// error points at the record that broke, and hands each to `records`; stops early (with
+/// no cut) when `records` refuses one.
+fn split_records(text: &str, records: &mut Converter) -> Result<Split, RecordError> {
     let lines = LineIndex::new(text);
     let start = skip_whitespace(text, 0);
     let split = if text[start..].starts_with('[') {
-        split_array(text, start, &lines)?
+        split_array(text, start, &lines, records)?
     } else {
-        split_lines(text, &lines)?
+        split_lines(text, &lines, records)?
     };
     match split.cut {
-        Some(at) if split.records.is_empty() => Err((
+        Some(at) if records.len() == 0 => Err((
             at,
             "the file ends before its first record is complete, so there is nothing to read \
              (cut off?)"
@@ -361,8 +413,12 @@ fn split_records(text: &str) -> Result<Split, RecordError> {
 
 /// A JSON array starting at `open` (its `[`). Ending before the closing `]` is a cut, wherever
 /// it happens: inside a record, after a `,` or right after a record.
-fn split_array(text: &str, open: usize, lines: &LineIndex) -> Result<Split, RecordError> {
-    let mut records = Vec::new();
+fn split_array(
+    text: &str,
+    open: usize,
+    lines: &LineIndex,
+    records: &mut Converter,
+) -> Result<Split, RecordError> {
     let location = |pos: usize, record: usize| Location {
         line: lines.line_of(pos),
         record,
@@ -376,18 +432,17 @@ fn split_array(text: &str, open: usize, lines: &LineIndex) -> Result<Split, Reco
     loop {
         if pos >= text.len() {
             let cut = Some(location(last, records.len()));
-            return Ok(Split { records, cut });
+            return Ok(Split { cut });
         }
         let at = location(pos, records.len());
         let mut stream = serde_json::Deserializer::from_str(&text[pos..]).into_iter::<Value>();
         match stream.next() {
-            Some(Ok(value)) => records.push((at, value)),
-            Some(Err(e)) if e.is_eof() => {
-                return Ok(Split {
-                    records,
-                    cut: Some(at),
-                })
+            Some(Ok(value)) => {
+                if !records.push(at, value) {
+                    return Ok(Split { cut: None });
+                }
             }
+            Some(Err(e)) if e.is_eof() => return Ok(Split { cut: Some(at) }),
             Some(Err(e)) => return Err((at, json_message(&e, pos, lines))),
             None => return Err((at, "expected a record".into())),
         }
@@ -407,7 +462,7 @@ fn split_array(text: &str, open: usize, lines: &LineIndex) -> Result<Split, Reco
             }
             None => {
                 let cut = Some(location(last, records.len()));
-                return Ok(Split { records, cut });
+                return Ok(Split { cut });
             }
         }
     }
@@ -417,7 +472,7 @@ fn split_array(text: &str, open: usize, lines: &LineIndex) -> Result<Split, Reco
 fn check_end(
     text: &str,
     close: usize,
-    records: Vec<(Location, Value)>,
+    records: &Converter,
     lines: &LineIndex,
 ) -> Result<Split, RecordError> {
     let rest = skip_whitespace(text, close + 1);
@@ -428,13 +483,16 @@ fn check_end(
         };
         return Err((at, "unexpected text after the closing `]`".into()));
     }
-    Ok(Split { records, cut: None })
+    Ok(Split { cut: None })
 }
 
 /// JSON Lines: one record per non-blank line. Only the last line can be cut off, and only if it
 /// runs to the end of the file: a line that stops at a newline was not cut by the end of input.
-fn split_lines(text: &str, lines: &LineIndex) -> Result<Split, RecordError> {
-    let mut records = Vec::new();
+fn split_lines(
+    text: &str,
+    lines: &LineIndex,
+    records: &mut Converter,
+) -> Result<Split, RecordError> {
     let mut start = 0;
     for (index, raw) in text.split('\n').enumerate() {
         let line_start = start;
@@ -448,17 +506,16 @@ fn split_lines(text: &str, lines: &LineIndex) -> Result<Split, RecordError> {
             record: records.len(),
         };
         match serde_json::from_str::<Value>(line) {
-            Ok(value) => records.push((at, value)),
-            Err(e) if e.is_eof() && start > text.len() => {
-                return Ok(Split {
-                    records,
-                    cut: Some(at),
-                })
+            Ok(value) => {
+                if !records.push(at, value) {
+                    return Ok(Split { cut: None });
+                }
             }
+            Err(e) if e.is_eof() && start > text.len() => return Ok(Split { cut: Some(at) }),
             Err(e) => return Err((at, json_message(&e, line_start, lines))),
         }
     }
-    Ok(Split { records, cut: None })
+    Ok(Split { cut: None })
 }
 
 /// serde_json's message with its position made absolute: it counts from where the parse

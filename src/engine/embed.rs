@@ -130,90 +130,128 @@ impl EmbeddingBatches {
 /// [`EngineError::Model`] naming the file when it cannot be read, is not a 2-D float array in
 /// C order, or has another number of rows than `samples`.
 pub fn read_precomputed(path: &Path, samples: usize) -> Result<(Vec<f32>, usize), EngineError> {
-    read_precomputed_rows(path, samples, 0..samples)
+    let file = Precomputed::open(path, samples)?;
+    Ok((file.rows(0..samples)?, file.dim()))
 }
 
-/// Rows `rows` of [`read_precomputed`]'s file, read from where they lie, so an embedding
-/// shard of a million-row file holds only its own.
-///
-/// # Errors
-/// As [`read_precomputed`]; a value that is not finite is found in the rows read.
-pub fn read_precomputed_rows(
-    path: &Path,
-    samples: usize,
-    rows: std::ops::Range<usize>,
-) -> Result<(Vec<f32>, usize), EngineError> {
-    let fail = |problem: String| EngineError::Model {
-        path: path.to_path_buf(),
-        problem,
-    };
-    let file = std::fs::File::open(path).map_err(|e| fail(format!("cannot read: {e}")))?;
-    let npy = npyz::NpyFile::new(std::io::BufReader::new(&file))
-        .map_err(|e| fail(format!("not a NumPy .npy file: {e}")))?;
-    let &[count, dim] = npy.shape() else {
-        return Err(fail(format!(
-            "embeddings must be a 2-D array (samples x width), this one has shape {:?}",
-            npy.shape()
-        )));
-    };
-    if npy.order() != npyz::Order::C {
-        return Err(fail(
-            "the array is in Fortran order; save it with numpy.ascontiguousarray".into(),
-        ));
-    }
-    if count as usize != samples {
-        return Err(fail(format!(
-            "{count} rows of embeddings, but the dataset has {samples} samples"
-        )));
-    }
-    let descr = npy.dtype().descr().trim_matches('\'').to_string();
-    let width = match descr.as_str() {
-        "<f4" | ">f4" => 4,
-        "<f8" | ">f8" => 8,
-        other => {
+/// A `.npy` file of precomputed embeddings, checked, whose rows are read where they lie: an
+/// embedding shard of a million-row file reads only its own, a block at a time.
+#[derive(Debug)]
+pub struct Precomputed {
+    path: std::path::PathBuf,
+    file: std::fs::File,
+    /// Where the array starts.
+    offset: u64,
+    dim: usize,
+    /// Bytes per value (4 or 8).
+    width: usize,
+    big_endian: bool,
+}
+
+impl Precomputed {
+    /// Opens and checks `path` as [`read_precomputed`] describes.
+    ///
+    /// # Errors
+    /// As [`read_precomputed`].
+    pub fn open(path: &Path, samples: usize) -> Result<Self, EngineError> {
+        let fail = |problem: String| EngineError::Model {
+            path: path.to_path_buf(),
+            problem,
+        };
+        let file = std::fs::File::open(path).map_err(|e| fail(format!("cannot read: {e}")))?;
+        let npy = npyz::NpyFile::new(std::io::BufReader::new(&file))
+            .map_err(|e| fail(format!("not a NumPy .npy file: {e}")))?;
+        let &[count, dim] = npy.shape() else {
             return Err(fail(format!(
-                "embeddings must be float32 or float64, not {other}"
-            )))
+                "embeddings must be a 2-D array (samples x width), this one has shape {:?}",
+                npy.shape()
+            )));
+        };
+        if npy.order() != npyz::Order::C {
+            return Err(fail(
+                "the array is in Fortran order; save it with numpy.ascontiguousarray".into(),
+            ));
         }
-    };
-    let dim = dim as usize;
-    if dim == 0 {
-        return Err(fail("embeddings must be at least 1 wide".into()));
+        if count as usize != samples {
+            return Err(fail(format!(
+                "{count} rows of embeddings, but the dataset has {samples} samples"
+            )));
+        }
+        let descr = npy.dtype().descr().trim_matches('\'').to_string();
+        let width = match descr.as_str() {
+            "<f4" | ">f4" => 4,
+            "<f8" | ">f8" => 8,
+            other => {
+                return Err(fail(format!(
+                    "embeddings must be float32 or float64, not {other}"
+                )))
+            }
+        };
+        if dim == 0 {
+            return Err(fail("embeddings must be at least 1 wide".into()));
+        }
+        let offset = data_offset(&file).map_err(|e| fail(format!("cannot read the array: {e}")))?;
+        Ok(Precomputed {
+            path: path.to_path_buf(),
+            file,
+            offset,
+            dim: dim as usize,
+            width,
+            big_endian: descr.starts_with('>'),
+        })
     }
-    let unreadable = |e: std::io::Error| fail(format!("cannot read the array: {e}"));
-    let mut bytes = vec![0u8; rows.len() * dim * width];
-    let at = data_offset(&file).map_err(unreadable)? + (rows.start * dim * width) as u64;
-    std::os::unix::fs::FileExt::read_exact_at(&file, &mut bytes, at).map_err(unreadable)?;
-    let big = descr.starts_with('>');
-    let mut vectors: Vec<f32> = match width {
-        4 => bytes
-            .chunks_exact(4)
-            .map(|b| {
-                let b = b.try_into().expect("4 bytes");
-                if big {
-                    f32::from_be_bytes(b)
-                } else {
-                    f32::from_le_bytes(b)
-                }
-            })
-            .collect(),
-        _ => bytes
-            .chunks_exact(8)
-            .map(|b| {
-                let b = b.try_into().expect("8 bytes");
-                (if big {
-                    f64::from_be_bytes(b)
-                } else {
-                    f64::from_le_bytes(b)
-                }) as f32
-            })
-            .collect(),
-    };
-    if vectors.iter().any(|x| !x.is_finite()) {
-        return Err(fail("embeddings must be finite".into()));
+
+    /// Width of a row.
+    pub fn dim(&self) -> usize {
+        self.dim
     }
-    vectors.chunks_exact_mut(dim).for_each(l2_normalise);
-    Ok((vectors, dim))
+
+    /// Rows `rows`, normalised, one after another.
+    ///
+    /// # Errors
+    /// [`EngineError::Model`] naming the file when they cannot be read or a value is not
+    /// finite.
+    pub fn rows(&self, rows: std::ops::Range<usize>) -> Result<Vec<f32>, EngineError> {
+        let fail = |problem: String| EngineError::Model {
+            path: self.path.clone(),
+            problem,
+        };
+        let (dim, width) = (self.dim, self.width);
+        let mut bytes = vec![0u8; rows.len() * dim * width];
+        let at = self.offset + (rows.start * dim * width) as u64;
+        std::os::unix::fs::FileExt::read_exact_at(&self.file, &mut bytes, at)
+            .map_err(|e| fail(format!("cannot read the array: {e}")))?;
+        let big = self.big_endian;
+        let mut vectors: Vec<f32> = match width {
+            4 => bytes
+                .chunks_exact(4)
+                .map(|b| {
+                    let b = b.try_into().expect("4 bytes");
+                    if big {
+                        f32::from_be_bytes(b)
+                    } else {
+                        f32::from_le_bytes(b)
+                    }
+                })
+                .collect(),
+            _ => bytes
+                .chunks_exact(8)
+                .map(|b| {
+                    let b = b.try_into().expect("8 bytes");
+                    (if big {
+                        f64::from_be_bytes(b)
+                    } else {
+                        f64::from_le_bytes(b)
+                    }) as f32
+                })
+                .collect(),
+        };
+        if vectors.iter().any(|x| !x.is_finite()) {
+            return Err(fail("embeddings must be finite".into()));
+        }
+        vectors.chunks_exact_mut(dim).for_each(l2_normalise);
+        Ok(vectors)
+    }
 }
 
 /// Where a `.npy` file's array starts: after the magic, the version, the header's length

@@ -138,8 +138,14 @@ fn duration(seconds: f64) -> String {
 pub fn estimate(run: &Path, calibrate_tokens: usize) -> Result<Estimate, Error> {
     let config = read_stage_record(run)?.config;
     let loaded = load_models(&config)?;
-    let store = sample_store(&loaded, run)?;
-    let plan = saved_plan(&config, &loaded, &store, run)?;
+    let store = sample_store(&loaded.state, run)?;
+    let plan = saved_plan(
+        &config,
+        &loaded.model,
+        &loaded.template,
+        &loaded.state,
+        &store,
+    )?;
     let table = plan.table();
     let mut unscorable = BTreeMap::new();
     for reason in table.failed.iter().flatten() {

@@ -23,9 +23,10 @@ use super::{
 };
 use crate::data::output::{write_atomically, write_json};
 use crate::data::store::SampleStore;
-use crate::engine::embed::{read_precomputed_rows, EmbeddingBatches};
-use crate::engine::ScorerPool;
+use crate::engine::embed::{EmbeddingBatches, Precomputed};
+use crate::engine::{Model, ScorerPool};
 use crate::retrieval::neighbours::FileVectors;
+use crate::scoring::prompt::Template;
 use crate::scoring::scheduler::ScoringPlan;
 use crate::scoring::scheduler::{Decoders, Stats};
 use crate::scoring::select::Budget;
@@ -35,9 +36,13 @@ use crate::scoring::sizes::ContextSizes;
 use crate::state::config::{EmbedModel, SelectConfig};
 use crate::state::lock::RunLock;
 use crate::state::progress::{Phase, ScoringProgress};
+use crate::state::resume::RunState;
 use crate::state::resume::{read_json, Mismatch, Remedy, ResumeError, Retrieval};
 use crate::state::schema::{EmbedderRecord, ShardsRecord, Timings};
 use crate::Error;
+
+/// Rows of precomputed embeddings read and written at a time.
+const BLOCK_ROWS: usize = 16_384;
 
 /// What an embedding shard leaves besides its vectors: written last, it marks the shard done.
 #[derive(Debug, Serialize, Deserialize)]
@@ -124,13 +129,24 @@ pub fn embed(config: &SelectConfig, shard: Shard) -> Result<StageSummary, Error>
         return Ok(done(format!("embed shard {shard} is already done")));
     }
     let samples = &dataset.samples;
-    // The shard's rows, one after another, and the sample of each.
-    let (rows, vectors, dim, embedder) = match &config.embed_model {
+    let output = shard_file(&dir, shard, "f32");
+    // The samples of the shard's rows, in row order.
+    let (rows, dim, embedder) = match &config.embed_model {
         EmbedModel::Precomputed(path) => {
             let range = shard.split(samples.len(), |_| 1);
-            let (vectors, dim) = read_precomputed_rows(path, samples.len(), range.clone())?;
+            let source = Precomputed::open(path, samples.len())?;
+            // Block by block, so a shard never holds all its rows.
+            write_atomically(&output, |out| {
+                for start in range.clone().step_by(BLOCK_ROWS) {
+                    let block = start..(start + BLOCK_ROWS).min(range.end);
+                    let vectors = source.rows(block).map_err(std::io::Error::other)?;
+                    let bytes: Vec<u8> = vectors.iter().flat_map(|x| x.to_le_bytes()).collect();
+                    out.write_all(&bytes)?;
+                }
+                Ok(())
+            })?;
             let record = super::precomputed_record(&loaded);
-            (range.collect::<Vec<_>>(), vectors, dim, record)
+            (range.collect::<Vec<_>>(), source.dim(), record)
         }
         _ => {
             let (embedded, embedder) = with_embedder(config, &loaded, |embedder, prefix| {
@@ -140,17 +156,15 @@ pub fn embed(config: &SelectConfig, shard: Shard) -> Result<StageSummary, Error>
                 Ok(batches.embed(embedder, range, |n| bar.set(n as u64))?)
             })?;
             let dim = embedded.first().map_or(0, |(_, v)| v.len());
-            let rows = embedded.iter().map(|(i, _)| *i).collect();
-            let vectors = embedded.into_iter().flat_map(|(_, v)| v).collect();
-            (rows, vectors, dim, embedder)
+            write_atomically(&output, |out| {
+                embedded.iter().try_for_each(|(_, v)| {
+                    let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+                    out.write_all(&bytes)
+                })
+            })?;
+            (embedded.iter().map(|(i, _)| *i).collect(), dim, embedder)
         }
     };
-    write_atomically(&shard_file(&dir, shard, "f32"), |out| {
-        vectors.chunks(1 << 16).try_for_each(|block| {
-            let bytes: Vec<u8> = block.iter().flat_map(|x| x.to_le_bytes()).collect();
-            out.write_all(&bytes)
-        })
-    })?;
     let embedded = rows.len();
     let record = EmbedShard {
         config: config.clone(),
@@ -265,16 +279,16 @@ fn save_plan(
 /// The plan `neighbours` saved, its sequences rendered from the run's sample store.
 pub(super) fn saved_plan<'a>(
     config: &SelectConfig,
-    loaded: &'a Loaded,
+    model: &'a Model,
+    template: &Template,
+    state: &RunState,
     store: &'a SampleStore,
-    run: &Path,
 ) -> Result<ScoringPlan<'a>, Error> {
-    let table = loaded
-        .state
+    let table = state
         .load_plan()?
-        .ok_or_else(|| no_neighbours(run))?;
-    let options = scoring_options(config, &loaded.template);
-    let renderer = Renderer::new(&loaded.model, store, &options);
+        .ok_or_else(|| no_neighbours(&config.out_dir))?;
+    let options = scoring_options(config, template);
+    let renderer = Renderer::new(model, store, &options);
     Ok(ScoringPlan::from_table(
         Box::new(renderer),
         table,
@@ -283,8 +297,39 @@ pub(super) fn saved_plan<'a>(
 }
 
 /// The run's sample store, written by `neighbours`.
-pub(super) fn sample_store(loaded: &Loaded, run: &Path) -> Result<SampleStore, Error> {
-    SampleStore::open(&loaded.state.plan_dir()?)?.ok_or_else(|| no_neighbours(run))
+pub(super) fn sample_store(state: &RunState, run: &Path) -> Result<SampleStore, Error> {
+    SampleStore::open(&state.plan_dir()?)?.ok_or_else(|| no_neighbours(run))
+}
+
+/// What a score shard decodes with: the model and template, checked against the settings
+/// `neighbours` saved. A shard reads neither the data nor the embeddings (the plan and the
+/// sample store hold what it needs), so it hashes only the model, however large the dataset.
+pub(super) struct Scorer {
+    pub(super) model: Model,
+    pub(super) template: Template,
+    pub(super) state: RunState,
+}
+
+impl Scorer {
+    pub(super) fn load(config: &SelectConfig, run: &Path) -> Result<Self, Error> {
+        let saved = RunState::saved_settings(run)?.ok_or_else(|| no_neighbours(run))?;
+        crate::engine::check_model_file(&config.model)?;
+        let record = super::file_record(&config.model)?;
+        let model = Model::load(&config.model, config.gpu_layers)?;
+        model.check_can_score(config.sizes.ctx_per_sequence)?;
+        let template =
+            super::resolve_template(&model, config.template, config.chat_template.as_deref())?;
+        // Another model or template than the run's is refused by name, as for any stage.
+        let mut settings = saved;
+        settings["model_sha256"] = record.sha256.into();
+        settings["template"] = serde_json::to_value(&template).expect("a template serialises");
+        let state = RunState::open(run, &settings)?;
+        Ok(Scorer {
+            model,
+            template,
+            state,
+        })
+    }
 }
 
 fn no_neighbours(run: &Path) -> Error {
@@ -409,23 +454,29 @@ pub fn score(
         config.sizes.threads = threads;
         config.sizes.workers = ContextSizes::default_workers(threads, config.gpu_layers);
     }
-    let loaded = load_models(&config)?;
-    let dir = loaded.state.stage_dir("score", shard.count)?;
+    let scorer = Scorer::load(&config, run)?;
+    let dir = scorer.state.stage_dir("score", shard.count)?;
     let marker = shard_file(&dir, shard, "json");
     if marker.exists() {
         return Ok(done(format!("score shard {shard} is already done")));
     }
-    let store = sample_store(&loaded, run)?;
-    let plan = saved_plan(&config, &loaded, &store, run)?;
+    let store = sample_store(&scorer.state, run)?;
+    let plan = saved_plan(
+        &config,
+        &scorer.model,
+        &scorer.template,
+        &scorer.state,
+        &store,
+    )?;
     let steps = plan.shard(shard);
     let ready_s = clock.elapsed().as_secs_f64();
     tracing::info!(ready_s, steps = ?steps, "score shard planned");
-    let pool = ScorerPool::new(&loaded.model, config.sizes);
+    let pool = ScorerPool::new(&scorer.model, config.sizes);
     let mut progress = ScoringProgress::default();
     let (_, stats) = plan.decode(
         Decoders::Pool(&pool),
         steps.clone(),
-        &mut loaded.state.shard_loss_log(shard),
+        &mut scorer.state.shard_loss_log(shard),
         stop,
         |p| progress.update(p),
     )?;
@@ -464,8 +515,14 @@ pub fn merge(run: &Path, budget: Option<Budget>) -> Result<RunSummary, Error> {
     let (format, dataset) = read_input(&config)?;
     let loaded = load_models(&config)?;
     let retrieval = saved_retrieval(&loaded, run)?;
-    let store = sample_store(&loaded, run)?;
-    let plan = saved_plan(&config, &loaded, &store, run)?;
+    let store = sample_store(&loaded.state, run)?;
+    let plan = saved_plan(
+        &config,
+        &loaded.model,
+        &loaded.template,
+        &loaded.state,
+        &store,
+    )?;
     let score_dir = run.join("checkpoint").join("score");
     let count = shard_count(&score_dir, "score", run)?;
     let mut losses = Vec::new();

@@ -231,6 +231,14 @@ impl RunState {
         Ok(state)
     }
 
+    /// The settings a run in `out_dir` was bound to, if any work was saved there.
+    ///
+    /// # Errors
+    /// When the file exists but cannot be read.
+    pub fn saved_settings(out_dir: &Path) -> Result<Option<Value>, ResumeError> {
+        read_json(&out_dir.join("checkpoint").join("settings.json"))
+    }
+
     /// The checkpoint directory.
     pub fn dir(&self) -> &Path {
         &self.dir
