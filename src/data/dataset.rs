@@ -685,29 +685,8 @@ fn conversation_turns(
         } else {
             ("role", "content")
         };
-        let role = match message.get(role_key) {
-            Some(Value::String(role)) => match role.as_str() {
-                "system" => Role::System,
-                "human" | "user" => Role::User,
-                "gpt" | "assistant" | "model" | "chatgpt" | "bing" | "bard" => Role::Assistant,
-                other => {
-                    return Err((
-                        at(&format!(".{role_key}")),
-                        format!(
-                            "unknown role {other:?} (expected system, user/human or \
-                             assistant/gpt)"
-                        ),
-                    ))
-                }
-            },
-            None => return Err((at(&format!(".{role_key}")), "missing".into())),
-            Some(other) => {
-                return Err((
-                    at(&format!(".{role_key}")),
-                    format!("expected a string, found {}", kind(other)),
-                ))
-            }
-        };
+        let role = message_role(message, role_key)
+            .map_err(|problem| (at(&format!(".{role_key}")), problem))?;
         let text = text_field(message, text_key, true)
             .map_err(|(_, problem)| (at(&format!(".{text_key}")), problem))?;
         match (last, role) {
@@ -740,6 +719,22 @@ fn conversation_turns(
         turns.pop();
     }
     Ok((system, turns))
+}
+
+/// A message's role under `key`, or what is wrong with it.
+fn message_role(message: &Map<String, Value>, key: &str) -> Result<Role, String> {
+    match message.get(key) {
+        Some(Value::String(role)) => match role.as_str() {
+            "system" => Ok(Role::System),
+            "human" | "user" => Ok(Role::User),
+            "gpt" | "assistant" | "model" | "chatgpt" | "bing" | "bard" => Ok(Role::Assistant),
+            other => Err(format!(
+                "unknown role {other:?} (expected system, user/human or assistant/gpt)"
+            )),
+        },
+        None => Err("missing".into()),
+        Some(other) => Err(format!("expected a string, found {}", kind(other))),
+    }
 }
 
 fn kind(value: &Value) -> &'static str {

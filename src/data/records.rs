@@ -807,25 +807,7 @@ pub fn write_parquet_rows(source: &Path, dst: &Path, rows: &[usize]) -> Result<(
             source: e.into(),
         })?;
 
-    // Where each batch starts in the file, to turn a file row into (batch, row in batch).
-    let mut starts = Vec::with_capacity(batches.len());
-    let mut total = 0;
-    for batch in &batches {
-        starts.push(total);
-        total += batch.num_rows();
-    }
-    let mut indices = Vec::with_capacity(rows.len());
-    for &row in rows {
-        if row >= total {
-            return Err(RecordsError::RowOutOfRange {
-                path: source.to_path_buf(),
-                row,
-                rows: total,
-            });
-        }
-        let batch = starts.partition_point(|&start| start <= row) - 1;
-        indices.push((batch, row - starts[batch]));
-    }
+    let indices = batch_rows(&batches, rows, source)?;
 
     // The Arrow schema embedded by the writer keeps the metadata too, but pyarrow (and so the
     // `datasets` library) reads schema metadata such as `huggingface` from the file's own
@@ -857,6 +839,33 @@ pub fn write_parquet_rows(source: &Path, dst: &Path, rows: &[usize]) -> Result<(
         Ok(())
     })?;
     Ok(())
+}
+
+/// Each of `rows` (rows of the file) as (batch, row in that batch).
+fn batch_rows(
+    batches: &[RecordBatch],
+    rows: &[usize],
+    source: &Path,
+) -> Result<Vec<(usize, usize)>, RecordsError> {
+    let mut starts = Vec::with_capacity(batches.len());
+    let mut total = 0;
+    for batch in batches {
+        starts.push(total);
+        total += batch.num_rows();
+    }
+    rows.iter()
+        .map(|&row| {
+            if row >= total {
+                return Err(RecordsError::RowOutOfRange {
+                    path: source.to_path_buf(),
+                    row,
+                    rows: total,
+                });
+            }
+            let batch = starts.partition_point(|&start| start <= row) - 1;
+            Ok((batch, row - starts[batch]))
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -165,7 +165,7 @@ mod tests {
     fn sample(i: usize) -> Sample {
         Sample {
             id: format!("s{i}"),
-            system: if i % 2 == 0 {
+            system: if i.is_multiple_of(2) {
                 String::new()
             } else {
                 "be brief".into()

@@ -276,8 +276,11 @@ impl PlanTable {
 /// 64-bit hashes; a collision could only make a plan that the decode's check refuses.
 pub struct TextMemo<'a, T: Tokenize> {
     inner: &'a T,
-    shards: Vec<std::sync::Mutex<HashMap<(u64, u64), Vec<Token>>>>,
+    shards: Vec<std::sync::Mutex<MemoShard>>,
 }
+
+/// Texts by their two hashes, and their tokens.
+type MemoShard = HashMap<(u64, u64), Vec<Token>>;
 
 impl<'a, T: Tokenize> TextMemo<'a, T> {
     /// An empty memo in front of `inner`.

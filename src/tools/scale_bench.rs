@@ -104,34 +104,7 @@ pub fn run(config: &ScaleBenchConfig) -> Result<ScaleBenchReport, Error> {
             .push((n, started.elapsed().as_secs_f64()));
         let run_dir = dir.join("run");
         let _ = std::fs::remove_dir_all(&run_dir);
-        let path = |p: &Path| p.display().to_string();
-        let stages: [(&str, Vec<String>); 3] = [
-            (
-                "embed",
-                vec![
-                    "embed".into(),
-                    path(&data),
-                    "--embeddings".into(),
-                    path(&embeddings),
-                    "--model".into(),
-                    path(&config.model),
-                    "--out".into(),
-                    path(&run_dir),
-                    "--shard".into(),
-                    "0/1".into(),
-                ],
-            ),
-            ("neighbours", vec!["neighbours".into(), path(&run_dir)]),
-            (
-                "score",
-                vec![
-                    "score".into(),
-                    path(&run_dir),
-                    "--shard".into(),
-                    format!("0/{shards}"),
-                ],
-            ),
-        ];
+        let stages = stage_commands(&data, &embeddings, &config.model, &run_dir, shards);
         for (stage, args) in stages {
             let log = dir.join(format!("{stage}.log"));
             let (seconds, peak_rss_mib) = run_stage(&exe, &args, &log)?;
@@ -161,6 +134,42 @@ pub fn run(config: &ScaleBenchConfig) -> Result<ScaleBenchReport, Error> {
         }
     }
     Ok(report)
+}
+
+/// The staged run's commands over `run`, as the README gives them, the score shard being
+/// shard 0 of `shards`.
+fn stage_commands(
+    data: &Path,
+    embeddings: &Path,
+    model: &Path,
+    run: &Path,
+    shards: usize,
+) -> [(&'static str, Vec<String>); 3] {
+    let path = |p: &Path| p.display().to_string();
+    let args = |words: &[&str]| words.iter().map(|w| w.to_string()).collect::<Vec<_>>();
+    let (data, embeddings, model, run) = (path(data), path(embeddings), path(model), path(run));
+    [
+        (
+            "embed",
+            args(&[
+                "embed",
+                &data,
+                "--embeddings",
+                &embeddings,
+                "--model",
+                &model,
+                "--out",
+                &run,
+                "--shard",
+                "0/1",
+            ]),
+        ),
+        ("neighbours", args(&["neighbours", &run])),
+        (
+            "score",
+            args(&["score", &run, "--shard", &format!("0/{shards}")]),
+        ),
+    ]
 }
 
 /// Runs `exe args`, its log to `log`; returns its wall seconds and peak RSS (MiB).

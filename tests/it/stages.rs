@@ -199,3 +199,49 @@ fn sharded_stages_in_any_order_equal_select_byte_for_byte() {
         common::read_json(&reference.join("run.json"))["scoring"]["planned_steps"]
     );
 }
+
+#[test]
+fn bench_scale_measures_every_stage_at_both_sizes() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("scale.json");
+    let printed = run(miwv().args([
+        "bench-scale",
+        "--samples",
+        "40",
+        "--shard-samples",
+        "10",
+        "--dim",
+        "16",
+        "--dir",
+        path(&dir.path().join("work")),
+        "--json",
+        path(&json),
+    ]));
+    let table = String::from_utf8_lossy(&printed.stdout);
+    assert!(table.contains("score shard at N=40 against N=4"), "{table}");
+    let report = common::read_json(&json);
+    let runs = report["runs"].as_array().unwrap();
+    let stages: Vec<(u64, &str)> = runs
+        .iter()
+        .map(|r| (r["n"].as_u64().unwrap(), r["stage"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        stages,
+        [
+            (4, "embed"),
+            (4, "neighbours"),
+            (4, "score"),
+            (40, "embed"),
+            (40, "neighbours"),
+            (40, "score")
+        ]
+    );
+    for r in runs {
+        assert!(r["peak_rss_mib"].as_f64().unwrap() > 10.0, "{r}");
+        assert!(r["seconds"].as_f64().unwrap() > 0.0, "{r}");
+    }
+    for r in runs.iter().filter(|r| r["stage"] == "score") {
+        assert!(r["ready_s"].as_f64().is_some(), "{r}");
+        assert!(r["tokens_decoded"].as_u64().unwrap() > 0, "{r}");
+    }
+}
