@@ -17,11 +17,12 @@
 //!   block), k = min(N, 4) and, for the rare row whose tie reaches the k-th result, a wider
 //!   search of that row. O(N²·D): 100 s at 100K × 768 on 2 cores, hours at 1M.
 //! - **self-join** (`join`, `join{L}`; what `auto` uses above): an inverted file searched all
-//!   at once, list by list, with FAISS's BLAS paths ([`Method::Join`]). About 3.5 minutes and
-//!   1.2 GiB at 1M × 768 on 2 cores.
+//!   at once, list by list, with FAISS's BLAS paths ([`Method::Join`]). 3.5 to 10 minutes
+//!   (by machine) and 1.2 GiB at 1M × 768 on 2 cores.
 //! - **any other FAISS `index_factory` string** (`IVF4096,SQ8`, `HNSW32`, ...): trained,
-//!   filled block by block and searched by FAISS itself. The vendored FAISS is compiled
-//!   without SIMD flags, so its code scanners are slow here (docs/PERFORMANCE.md).
+//!   filled block by block and searched by FAISS itself. Built for the machine, FAISS's
+//!   fastest index at the join's recall (`IVF1024,SQ8`) still took 1.9x its time at 1M, and
+//!   HNSW did not reach that recall (docs/PERFORMANCE.md).
 //!
 //! Approximate methods fetch a few candidates per query and re-rank them with exact dot
 //! products against the original vectors, so every reported similarity is exact and the tie
