@@ -195,7 +195,13 @@ fn run_stage(exe: &Path, args: &[String], log: &Path) -> Result<(f64, f64), Erro
             args.join(" ")
         ))));
     }
-    Ok((seconds, max_rss_kib as f64 / 1024.0))
+    // Linux reports ru_maxrss in KiB, macOS in bytes.
+    let kib = if cfg!(target_os = "macos") {
+        max_rss_kib / 1024
+    } else {
+        max_rss_kib
+    };
+    Ok((seconds, kib as f64 / 1024.0))
 }
 
 /// Waits for child `pid` and returns its wait status and its own peak RSS in KiB.
