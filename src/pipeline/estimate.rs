@@ -149,7 +149,7 @@ pub fn estimate(run: &Path, calibrate_tokens: usize) -> Result<Estimate, Error> 
     let table = plan.table();
     let mut unscorable = BTreeMap::new();
     for reason in table.failed.iter().flatten() {
-        *unscorable.entry(reason.name().to_string()).or_insert(0) += 1;
+        *unscorable.entry(reason.name()).or_insert(0) += 1;
     }
     let calibration = (calibrate_tokens > 0)
         .then(|| {

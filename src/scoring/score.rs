@@ -86,12 +86,12 @@ pub enum Unscorable {
 }
 
 impl Unscorable {
-    /// The reason as `scores.jsonl` writes it.
-    pub fn name(self) -> &'static str {
-        match self {
-            Unscorable::EmptyResponse => "empty_response",
-            Unscorable::TooLong => "too_long",
-            Unscorable::NoNeighbour => "no_neighbour",
+    /// The reason as `scores.jsonl` spells it (`too_long`): its serde name, so the two cannot
+    /// differ.
+    pub fn name(self) -> String {
+        match serde_json::to_value(self) {
+            Ok(serde_json::Value::String(name)) => name,
+            _ => format!("{self:?}"),
         }
     }
 }

@@ -282,14 +282,6 @@ fn defined(v: f32) -> Option<f64> {
     v.is_finite().then(|| f64::from(v))
 }
 
-/// A reason as `scores.jsonl` spells it (`too_long`): its serde name, so the two cannot differ.
-fn reason_name(reason: Unscorable) -> String {
-    match serde_json::to_value(reason) {
-        Ok(serde_json::Value::String(name)) => name,
-        _ => format!("{reason:?}"),
-    }
-}
-
 /// Scored rows, best first (the selection's order: higher MIWV first, ties to the lower index).
 fn ranked(rows: &[ScoreRow]) -> Vec<&ScoreRow> {
     let mut scored: Vec<&ScoreRow> = rows.iter().filter(|r| r.score().is_some()).collect();
@@ -1148,7 +1140,7 @@ fn unscorable_section(
              <td class=\"text\">{prompt}</td><td class=\"text\">{response}</td></tr>",
             row.index,
             escape_html(&row.id),
-            escape_html(&row.reason.map_or("—".into(), reason_name)),
+            escape_html(&row.reason.map_or("—".into(), Unscorable::name)),
         );
     }
     page.push_str("</table>\n");
@@ -1238,9 +1230,9 @@ mod tests {
 
     #[test]
     fn reasons_read_as_scores_jsonl_spells_them() {
-        assert_eq!(reason_name(Unscorable::EmptyResponse), "empty_response");
-        assert_eq!(reason_name(Unscorable::TooLong), "too_long");
-        assert_eq!(reason_name(Unscorable::NoNeighbour), "no_neighbour");
+        assert_eq!(Unscorable::EmptyResponse.name(), "empty_response");
+        assert_eq!(Unscorable::TooLong.name(), "too_long");
+        assert_eq!(Unscorable::NoNeighbour.name(), "no_neighbour");
     }
 
     #[test]
