@@ -14,7 +14,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 use super::load_models;
-use super::stages::{read_stage_record, sample_store, saved_plan};
+use super::stages::{read_stage_record, saved_plan};
 use crate::engine::ScorerPool;
 use crate::scoring::scheduler::{Decoders, NoJournal};
 use crate::Error;
@@ -138,14 +138,7 @@ fn duration(seconds: f64) -> String {
 pub fn estimate(run: &Path, calibrate_tokens: usize) -> Result<Estimate, Error> {
     let config = read_stage_record(run)?.config;
     let loaded = load_models(&config)?;
-    let store = sample_store(&loaded.state, run)?;
-    let plan = saved_plan(
-        &config,
-        &loaded.model,
-        &loaded.template,
-        &loaded.state,
-        &store,
-    )?;
+    let plan = saved_plan(&config, &loaded.model, &loaded.template, &loaded.state)?;
     let table = plan.table();
     let mut unscorable = BTreeMap::new();
     for reason in table.failed.iter().flatten() {

@@ -282,11 +282,10 @@ pub(super) fn saved_plan<'a>(
     model: &'a Model,
     template: &Template,
     state: &RunState,
-    store: &'a SampleStore,
 ) -> Result<ScoringPlan<'a>, Error> {
-    let table = state
-        .load_plan()?
-        .ok_or_else(|| no_neighbours(&config.out_dir))?;
+    let run = &config.out_dir;
+    let table = state.load_plan()?.ok_or_else(|| no_neighbours(run))?;
+    let store = SampleStore::open(&state.plan_dir()?)?.ok_or_else(|| no_neighbours(run))?;
     let options = scoring_options(config, template);
     let renderer = Renderer::new(model, store, &options);
     Ok(ScoringPlan::from_table(
@@ -294,11 +293,6 @@ pub(super) fn saved_plan<'a>(
         table,
         &options,
     )?)
-}
-
-/// The run's sample store, written by `neighbours`.
-pub(super) fn sample_store(state: &RunState, run: &Path) -> Result<SampleStore, Error> {
-    SampleStore::open(&state.plan_dir()?)?.ok_or_else(|| no_neighbours(run))
 }
 
 /// What a score shard decodes with: the model and template, checked against the settings
@@ -460,14 +454,7 @@ pub fn score(
     if marker.exists() {
         return Ok(done(format!("score shard {shard} is already done")));
     }
-    let store = sample_store(&scorer.state, run)?;
-    let plan = saved_plan(
-        &config,
-        &scorer.model,
-        &scorer.template,
-        &scorer.state,
-        &store,
-    )?;
+    let plan = saved_plan(&config, &scorer.model, &scorer.template, &scorer.state)?;
     let steps = plan.shard(shard);
     let ready_s = clock.elapsed().as_secs_f64();
     tracing::info!(ready_s, steps = ?steps, "score shard planned");
@@ -515,14 +502,7 @@ pub fn merge(run: &Path, budget: Option<Budget>) -> Result<RunSummary, Error> {
     let (format, dataset) = read_input(&config)?;
     let loaded = load_models(&config)?;
     let retrieval = saved_retrieval(&loaded, run)?;
-    let store = sample_store(&loaded.state, run)?;
-    let plan = saved_plan(
-        &config,
-        &loaded.model,
-        &loaded.template,
-        &loaded.state,
-        &store,
-    )?;
+    let plan = saved_plan(&config, &loaded.model, &loaded.template, &loaded.state)?;
     let score_dir = run.join("checkpoint").join("score");
     let count = shard_count(&score_dir, "score", run)?;
     let mut losses = Vec::new();

@@ -85,7 +85,7 @@ impl SampleSource for SampleStore {
     }
 }
 
-impl SampleSource for [Sample] {
+impl SampleSource for &[Sample] {
     fn len(&self) -> usize {
         <[Sample]>::len(self)
     }
@@ -94,17 +94,18 @@ impl SampleSource for [Sample] {
     }
 }
 
-/// The [`Sequencer`] of a template and tokenizer over a [`SampleSource`].
-pub struct Renderer<'a, T: Tokenize, S: SampleSource + ?Sized> {
+/// The [`Sequencer`] of a template and tokenizer over a [`SampleSource`] it holds (samples
+/// in memory by reference, or a run's sample store).
+pub struct Renderer<'a, T: Tokenize, S: SampleSource> {
     layout: Layout<'a, T>,
-    samples: &'a S,
+    samples: S,
     max_len: usize,
     response_only: bool,
 }
 
-impl<'a, T: Tokenize, S: SampleSource + ?Sized> Renderer<'a, T, S> {
+impl<'a, T: Tokenize, S: SampleSource> Renderer<'a, T, S> {
     /// Renders `samples` as `options` say (template, EOS, context, IFD's extra pass).
-    pub fn new(tokenizer: &'a T, samples: &'a S, options: &ScoringOptions) -> Self {
+    pub fn new(tokenizer: &'a T, samples: S, options: &ScoringOptions) -> Self {
         Renderer {
             layout: Layout::new(tokenizer, &options.template, options.append_eos),
             samples,
@@ -114,7 +115,7 @@ impl<'a, T: Tokenize, S: SampleSource + ?Sized> Renderer<'a, T, S> {
     }
 }
 
-impl<T: Tokenize + Sync, S: SampleSource + ?Sized> Sequencer for Renderer<'_, T, S> {
+impl<T: Tokenize + Sync, S: SampleSource> Sequencer for Renderer<'_, T, S> {
     fn len(&self) -> usize {
         self.samples.len()
     }

@@ -522,7 +522,7 @@ fn workers_interrupted_keep_a_prefix_of_the_plan_and_resume_to_the_same_scores()
 
 /// A sequencer that counts which samples it renders.
 struct Counting<'a> {
-    inner: Renderer<'a, ByteTokenizer, [Sample]>,
+    inner: Renderer<'a, ByteTokenizer, &'a [Sample]>,
     rendered: &'a std::sync::Mutex<Vec<usize>>,
 }
 
