@@ -100,30 +100,30 @@ impl IndexOptions {
                 ));
             }
         }
-        if self.nprobe == Some(0) {
-            return Err(ConfigError::too_small("--nprobe", 1, 0));
-        }
-        if self.nprobe.is_some() && !self.takes_nprobe() {
-            return Err(ConfigError::new(
-                "--nprobe",
+        let breadth = |flag: &str, value: Option<u32>, applies: bool, why: &'static str| match value
+        {
+            Some(0) => Err(ConfigError::too_small(flag, 1, 0)),
+            Some(_) if !applies => Err(ConfigError::new(
+                flag,
                 Problem::Conflict {
                     other: format!("--index {index}"),
-                    why: "it applies to `auto`, `join` and inverted-file (IVF) indexes only",
+                    why,
                 },
-            ));
-        }
-        if self.ef_search == Some(0) {
-            return Err(ConfigError::too_small("--ef-search", 1, 0));
-        }
-        if self.ef_search.is_some() && !self.takes_ef_search() {
-            return Err(ConfigError::new(
-                "--ef-search",
-                Problem::Conflict {
-                    other: format!("--index {index}"),
-                    why: "it applies to HNSW indexes only",
-                },
-            ));
-        }
+            )),
+            _ => Ok(()),
+        };
+        breadth(
+            "--nprobe",
+            self.nprobe,
+            self.takes_nprobe(),
+            "it applies to `auto`, `join` and inverted-file (IVF) indexes only",
+        )?;
+        breadth(
+            "--ef-search",
+            self.ef_search,
+            self.takes_ef_search(),
+            "it applies to HNSW indexes only",
+        )?;
         Ok(())
     }
 }
