@@ -157,11 +157,8 @@ fn load_models(config: &SelectConfig) -> Result<Loaded, Error> {
         EmbedModel::Scoring => None,
         EmbedModel::File(path) | EmbedModel::Precomputed(path) => Some(file_record(path)?),
     };
-    let model = Model::load(&config.model, config.gpu_layers)?;
-    model.check_can_score(config.sizes.ctx_per_sequence)?;
+    let (model, template) = load_scoring_model(config)?;
     scoring_model.gguf = Some(model.info());
-    let template = resolve_template(&model, config.template, config.chat_template.as_deref())?;
-    tracing::info!(template = template.name(), "template");
     let settings = settings(
         config,
         &template,
@@ -179,6 +176,16 @@ fn load_models(config: &SelectConfig) -> Result<Loaded, Error> {
         settings,
         state,
     })
+}
+
+/// The scoring model, loaded and checked to fit a sequence of the run's context, and the
+/// template it is scored with.
+fn load_scoring_model(config: &SelectConfig) -> Result<(Model, Template), Error> {
+    let model = Model::load(&config.model, config.gpu_layers)?;
+    model.check_can_score(config.sizes.ctx_per_sequence)?;
+    let template = resolve_template(&model, config.template, config.chat_template.as_deref())?;
+    tracing::info!(template = template.name(), "template");
+    Ok((model, template))
 }
 
 /// The template `choice` means for `model` (its own chat template for `auto` and `model`,

@@ -309,10 +309,7 @@ impl Scorer {
         let saved = RunState::saved_settings(run)?.ok_or_else(|| no_neighbours(run))?;
         crate::engine::check_model_file(&config.model)?;
         let record = super::file_record(&config.model)?;
-        let model = Model::load(&config.model, config.gpu_layers)?;
-        model.check_can_score(config.sizes.ctx_per_sequence)?;
-        let template =
-            super::resolve_template(&model, config.template, config.chat_template.as_deref())?;
+        let (model, template) = super::load_scoring_model(config)?;
         // Another model or template than the run's is refused by name, as for any stage.
         let mut settings = saved;
         settings["model_sha256"] = record.sha256.into();
