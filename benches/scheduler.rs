@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 
 use miwv::scoring::prompt::TemplateChoice;
-use miwv::scoring::sizes::ContextSizes;
+use miwv::scoring::sizes::{CtxSize, SizeRequest};
 use miwv::tools::bench::{run, BenchConfig};
 
 fn main() {
@@ -28,13 +28,14 @@ fn main() {
         model: root.join(miwv::DEFAULT_MODEL),
         embed_model: root.join(miwv::DEFAULT_EMBED_MODEL),
         sizes,
-        context: ContextSizes {
-            ctx_per_sequence: 2048,
+        context: SizeRequest {
+            ctx: CtxSize::Auto,
             parallel: 4,
             batch: 2048,
             ubatch: 512,
             threads: std::thread::available_parallelism().map_or(1, usize::from),
             workers: 1,
+            memory_budget: None,
         },
         gpu_layers: 0,
         template: TemplateChoice::Alpaca,

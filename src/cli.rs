@@ -17,7 +17,7 @@ use crate::data::dataset::{Fields, ReadOptions};
 use crate::scoring::prompt::TemplateChoice;
 use crate::scoring::select::Budget;
 use crate::scoring::shard::Shard;
-use crate::scoring::sizes::{self, ContextSizes};
+use crate::scoring::sizes::{self, ContextSizes, CtxSize, SizeRequest};
 use crate::state::config::{self, ConfigError, EmbedModel, IndexOptions, Problem, SelectConfig};
 use crate::tools::bench::BenchConfig;
 
@@ -389,13 +389,18 @@ impl FieldArgs {
 
 #[derive(Args)]
 struct ContextArgs {
-    /// Longest sequence in tokens (example + target); each parallel sequence gets this much KV.
-    #[arg(short = 'c', long, default_value_t = 2048)]
-    ctx_size: usize,
-    /// KV slots: sequences decoded together and cached prefixes kept (half of them at most).
+    /// Longest sequence in tokens (example + target); each parallel sequence gets this much
+    /// KV. `auto`: the longest sequence the data needs, within the model's training context
+    /// and --memory-budget. Nothing is ever cut: a longer sequence leaves its sample
+    /// unscorable (`too_long`, `example_too_long`).
+    #[arg(short = 'c', long, default_value = "auto", value_name = "auto|TOKENS")]
+    ctx_size: CtxSize,
+    /// KV slots at most: sequences decoded together and cached prefixes kept (half of them
+    /// at most); fewer when --memory-budget needs it.
     #[arg(long, default_value_t = 4)]
     parallel: usize,
-    /// Most tokens per decode call (at least --ctx-size).
+    /// Most tokens per decode call; raised to the context when a sequence needs it, and at
+    /// most --ctx-size x --parallel.
     #[arg(short = 'b', long, default_value_t = 2048)]
     batch_size: usize,
     /// Most tokens per compute step.
@@ -413,13 +418,43 @@ struct ContextArgs {
     /// feature; 999 offloads all).
     #[arg(long = "n-gpu-layers", visible_alias = "ngl", default_value_t = 0)]
     n_gpu_layers: u32,
+    /// Memory the weights and every worker's context may take together, e.g. `6G` or
+    /// `512M` (a bare number is GiB); slots, workers and an automatic context are chosen to
+    /// stay within it [default: three quarters of this machine's memory].
+    #[arg(long, value_name = "SIZE", value_parser = parse_memory)]
+    memory_budget: Option<u64>,
+}
+
+/// `6G`, `1.5G`, `512M`, `2048K` or a bare number of GiB, in bytes (binary units).
+fn parse_memory(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let upper = text.to_ascii_uppercase();
+    let number = upper.trim_end_matches("IB").trim_end_matches('B');
+    let (digits, unit) = match number.char_indices().last() {
+        Some((at, unit @ ('K' | 'M' | 'G' | 'T'))) => (&number[..at], unit),
+        _ => (number, 'G'),
+    };
+    let shift = match unit {
+        'K' => 10,
+        'M' => 20,
+        'G' => 30,
+        _ => 40,
+    };
+    match digits.trim().parse::<f64>() {
+        Ok(value) if value.is_finite() && value >= 0.0 => {
+            Ok((value * (1u64 << shift) as f64) as u64)
+        }
+        _ => Err(format!(
+            "expected a size such as 6G, 1.5G or 512M, got `{text}`"
+        )),
+    }
 }
 
 impl ContextArgs {
-    fn sizes(&self) -> ContextSizes {
+    fn sizes(&self) -> SizeRequest {
         let threads = self.threads.unwrap_or_else(sizes::default_threads);
-        ContextSizes {
-            ctx_per_sequence: self.ctx_size,
+        SizeRequest {
+            ctx: self.ctx_size,
             parallel: self.parallel,
             batch: self.batch_size,
             ubatch: self.ubatch_size,
@@ -427,6 +462,7 @@ impl ContextArgs {
             workers: self
                 .workers
                 .unwrap_or_else(|| ContextSizes::default_workers(threads, self.n_gpu_layers)),
+            memory_budget: self.memory_budget,
         }
     }
 }
@@ -1044,13 +1080,14 @@ mod tests {
         assert!(!c.also_ifd);
         assert_eq!(
             c.sizes,
-            ContextSizes {
-                ctx_per_sequence: 2048,
+            SizeRequest {
+                ctx: CtxSize::Auto,
                 parallel: 4,
                 batch: 2048,
                 ubatch: 512,
                 threads: cores(),
                 workers: cores(),
+                memory_budget: None,
             }
         );
         assert_eq!(c.gpu_layers, 0);
@@ -1063,7 +1100,7 @@ mod tests {
         assert_eq!(select(&["-t", "3"]).sizes.workers, 3);
         assert_eq!(select(&["-t", "3", "--workers", "1"]).sizes.workers, 1);
         assert_eq!(select(&["-t", "3", "-ngl", "99"]).sizes.workers, 1);
-        let sizes = select(&["-t", "5", "--workers", "2"]).sizes;
+        let sizes = select(&["-t", "5", "--workers", "2"]).sizes.at(64, 1, 2);
         assert_eq!((sizes.workers, sizes.threads_per_worker()), (2, 2));
         for bad in [&["-t", "2", "--workers", "3"][..], &["--workers", "0"]] {
             let err = run(&[&["select", "d.json"], bad].concat()).err().unwrap();
@@ -1183,7 +1220,26 @@ mod tests {
     fn context_flags_and_aliases() {
         for flag in ["-c", "--ctx-size"] {
             let s = select(&[flag, "1024", "-b", "1024"]).sizes;
-            assert_eq!(s.ctx_per_sequence, 1024);
+            assert_eq!(s.ctx, CtxSize::Tokens(1024));
+        }
+        assert_eq!(select(&["-c", "auto"]).sizes.ctx, CtxSize::Auto);
+        for (budget, bytes) in [
+            ("6G", 6 << 30),
+            ("1.5G", 3 << 29),
+            ("512M", 512 << 20),
+            ("512MiB", 512 << 20),
+            ("2", 2 << 30),
+        ] {
+            let s = select(&["--memory-budget", budget]).sizes;
+            assert_eq!(s.memory_budget, Some(bytes), "{budget}");
+        }
+        for bad in [
+            "--memory-budget=lots",
+            "--memory-budget=-1G",
+            "--memory-budget=0",
+        ] {
+            let err = run(&["select", "d.json", bad]).err().unwrap();
+            assert!(err.to_string().contains("--memory-budget"), "{bad}: {err}");
         }
         assert_eq!(select(&["--parallel", "8"]).sizes.parallel, 8);
         for flag in ["-b", "--batch-size"] {
@@ -1262,13 +1318,14 @@ mod tests {
         assert_eq!(c.config.ceiling_repeats, 2);
         assert_eq!(
             c.config.context,
-            ContextSizes {
-                ctx_per_sequence: 512,
+            SizeRequest {
+                ctx: CtxSize::Tokens(512),
                 parallel: 2,
                 batch: 1024,
                 ubatch: 128,
                 threads: 2,
                 workers: 2,
+                memory_budget: None,
             }
         );
         assert_eq!(
@@ -1502,18 +1559,6 @@ mod tests {
                 &["--parallel must be in 1..=256, got 257"],
             ),
             (
-                &["-c", "4096"],
-                &["--batch-size must be at least --ctx-size (4096), got 2048"],
-            ),
-            (
-                &["-b", "8193"],
-                &["--batch-size must be at most --ctx-size x --parallel (8192), got 8193"],
-            ),
-            (
-                &["-c", "1024", "--parallel", "1", "--batch-size", "2048"],
-                &["--batch-size must be at most --ctx-size x --parallel (1024), got 2048"],
-            ),
-            (
                 &["--ubatch-size", "0"],
                 &["--ubatch-size must be at least 1, got 0"],
             ),
@@ -1554,7 +1599,7 @@ mod tests {
             "1",
         ])
         .sizes;
-        assert_eq!((s.ctx_per_sequence, s.batch, s.ubatch), (16, 16, 16));
+        assert_eq!((s.ctx, s.batch, s.ubatch), (CtxSize::Tokens(16), 16, 16));
         assert_eq!(select(&["--parallel", "256"]).sizes.parallel, 256);
         assert_eq!(select(&["-b", "8192"]).sizes.batch, 8192);
     }

@@ -144,7 +144,12 @@ fn stage(
     Ok(())
 }
 
+/// The run's last lines: what it wrote on stdout; what it could not score on stderr, so a
+/// user who reads neither `scores.jsonl` nor the log still sees it.
 fn print_summary(summary: &miwv::pipeline::RunSummary) {
+    if let Some(lines) = summary.unscorable_lines() {
+        eprint!("miwv: {lines}");
+    }
     println!(
         "scored {} of {} samples; selected {}",
         summary.scored, summary.samples, summary.selected_count
@@ -254,6 +259,10 @@ fn run_doctor(settings: DoctorSettings) -> Result<(), miwv::Error> {
             )
         })?;
     println!("{}", view.render(|token| model.piece(token)));
+    let trained = model.info().context_train as usize;
+    let lengths =
+        miwv::tools::doctor::sample_lengths(&model, &template, &dataset.samples, trained)?;
+    print!("{}", lengths.render());
     let Some(tokenizer) = settings.tokenizer else {
         return Ok(());
     };

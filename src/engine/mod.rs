@@ -198,8 +198,8 @@ impl Model {
     /// What one scoring context of `sizes` allocates besides the shared weights, estimated from
     /// the model's shape as llama.cpp sizes its buffers: the KV cache (F16 keys and values for
     /// every cell), the output buffer (F32 logits for every row of a decode that asks for
-    /// them, at most `--batch-size` rows) and the compute buffer (dominated by one ubatch's
-    /// logits).
+    /// them, at most `--batch-size` rows) and the compute buffer (one ubatch's logits and its
+    /// attention scores).
     pub fn context_memory(&self, sizes: &ContextSizes) -> ContextMemory {
         let arch = self
             .model
@@ -219,10 +219,14 @@ impl Model {
             * 2;
         let cells = (sizes.ctx_per_sequence * sizes.parallel) as u64;
         let row = self.model.n_vocab().max(0) as u64 * 4;
+        // Attention scores of one ubatch over a sequence's cells, per head: about 2 bytes
+        // each as llama.cpp reserves them (SmolLM2-135M, 512-token ubatch: 107.5 MiB of
+        // compute buffer at 2,048 cells, 167.5 MiB at 8,192).
+        let scores = 2 * u64::from(self.model.n_head()) * sizes.ctx_per_sequence as u64;
         ContextMemory {
             kv_bytes: per_cell * cells,
             outputs_bytes: row * sizes.batch as u64,
-            compute_bytes: row * sizes.ubatch as u64,
+            compute_bytes: (row + scores) * sizes.ubatch as u64,
         }
     }
 
@@ -237,7 +241,7 @@ impl Model {
     ///
     /// # Errors
     /// [`EngineError::Model`] saying why.
-    pub fn check_can_score(&self, ctx_per_sequence: usize) -> Result<(), EngineError> {
+    pub fn check_can_score(&self, ctx_per_sequence: Option<usize>) -> Result<(), EngineError> {
         let fail = |problem: String| EngineError::Model {
             path: self.path.clone(),
             problem,
@@ -253,7 +257,7 @@ impl Model {
             )));
         }
         let trained = self.model.n_ctx_train() as usize;
-        if trained > 0 && ctx_per_sequence > trained {
+        if let Some(ctx_per_sequence) = ctx_per_sequence.filter(|&c| trained > 0 && c > trained) {
             return Err(fail(format!(
                 "--ctx-size {ctx_per_sequence} exceeds the {trained} tokens this model was trained on"
             )));
@@ -633,7 +637,7 @@ impl<'m> Scorer<'m> {
     pub fn new(model: &'m Model, sizes: ContextSizes) -> Result<Self, EngineError> {
         // Separate KV streams per sequence: a unified cache mixed with several sequences per
         // ubatch was measured to move losses by up to 0.18 nats on CPU (docs/ENGINE.md).
-        model.check_can_score(sizes.ctx_per_sequence)?;
+        model.check_can_score(Some(sizes.ctx_per_sequence))?;
         let params = context_params(&sizes).with_kv_unified(false);
         let ctx = model.new_context(
             params,

@@ -59,6 +59,9 @@ pub enum Error {
     /// Scoring stopped: a decoder or journal failure, or the user's Ctrl-C.
     #[error(transparent)]
     Scoring(#[from] ScoringError),
+    /// The memory budget cannot hold the model and one context.
+    #[error(transparent)]
+    Fit(#[from] crate::scoring::sizes::FitError),
     /// The saved state of an earlier run cannot be used or kept.
     #[error(transparent)]
     Resume(#[from] ResumeError),

@@ -17,6 +17,7 @@ use super::load_models;
 use super::stages::{read_stage_record, saved_plan};
 use crate::engine::ScorerPool;
 use crate::scoring::scheduler::{Decoders, NoJournal};
+use crate::scoring::sizes::ContextFit;
 use crate::Error;
 
 /// Seconds of work a suggested shard gets on this machine.
@@ -31,8 +32,12 @@ pub struct Estimate {
     pub scorable: usize,
     /// Samples that will not, by reason.
     pub unscorable: BTreeMap<String, usize>,
-    /// Samples whose one-shot example is cut to fit the context.
-    pub examples_cut: usize,
+    /// Tokens of every sample's zero-shot sequence, whether it fits or not.
+    pub zero_shot_tokens: Distribution,
+    /// Tokens of every one-shot sequence (the whole example, then the sample).
+    pub one_shot_tokens: Distribution,
+    /// How the context was fitted to them.
+    pub context: ContextFit,
     /// Decode steps planned.
     pub steps: usize,
     /// Segments between checkpoints (what workers take and shards share out).
@@ -49,6 +54,48 @@ pub struct Estimate {
     pub weights_mib: u64,
     /// What the calibration decoded and how fast; `None` when it was not run.
     pub calibration: Option<Calibration>,
+}
+
+/// How long a kind of sequence is across the samples.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Distribution {
+    /// Sequences counted.
+    pub count: usize,
+    /// The median, in tokens.
+    pub median: usize,
+    /// The 95th percentile (nearest rank).
+    pub p95: usize,
+    /// The longest.
+    pub longest: usize,
+}
+
+impl Distribution {
+    /// The distribution of `lengths` (zeros, for sequences that do not exist, left out).
+    pub fn of(lengths: impl IntoIterator<Item = usize>) -> Self {
+        let mut sorted: Vec<usize> = lengths.into_iter().filter(|&n| n > 0).collect();
+        sorted.sort_unstable();
+        let rank = |q: f64| {
+            let at = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+            sorted[at - 1]
+        };
+        if sorted.is_empty() {
+            return Distribution::default();
+        }
+        Distribution {
+            count: sorted.len(),
+            median: rank(0.5),
+            p95: rank(0.95),
+            longest: sorted[sorted.len() - 1],
+        }
+    }
+
+    /// `median 812, 95th percentile 1,630, longest 2,210 tokens`.
+    pub fn render(&self) -> String {
+        format!(
+            "median {}, 95th percentile {}, longest {} tokens",
+            self.median, self.p95, self.longest
+        )
+    }
 }
 
 /// A timed decode of the plan's first segments.
@@ -80,12 +127,23 @@ impl Estimate {
             out += &format!(", {count} {reason}");
         }
         out += ")\n";
-        if self.examples_cut > 0 {
-            out += &format!(
-                "examples cut to fit the context: {} samples\n",
-                self.examples_cut
-            );
-        }
+        out += &format!(
+            "zero-shot sequences: {}\none-shot sequences:  {}\n",
+            self.zero_shot_tokens.render(),
+            self.one_shot_tokens.render()
+        );
+        let c = &self.context;
+        out += &format!(
+            "context: {} tokens (--ctx-size {}; at most {}{})\n",
+            c.sizes.ctx_per_sequence,
+            c.asked,
+            c.limit,
+            if self.one_shot_tokens.longest <= c.limit {
+                ", every sequence fits"
+            } else {
+                ", longer sequences are not scored, never cut"
+            }
+        );
         let share = |t: usize| 100.0 * t as f64 / self.tokens_without_reuse.max(1) as f64;
         out += &format!(
             "tokens to decode: {} with neighbour reuse, {} without ({:.0}%)\n",
@@ -138,7 +196,13 @@ fn duration(seconds: f64) -> String {
 pub fn estimate(run: &Path, calibrate_tokens: usize) -> Result<Estimate, Error> {
     let config = read_stage_record(run)?.config;
     let loaded = load_models(&config)?;
-    let plan = saved_plan(&config, &loaded.model, &loaded.template, &loaded.state)?;
+    let (plan, fit) = saved_plan(
+        &config,
+        &loaded.model,
+        &loaded.template,
+        &loaded.state,
+        None,
+    )?;
     let table = plan.table();
     let mut unscorable = BTreeMap::new();
     for reason in table.failed.iter().flatten() {
@@ -147,7 +211,7 @@ pub fn estimate(run: &Path, calibrate_tokens: usize) -> Result<Estimate, Error> 
     let calibration = (calibrate_tokens > 0)
         .then(|| {
             let steps = plan.first_segments(calibrate_tokens);
-            let pool = ScorerPool::new(&loaded.model, config.sizes);
+            let pool = ScorerPool::new(&loaded.model, fit.sizes);
             let started = Instant::now();
             plan.decode(
                 Decoders::Pool(&pool),
@@ -167,18 +231,29 @@ pub fn estimate(run: &Path, calibrate_tokens: usize) -> Result<Estimate, Error> 
         samples: table.len(),
         scorable: table.failed.iter().filter(|f| f.is_none()).count(),
         unscorable,
-        examples_cut: table
-            .usage
-            .iter()
-            .filter(|u| u.example_tokens_dropped > 0)
-            .count(),
+        zero_shot_tokens: Distribution::of(table.usage.iter().map(|u| u.tokens_zero_shot)),
+        one_shot_tokens: Distribution::of(table.usage.iter().map(|u| u.tokens_one_shot)),
+        context: fit,
         steps: plan.steps(),
         segments: plan.segment_count(),
         tokens: plan.tokens_in(0..plan.steps()),
         tokens_without_reuse: plan.tokens_without_reuse(),
-        workers: config.sizes.workers,
-        context_mib: mib(loaded.model.context_memory(&config.sizes).total()),
+        workers: fit.sizes.workers,
+        context_mib: mib(loaded.model.context_memory(&fit.sizes).total()),
         weights_mib: mib(loaded.scoring_model.bytes),
         calibration,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn distributions_leave_out_missing_sequences() {
+        let d = Distribution::of((1..=100).chain([0, 0]));
+        assert_eq!((d.count, d.median, d.p95, d.longest), (100, 50, 95, 100));
+        assert_eq!(Distribution::of([0, 0]), Distribution::default());
+        assert_eq!(Distribution::of([7]).p95, 7);
+    }
 }

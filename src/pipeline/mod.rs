@@ -21,13 +21,15 @@ use crate::retrieval::neighbours::{find_neighbours, SliceVectors, VectorSource};
 use crate::scoring::prompt::{Template, TemplateChoice, TemplateError};
 use crate::scoring::scheduler::{Decoders, Outcome, ScoringOptions, ScoringPlan};
 use crate::scoring::select::{top_by_score, Budget};
+use crate::scoring::sequences::{PlanTable, Renderer};
+use crate::scoring::sizes::{ContextFit, ContextSizes, Room, SizeRequest};
 use crate::state::config::{EmbedModel, SelectConfig};
 use crate::state::lock::RunLock;
 use crate::state::progress::{Phase, ScoringProgress};
 use crate::state::resume::{Mismatch, Remedy, ResumeError, Retrieval, RunState};
 use crate::state::schema::{
     BudgetRecord, EmbedderRecord, FileRecord, Ifd, IndexReport, Neighbour, RunRecord, ScoreRow,
-    Timings,
+    Timings, UnscoredGroup,
 };
 
 mod error;
@@ -51,6 +53,32 @@ pub struct RunSummary {
     pub scored: usize,
     /// Samples selected.
     pub selected_count: usize,
+    /// Samples left without a MIWV, by reason.
+    pub unscorable: Vec<UnscoredGroup>,
+    /// How the context was fitted.
+    pub context: ContextFit,
+}
+
+impl RunSummary {
+    /// What a run's last lines say about the samples it could not score, or `None` when it
+    /// scored them all: counts by reason, what each reason means here, and the first ids.
+    pub fn unscorable_lines(&self) -> Option<String> {
+        let left: usize = self.unscorable.iter().map(|g| g.count).sum();
+        if left == 0 {
+            return None;
+        }
+        let mut out = format!("{left} of {} samples have no MIWV:\n", self.samples);
+        for group in &self.unscorable {
+            out += &format!(
+                "  {:<16} {:>7}  {}; first: {}\n",
+                group.reason.name(),
+                group.count,
+                group.reason.explain(self.context.limit),
+                group.first_ids.join(", ")
+            );
+        }
+        Some(out)
+    }
 }
 
 /// Runs the whole selection and writes the three output files, resuming whatever an earlier
@@ -85,15 +113,17 @@ pub fn select_until(config: &SelectConfig, stop: &AtomicBool) -> Result<RunSumma
     timings.retrieval_s = clock.elapsed().as_secs_f64();
 
     let clock = Instant::now();
-    let outcome = score(config, &loaded, &dataset, &retrieval, stop)?;
+    let (outcome, fit) = score(config, &loaded, &dataset, &retrieval, stop)?;
     timings.scoring_s = clock.elapsed().as_secs_f64();
 
     let ranking = Ranking::of(&outcome, config.budget);
-    let summary = write_outputs(config, format, &dataset, &retrieval, &outcome, &ranking)?;
+    let summary = write_outputs(
+        config, format, &dataset, &retrieval, &outcome, &ranking, fit,
+    )?;
     timings.total_s = started.elapsed().as_secs_f64();
     timings.peak_rss_mib = crate::state::progress::peak_rss_mib();
     let record = run_record(
-        config, loaded, dataset, retrieval, outcome, &ranking, timings,
+        config, loaded, dataset, retrieval, outcome, &ranking, timings, &summary,
     );
     // run.json is written last: when it is there, the other files belong to it.
     write_json(&summary.run, &record)?;
@@ -182,7 +212,7 @@ fn load_models(config: &SelectConfig) -> Result<Loaded, Error> {
 /// template it is scored with.
 fn load_scoring_model(config: &SelectConfig) -> Result<(Model, Template), Error> {
     let model = Model::load(&config.model, config.gpu_layers)?;
-    model.check_can_score(config.sizes.ctx_per_sequence)?;
+    model.check_can_score(config.sizes.ctx.tokens())?;
     let template = resolve_template(&model, config.template, config.chat_template.as_deref())?;
     tracing::info!(template = template.name(), "template");
     Ok((model, template))
@@ -277,37 +307,117 @@ fn score(
     dataset: &Dataset,
     retrieval: &Retrieval,
     stop: &AtomicBool,
-) -> Result<Outcome, Error> {
-    let pool = ScorerPool::new(&loaded.model, config.sizes);
+) -> Result<(Outcome, ContextFit), Error> {
+    let (plan, fit) = scoring_plan(config, loaded, dataset, retrieval)?;
+    loaded.state.save_fit(&fit)?;
+    let pool = ScorerPool::new(&loaded.model, fit.sizes);
     let mut progress = ScoringProgress::default();
-    let plan = scoring_plan(config, loaded, dataset, retrieval)?;
-    Ok(plan.score(
+    let outcome = plan.score(
         Decoders::Pool(&pool),
         &mut loaded.state.loss_log(),
         stop,
         |p| progress.update(p),
-    )?)
+    )?;
+    Ok((outcome, fit))
 }
 
-/// The run's whole decode plan, the same in every process that builds it.
+/// The run's whole decode plan, the same in every process that builds it, and the context
+/// sizes it is decoded with: those an earlier run of the same settings saved while they
+/// still fit the memory budget, otherwise fitted anew to the data (see
+/// [`SizeRequest::fit`](crate::scoring::sizes::SizeRequest::fit)).
 fn scoring_plan<'a>(
     config: &SelectConfig,
     loaded: &'a Loaded,
     dataset: &'a Dataset,
     retrieval: &Retrieval,
-) -> Result<ScoringPlan<'a>, Error> {
-    Ok(ScoringPlan::new(
-        &loaded.model,
-        &dataset.samples,
-        &examples(retrieval),
-        &scoring_options(config, &loaded.template),
-    )?)
+) -> Result<(ScoringPlan<'a>, ContextFit), Error> {
+    let model = &loaded.model;
+    let examples = examples(retrieval);
+    let (table, fit) = fitted_table(&config.sizes, model, loaded.state.load_fit()?, |sizes| {
+        let options = scoring_options(config, &loaded.template, sizes);
+        Ok(PlanTable::plan(
+            model,
+            &dataset.samples,
+            &examples,
+            &options,
+            sizes.ctx_per_sequence,
+        )?)
+    })?;
+    let options = scoring_options(config, &loaded.template, fit.sizes);
+    let renderer = Renderer::new(model, &dataset.samples[..], &options);
+    let plan = ScoringPlan::from_table(Box::new(renderer), table, &options)?;
+    Ok((plan, fit))
 }
 
-/// How the run's settings score.
-fn scoring_options(config: &SelectConfig, template: &Template) -> ScoringOptions {
+/// The one sizing rule of every path (select, stages, bench): the longest sequence allowed
+/// ([`SizeRequest::limit`]), the plan's table made by `table_at` at that limit (with the
+/// slots asked for), then the sizes fitted to its longest sequence ([`SizeRequest::fit`]).
+/// A `saved` fit of the same `--ctx-size` is kept while it fits the memory budget, so a
+/// resumed run decodes the plan it started. A table fitted to one slot decodes every
+/// one-shot sequence whole.
+///
+/// # Errors
+/// [`FitError`](crate::scoring::sizes::FitError) when the budget cannot hold the model and
+/// one context, and `table_at`'s errors.
+pub(crate) fn fitted_table(
+    request: &SizeRequest,
+    model: &Model,
+    saved: Option<ContextFit>,
+    table_at: impl FnOnce(ContextSizes) -> Result<PlanTable, Error>,
+) -> Result<(PlanTable, ContextFit), Error> {
+    let room = Room {
+        trained: model.info().context_train as usize,
+        weights: std::fs::metadata(model.path()).map_or(0, |m| m.len()),
+        budget: request
+            .memory_budget
+            .unwrap_or_else(crate::scoring::sizes::default_memory_budget),
+    };
+    let memory = |s: &ContextSizes| model.context_memory(s).total();
+    let saved = saved.filter(|fit| fit.asked == request.ctx && fit.fits(&room));
+    let limit = match saved {
+        Some(fit) => fit.limit,
+        None => request.limit(&room, &memory)?,
+    };
+    let table = table_at(request.at(limit, request.parallel, 1))?;
+    let fit = match saved {
+        Some(fit) => fit,
+        None => request.fit(table.longest(), limit, &room, &memory)?,
+    };
+    log_fit(&fit);
+    let table = if fit.sizes.parallel < 2 {
+        table.without_reuse()
+    } else {
+        table
+    };
+    Ok((table, fit))
+}
+
+/// Says how the context was fitted.
+fn log_fit(fit: &ContextFit) {
+    let s = &fit.sizes;
+    tracing::info!(
+        "context: {} tokens per sequence (--ctx-size {}; longest sequence {}, limit {}), \
+         {} slots, batch {}, {} workers; about {} MiB of {} MiB budgeted",
+        s.ctx_per_sequence,
+        fit.asked,
+        fit.longest_sequence,
+        fit.limit,
+        s.parallel,
+        s.batch,
+        s.workers,
+        fit.memory_mib,
+        fit.memory_budget_mib
+    );
+}
+
+/// How the run's settings score, at the given sizes.
+fn scoring_options(
+    config: &SelectConfig,
+    template: &Template,
+    sizes: ContextSizes,
+) -> ScoringOptions {
     ScoringOptions {
-        sizes: config.sizes,
+        sizes,
         kv_reuse: config.kv_reuse,
         template: template.clone(),
         append_eos: config.append_eos,
@@ -367,6 +477,7 @@ fn write_outputs(
     retrieval: &Retrieval,
     outcome: &Outcome,
     ranking: &Ranking,
+    context: ContextFit,
 ) -> Result<RunSummary, Error> {
     let samples = &dataset.samples;
     let summary = RunSummary {
@@ -376,6 +487,10 @@ fn write_outputs(
         samples: samples.len(),
         scored: ranking.scored,
         selected_count: ranking.chosen.len(),
+        unscorable: UnscoredGroup::of(outcome.scores.iter().map(|s| s.reason), |i| {
+            samples[i].id.clone()
+        }),
+        context,
     };
     match std::fs::remove_file(&summary.run) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
@@ -424,7 +539,8 @@ fn score_row(
         response_tokens: usage.response_tokens,
         prompt_tokens_zero_shot: usage.prompt_tokens_zero_shot,
         prompt_tokens_one_shot: usage.prompt_tokens_one_shot,
-        example_tokens_dropped: usage.example_tokens_dropped,
+        tokens_zero_shot: usage.tokens_zero_shot,
+        tokens_one_shot: usage.tokens_one_shot,
         selected: Some(ranking.rank[i].is_some_and(|r| r <= ranking.wanted)),
         rank: ranking.rank[i],
         turns: samples[i].turns.len(),
@@ -440,6 +556,7 @@ fn run_record(
     outcome: Outcome,
     ranking: &Ranking,
     timings: Timings,
+    summary: &RunSummary,
 ) -> RunRecord {
     let samples = dataset.samples.len();
     RunRecord {
@@ -466,10 +583,12 @@ fn run_record(
                 count: Some(c),
             },
         },
-        context: config.sizes,
+        context: summary.context.sizes,
+        context_fit: Some(summary.context),
         samples,
         scored: ranking.scored,
         unscorable: samples - ranking.scored,
+        unscorable_reasons: summary.unscorable.clone(),
         selected: ranking.chosen.len(),
         kv_reuse: config.kv_reuse,
         checkpoint_tokens: config.checkpoint_tokens,
@@ -499,7 +618,7 @@ fn settings(
         "read": config.read,
         "append_eos": config.append_eos,
         "also_ifd": config.also_ifd,
-        "ctx_size": s.ctx_per_sequence,
+        "ctx_size": s.ctx,
         "parallel": s.parallel,
         "batch_size": s.batch,
         "ubatch_size": s.ubatch,

@@ -32,7 +32,7 @@ use crate::scoring::scheduler::{Decoders, Stats};
 use crate::scoring::select::Budget;
 use crate::scoring::sequences::Renderer;
 use crate::scoring::shard::Shard;
-use crate::scoring::sizes::ContextSizes;
+use crate::scoring::sizes::ContextFit;
 use crate::state::config::{EmbedModel, SelectConfig};
 use crate::state::lock::RunLock;
 use crate::state::progress::{Phase, ScoringProgress};
@@ -263,8 +263,9 @@ fn save_plan(
     retrieval: &Retrieval,
 ) -> Result<(), Error> {
     let clock = Instant::now();
-    let plan = scoring_plan(config, loaded, dataset, retrieval)?;
+    let (plan, fit) = scoring_plan(config, loaded, dataset, retrieval)?;
     SampleStore::write(&loaded.state.plan_dir()?, &dataset.samples)?;
+    loaded.state.save_fit(&fit)?;
     loaded.state.save_plan(plan.table())?;
     tracing::info!(
         samples = dataset.samples.len(),
@@ -276,23 +277,28 @@ fn save_plan(
     Ok(())
 }
 
-/// The plan `neighbours` saved, its sequences rendered from the run's sample store.
+/// The plan `neighbours` saved, its sequences rendered from the run's sample store, and the
+/// context it fitted; `threads`, when given, replaces the run's thread count here.
 pub(super) fn saved_plan<'a>(
     config: &SelectConfig,
     model: &'a Model,
     template: &Template,
     state: &RunState,
-) -> Result<ScoringPlan<'a>, Error> {
+    threads: Option<usize>,
+) -> Result<(ScoringPlan<'a>, ContextFit), Error> {
     let run = &config.out_dir;
     let table = state.load_plan()?.ok_or_else(|| no_neighbours(run))?;
+    let mut fit = state.load_fit()?.ok_or_else(|| no_neighbours(run))?;
+    if let Some(threads) = threads {
+        // The workers the budget allowed, at most one per thread.
+        fit.sizes.threads = threads;
+        fit.sizes.workers = fit.sizes.workers.min(threads).max(1);
+    }
     let store = SampleStore::open(&state.plan_dir()?)?.ok_or_else(|| no_neighbours(run))?;
-    let options = scoring_options(config, template);
+    let options = scoring_options(config, template, fit.sizes);
     let renderer = Renderer::new(model, store, &options);
-    Ok(ScoringPlan::from_table(
-        Box::new(renderer),
-        table,
-        &options,
-    )?)
+    let plan = ScoringPlan::from_table(Box::new(renderer), table, &options)?;
+    Ok((plan, fit))
 }
 
 /// What a score shard decodes with: the model and template, checked against the settings
@@ -435,27 +441,29 @@ pub fn score(
     stop: &AtomicBool,
 ) -> Result<StageSummary, Error> {
     let clock = Instant::now();
-    let mut config = read_stage_record(run)?.config;
+    let config = read_stage_record(run)?.config;
     let _lock = RunLock::shard(
         run,
         &format!("score-{}", shard.file_stem()),
         &format!("miwv score --shard {shard}"),
     )?;
-    if let Some(threads) = threads {
-        config.sizes.threads = threads;
-        config.sizes.workers = ContextSizes::default_workers(threads, config.gpu_layers);
-    }
     let scorer = Scorer::load(&config, run)?;
     let dir = scorer.state.stage_dir("score", shard.count)?;
     let marker = shard_file(&dir, shard, "json");
     if marker.exists() {
         return Ok(done(format!("score shard {shard} is already done")));
     }
-    let plan = saved_plan(&config, &scorer.model, &scorer.template, &scorer.state)?;
+    let (plan, fit) = saved_plan(
+        &config,
+        &scorer.model,
+        &scorer.template,
+        &scorer.state,
+        threads,
+    )?;
     let steps = plan.shard(shard);
     let ready_s = clock.elapsed().as_secs_f64();
     tracing::info!(ready_s, steps = ?steps, "score shard planned");
-    let pool = ScorerPool::new(&scorer.model, config.sizes);
+    let pool = ScorerPool::new(&scorer.model, fit.sizes);
     let mut progress = ScoringProgress::default();
     let (_, stats) = plan.decode(
         Decoders::Pool(&pool),
@@ -499,7 +507,13 @@ pub fn merge(run: &Path, budget: Option<Budget>) -> Result<RunSummary, Error> {
     let (format, dataset) = read_input(&config)?;
     let loaded = load_models(&config)?;
     let retrieval = saved_retrieval(&loaded, run)?;
-    let plan = saved_plan(&config, &loaded.model, &loaded.template, &loaded.state)?;
+    let (plan, fit) = saved_plan(
+        &config,
+        &loaded.model,
+        &loaded.template,
+        &loaded.state,
+        None,
+    )?;
     let score_dir = run.join("checkpoint").join("score");
     let count = shard_count(&score_dir, "score", run)?;
     let mut losses = Vec::new();
@@ -531,10 +545,12 @@ pub fn merge(run: &Path, budget: Option<Budget>) -> Result<RunSummary, Error> {
     let outcome = plan.fold(&losses, stats)?;
     drop(plan);
     let ranking = Ranking::of(&outcome, config.budget);
-    let summary = write_outputs(&config, format, &dataset, &retrieval, &outcome, &ranking)?;
+    let summary = write_outputs(
+        &config, format, &dataset, &retrieval, &outcome, &ranking, fit,
+    )?;
     timings.total_s = started.elapsed().as_secs_f64();
     let mut record = super::run_record(
-        &config, loaded, dataset, retrieval, outcome, &ranking, timings,
+        &config, loaded, dataset, retrieval, outcome, &ranking, timings, &summary,
     );
     record.shards = Some(ShardsRecord {
         embed: stage.embed_shards,

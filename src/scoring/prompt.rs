@@ -344,26 +344,36 @@ pub fn sample_messages(sample: &Sample) -> Vec<(&'static str, Cow<'_, str>)> {
     system.into_iter().chain(turns).collect()
 }
 
-/// The tokens of one text of one or more samples (see [`Template::pieces`]), and where its
-/// parts are: what comes before the first sample, and what joins the last sample to the ones
-/// before it.
+/// The tokens of one text of one or more samples (see [`Template::pieces`]) and where the
+/// last sample's responses are.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rendered {
     /// Every token, BOS included.
     pub tokens: Vec<Token>,
     /// Positions of the last sample's scored (response) tokens, one range per turn.
     pub spans: Vec<Range<usize>>,
-    /// Tokens before the first sample's own pieces (BOS, a header, the markup opening the
-    /// conversation).
-    pub head: usize,
-    /// The tokens joining the last sample to the ones before it (empty for one sample).
-    pub join: Range<usize>,
 }
 
 impl Rendered {
     /// Number of scored tokens.
     pub fn response_len(&self) -> usize {
         self.spans.iter().map(ExactSizeIterator::len).sum()
+    }
+
+    /// The sequence to score: a sample alone (zero-shot) or after its example (one-shot).
+    /// Its length is not checked here: the plan decides, for every path alike, what fits the
+    /// context ([`crate::scoring::sequences::PlanTable`]).
+    ///
+    /// # Errors
+    /// [`Unscorable::EmptyResponse`] when no response token can be scored.
+    pub fn scored(self) -> Result<ScoredSequence, Unscorable> {
+        if self.response_len() == 0 || self.tokens.len() < 2 {
+            return Err(Unscorable::EmptyResponse);
+        }
+        Ok(ScoredSequence {
+            tokens: self.tokens,
+            spans: self.spans,
+        })
     }
 }
 
@@ -435,14 +445,9 @@ impl<'t, T: Tokenize> Layout<'t, T> {
         let last = samples.len().checked_sub(1);
         let mut tokens: Vec<Token> = self.bos.into_iter().collect();
         let mut spans: Vec<Range<usize>> = Vec::new();
-        let mut head = None;
-        let mut join = 0..0;
         // Whether the piece before was a response with tokens: its end is marked, scored or not.
         let mut answered = false;
         for (owner, piece) in self.template.pieces(samples)? {
-            if owner.is_some() && head.is_none() {
-                head = Some(tokens.len());
-            }
             let start = tokens.len();
             let scored = owner.is_some() && owner == last;
             let is_response = matches!(piece, Piece::Response(_));
@@ -470,106 +475,16 @@ impl<'t, T: Tokenize> Layout<'t, T> {
                 }
             }
             answered = is_response && tokens.len() > start;
-            if owner.is_none() && head.is_some() {
-                // Markup between two samples: the last such run before the last sample.
-                join = if join.end == start {
-                    join.start..tokens.len()
-                } else {
-                    start..tokens.len()
-                };
-            }
         }
         spans.retain(|span| !span.is_empty());
-        let head = head.unwrap_or(tokens.len());
-        if samples.len() < 2 {
-            join = tokens.len()..tokens.len();
-        }
-        Ok(Rendered {
-            tokens,
-            spans,
-            head,
-            join,
-        })
-    }
-
-    /// A sample's own text, `[BOS] block_i` or its conversation: the response scored with
-    /// its own prompt only.
-    pub fn zero_shot(
-        &self,
-        rendered: &Rendered,
-        max_len: usize,
-    ) -> Result<ScoredSequence, Unscorable> {
-        if rendered.response_len() == 0 {
-            return Err(Unscorable::EmptyResponse);
-        }
-        if rendered.tokens.len() > max_len || rendered.tokens.len() < 2 {
-            return Err(Unscorable::TooLong);
-        }
-        Ok(ScoredSequence {
-            tokens: rendered.tokens.clone(),
-            spans: rendered.spans.clone(),
-        })
-    }
-
-    /// The example's and the target's text as one, rendered by [`Layout::render`] with the
-    /// example first. When it does not fit `max_len`, the example is shortened from the left
-    /// (the head and the target never are); when none of it fits, the example and the
-    /// markup joining it to the target are left out. Returns the sequence and how many
-    /// example tokens were dropped.
-    pub fn one_shot(
-        &self,
-        rendered: &Rendered,
-        max_len: usize,
-    ) -> Result<(ScoredSequence, usize), Unscorable> {
-        if rendered.response_len() == 0 {
-            return Err(Unscorable::EmptyResponse);
-        }
-        let Rendered {
-            tokens,
-            spans,
-            head,
-            join,
-        } = rendered;
-        let example = join.start - head;
-        let target = tokens.len() - join.end;
-        if head + target > max_len || head + target < 2 {
-            return Err(Unscorable::TooLong);
-        }
-        if tokens.len() <= max_len {
-            return Ok((
-                ScoredSequence {
-                    tokens: tokens.clone(),
-                    spans: spans.clone(),
-                },
-                0,
-            ));
-        }
-        let kept = max_len
-            .saturating_sub(head + join.len() + target)
-            .min(example);
-        let (cut, shortened) = if kept > 0 {
-            let cut = example - kept;
-            let shortened = [&tokens[..*head], &tokens[head + cut..]].concat();
-            (cut, shortened)
-        } else {
-            let shortened = [&tokens[..*head], &tokens[join.end..]].concat();
-            (join.end - head, shortened)
-        };
-        let spans = spans.iter().map(|s| s.start - cut..s.end - cut).collect();
-        Ok((
-            ScoredSequence {
-                tokens: shortened,
-                spans,
-            },
-            example - kept,
-        ))
+        Ok(Rendered { tokens, spans })
     }
 
     /// `[BOS] y`: the responses alone, for IFD's L(y), from a sample's own rendering. Their
     /// tokens are the same as there; with no BOS the first one has nothing to be predicted
     /// from and is not scored, as in the Cherry LLM reference. `None` when nothing is left to
-    /// score or it does not fit.
-    pub fn response_only(&self, rendered: &Rendered, max_len: usize) -> Option<ScoredSequence> {
+    /// score.
+    pub fn response_only(&self, rendered: &Rendered) -> Option<ScoredSequence> {
         let mut tokens: Vec<Token> = self.tokenizer.bos().into_iter().collect();
         let mut spans = Vec::with_capacity(rendered.spans.len());
         for span in &rendered.spans {
@@ -579,7 +494,7 @@ impl<'t, T: Tokenize> Layout<'t, T> {
                 spans.push(start..tokens.len());
             }
         }
-        (!spans.is_empty() && tokens.len() <= max_len).then_some(ScoredSequence { tokens, spans })
+        (!spans.is_empty()).then_some(ScoredSequence { tokens, spans })
     }
 }
 
@@ -675,18 +590,16 @@ pub(crate) mod tests {
     fn zero<T: Tokenize>(
         layout: &Layout<T>,
         sample: &Sample,
-        max_len: usize,
     ) -> Result<ScoredSequence, Unscorable> {
-        layout.zero_shot(&layout.render(&[sample]).unwrap(), max_len)
+        layout.render(&[sample]).unwrap().scored()
     }
 
     fn one<T: Tokenize>(
         layout: &Layout<T>,
         example: &Sample,
         target: &Sample,
-        max_len: usize,
-    ) -> Result<(ScoredSequence, usize), Unscorable> {
-        layout.one_shot(&layout.render(&[example, target]).unwrap(), max_len)
+    ) -> Result<ScoredSequence, Unscorable> {
+        layout.render(&[example, target]).unwrap().scored()
     }
 
     fn scored(seq: &ScoredSequence) -> Vec<String> {
@@ -706,7 +619,7 @@ pub(crate) mod tests {
             vec![1, b'a' as Token, b'\n' as Token, b'b' as Token, 1000]
         );
         assert_eq!(rendered.spans, std::iter::once(3..5).collect::<Vec<_>>());
-        let seq = layout.zero_shot(&rendered, 100).unwrap();
+        let seq = rendered.clone().scored().unwrap();
         assert_eq!(&seq.tokens[seq.target()], &[b'b' as Token, 1000]);
     }
 
@@ -716,15 +629,14 @@ pub(crate) mod tests {
             let layout = Layout::new(&ByteTokenizer, &template, true);
             let example = conversation(&[("first", "one"), ("again", "two")]);
             let target = sample("second", "three");
-            let zero_k = zero(&layout, &example, 10_000).unwrap();
-            let (one, dropped) = one(&layout, &example, &target, 10_000).unwrap();
-            assert_eq!(dropped, 0);
+            let zero_k = zero(&layout, &example).unwrap();
+            let one = one(&layout, &example, &target).unwrap();
             assert_eq!(
                 &one.tokens[..zero_k.tokens.len()],
                 &zero_k.tokens[..],
                 "{template:?}"
             );
-            let zero_i = zero(&layout, &target, 10_000).unwrap();
+            let zero_i = zero(&layout, &target).unwrap();
             assert_eq!(
                 &one.tokens[one.target()],
                 &zero_i.tokens[zero_i.target()],
@@ -737,7 +649,7 @@ pub(crate) mod tests {
     #[test]
     fn a_chat_one_shot_is_one_conversation_with_the_default_system_message_once() {
         let layout = Layout::new(&ByteTokenizer, &chat(), false);
-        let (seq, _) = one(&layout, &sample("q1", "a1"), &sample("q2", "a2"), 1000).unwrap();
+        let seq = one(&layout, &sample("q1", "a1"), &sample("q2", "a2")).unwrap();
         assert_eq!(
             text(&seq.tokens),
             "H|S:default<E>\nU:q1<E>\nA:a1<E>\nU:q2<E>\nA:a2<E>\n"
@@ -746,7 +658,7 @@ pub(crate) mod tests {
         // The target's own system message keeps its place, after the example.
         let mut target = sample("q2", "a2");
         target.system = "sys".into();
-        let (seq, _) = one(&layout, &sample("q1", "a1"), &target, 1000).unwrap();
+        let seq = one(&layout, &sample("q1", "a1"), &target).unwrap();
         assert_eq!(
             text(&seq.tokens),
             "H|S:default<E>\nU:q1<E>\nA:a1<E>\nS:sys<E>\nU:q2<E>\nA:a2<E>\n"
@@ -758,7 +670,7 @@ pub(crate) mod tests {
         let layout = Layout::new(&ByteTokenizer, &chat(), false);
         let mut conv = conversation(&[("hi", "yo"), ("more", "ok")]);
         conv.system = "be brief".into();
-        let seq = zero(&layout, &conv, 1000).unwrap();
+        let seq = zero(&layout, &conv).unwrap();
         assert_eq!(
             text(&seq.tokens),
             "H|S:be brief<E>\nU:hi<E>\nA:yo<E>\nU:more<E>\nA:ok<E>\n",
@@ -779,7 +691,7 @@ pub(crate) mod tests {
 
         // With EOS on, the end-of-turn token is scored with each response.
         let layout = Layout::new(&ByteTokenizer, &chat(), true);
-        let seq = zero(&layout, &conv, 1000).unwrap();
+        let seq = zero(&layout, &conv).unwrap();
         assert_eq!(scored(&seq), ["yo<E>", "ok<E>"]);
     }
 
@@ -819,7 +731,7 @@ pub(crate) mod tests {
     #[test]
     fn oda_and_alpaca_texts() {
         let layout = Layout::new(&ByteTokenizer, &Template::Oda, false);
-        let seq = zero(&layout, &conversation(&[("q", "a1"), ("r", "a2")]), 1000).unwrap();
+        let seq = zero(&layout, &conversation(&[("q", "a1"), ("r", "a2")])).unwrap();
         assert_eq!(
             text(&seq.tokens),
             "[1]User: q\nAssistant: a1\nUser: r\nAssistant: a2"
@@ -829,7 +741,7 @@ pub(crate) mod tests {
         let layout = Layout::new(&ByteTokenizer, &Template::Alpaca, false);
         let mut with_input = sample("Add.", "5");
         with_input.turns[0].input = "2 3".into();
-        let seq = zero(&layout, &with_input, 1000).unwrap();
+        let seq = zero(&layout, &with_input).unwrap();
         assert_eq!(
             text(&seq.tokens[1..]),
             format!("{ALPACA_WITH_INPUT}Add.\n\n### Input:\n2 3\n\n### Response:\n5")
@@ -842,8 +754,8 @@ pub(crate) mod tests {
         let rendered = layout
             .render(&[&conversation(&[("q", "one"), ("r", "two")])])
             .unwrap();
-        let zero = layout.zero_shot(&rendered, 1000).unwrap();
-        let alone = layout.response_only(&rendered, 1000).unwrap();
+        let alone = layout.response_only(&rendered).unwrap();
+        let zero = rendered.scored().unwrap();
         assert_eq!(alone.tokens[0], 1, "BOS first");
         let tokens = |s: &ScoredSequence| -> Vec<Token> {
             s.spans
@@ -852,42 +764,17 @@ pub(crate) mod tests {
                 .collect()
         };
         assert_eq!(tokens(&alone), tokens(&zero));
-        assert!(layout.response_only(&rendered, 3).is_none(), "too long");
     }
 
     #[test]
-    fn overflow_shortens_the_example_never_the_target() {
-        for template in [Template::Raw, chat()] {
-            let layout = Layout::new(&ByteTokenizer, &template, false);
-            let example = sample("0123456789", "0123456789");
-            let target = sample("q", "xyz");
-            let whole = layout.render(&[&example, &target]).unwrap();
-            let own = zero(&layout, &target, 100).unwrap();
-            let example_len = whole.join.start - whole.head;
-            // Five example tokens fit.
-            let max = whole.tokens.len() - example_len + 5;
-            let (seq, dropped) = layout.one_shot(&whole, max).unwrap();
-            assert_eq!(seq.tokens.len(), max, "{template:?}");
-            assert_eq!(dropped, example_len - 5);
-            assert_eq!(&seq.tokens[..whole.head], &whole.tokens[..whole.head]);
-            assert_eq!(
-                &seq.tokens[whole.head..whole.head + 5],
-                &whole.tokens[whole.join.start - 5..whole.join.start]
-            );
-            assert_eq!(scored(&seq), scored(&own));
-            // None of it fits: the target after the head alone.
-            let (seq, dropped) = layout.one_shot(&whole, max - 5).unwrap();
-            assert_eq!(dropped, example_len);
-            assert_eq!(scored(&seq), scored(&own));
-            assert_eq!(layout.one_shot(&whole, 3), Err(Unscorable::TooLong));
-        }
+    fn a_response_without_tokens_is_unscorable() {
         let layout = Layout::new(&ByteTokenizer, &Template::Raw, false);
         assert_eq!(
-            zero(&layout, &sample("q", ""), 100),
+            zero(&layout, &sample("q", "")),
             Err(Unscorable::EmptyResponse)
         );
         assert_eq!(
-            zero(&layout, &conversation(&[]), 100),
+            zero(&layout, &conversation(&[])),
             Err(Unscorable::EmptyResponse)
         );
     }

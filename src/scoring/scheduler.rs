@@ -28,9 +28,7 @@ use crate::scoring::decoder::{DecodeError, Decoder, DecoderPool, Item};
 use crate::scoring::plan::{digest, schedule, tokens_of, Limits, OneShot, Step, Work};
 use crate::scoring::prompt::{Template, Tokenize, UnrenderableSample};
 use crate::scoring::score::Scores;
-use crate::scoring::sequences::{
-    sample_of, PlanTable, Renderer, SegmentSequences, Sequencer, TextMemo,
-};
+use crate::scoring::sequences::{sample_of, PlanTable, Renderer, SegmentSequences, Sequencer};
 use crate::scoring::shard::Shard;
 use crate::scoring::sizes::ContextSizes;
 
@@ -71,8 +69,10 @@ pub struct Usage {
     pub prompt_tokens_zero_shot: usize,
     /// Tokens before the response in the one-shot sequence.
     pub prompt_tokens_one_shot: usize,
-    /// Example tokens cut to fit the context.
-    pub example_tokens_dropped: usize,
+    /// Tokens of the whole zero-shot sequence, whether or not it fits the context.
+    pub tokens_zero_shot: usize,
+    /// Tokens of the whole one-shot sequence, whether or not it fits (0 without an example).
+    pub tokens_one_shot: usize,
     /// Tokens this sample's passes put through the model (a reused prefix counts once, for
     /// the sample that owns it).
     pub tokens_decoded: usize,
@@ -305,11 +305,13 @@ impl<'a> ScoringPlan<'a> {
         examples: &[Option<usize>],
         options: &ScoringOptions,
     ) -> Result<Self, ScoringError> {
-        let table = {
-            let memo = TextMemo::new(tokenizer);
-            let planning = Renderer::new(&memo, samples, options);
-            PlanTable::build(&planning, examples, options.held_slots() > 0)?
-        };
+        let table = PlanTable::plan(
+            tokenizer,
+            samples,
+            examples,
+            options,
+            options.sizes.ctx_per_sequence,
+        )?;
         let renderer = Box::new(Renderer::new(tokenizer, samples, options));
         ScoringPlan::from_table(renderer, table, options)
     }

@@ -81,11 +81,27 @@ pub enum Unscorable {
     EmptyResponse,
     /// The zero-shot sequence alone does not fit the context.
     TooLong,
+    /// The zero-shot sequence fits but the one-shot sequence does not: the example is never
+    /// cut, so there is no one-shot loss (the zero-shot loss is computed).
+    ExampleTooLong,
     /// There is no other sample to use as the example.
     NoNeighbour,
 }
 
 impl Unscorable {
+    /// What the reason means, for a run whose sequences may have at most `limit` tokens.
+    pub fn explain(self, limit: usize) -> String {
+        match self {
+            Unscorable::EmptyResponse => "no response token to score".into(),
+            Unscorable::TooLong => format!("the sample alone is longer than {limit} tokens"),
+            Unscorable::ExampleTooLong => format!(
+                "the example and the sample together are longer than {limit} tokens \
+                 (zero-shot loss computed)"
+            ),
+            Unscorable::NoNeighbour => "no other sample to be the example".into(),
+        }
+    }
+
     /// The reason as `scores.jsonl` spells it (`too_long`): its serde name, so the two cannot
     /// differ.
     pub fn name(self) -> String {

@@ -24,8 +24,8 @@ use crate::scoring::prompt::{Layout, ScoredSequence, Token, Tokenize};
 use crate::scoring::scheduler::{PlanMismatch, ScoringError, ScoringOptions, Usage};
 use crate::scoring::score::Unscorable;
 
-/// A sample's one-shot sequence and the example tokens cut to fit, or why it has none.
-pub type OneShotSequence = Result<(ScoredSequence, usize), Unscorable>;
+/// A sample's one-shot sequence, or why it has none.
+pub type OneShotSequence = Result<ScoredSequence, Unscorable>;
 
 /// A sample's sequences without an example.
 #[derive(Debug, Clone)]
@@ -99,17 +99,16 @@ impl SampleSource for &[Sample] {
 pub struct Renderer<'a, T: Tokenize, S: SampleSource> {
     layout: Layout<'a, T>,
     samples: S,
-    max_len: usize,
     response_only: bool,
 }
 
 impl<'a, T: Tokenize, S: SampleSource> Renderer<'a, T, S> {
-    /// Renders `samples` as `options` say (template, EOS, context, IFD's extra pass).
+    /// Renders `samples` as `options` say (template, EOS, IFD's extra pass), whatever their
+    /// length: the plan decides what fits the context.
     pub fn new(tokenizer: &'a T, samples: S, options: &ScoringOptions) -> Self {
         Renderer {
             layout: Layout::new(tokenizer, &options.template, options.append_eos),
             samples,
-            max_len: options.sizes.ctx_per_sequence,
             response_only: options.response_only,
         }
     }
@@ -124,18 +123,17 @@ impl<T: Tokenize + Sync, S: SampleSource> Sequencer for Renderer<'_, T, S> {
         let sample = self.samples.sample(sample)?;
         let rendered = self.layout.render(&[&sample])?;
         Ok(Own {
-            zero: self.layout.zero_shot(&rendered, self.max_len),
             alone: (self.response_only)
-                .then(|| self.layout.response_only(&rendered, self.max_len))
+                .then(|| self.layout.response_only(&rendered))
                 .flatten(),
             response_tokens: rendered.response_len(),
+            zero: rendered.scored(),
         })
     }
 
     fn one_shot(&self, sample: usize, example: usize) -> Result<OneShotSequence, ScoringError> {
         let (sample, example) = (self.samples.sample(sample)?, self.samples.sample(example)?);
-        let rendered = self.layout.render(&[&example, &sample])?;
-        Ok(self.layout.one_shot(&rendered, self.max_len))
+        Ok(self.layout.render(&[&example, &sample])?.scored())
     }
 }
 
@@ -156,7 +154,11 @@ pub struct PlanTable {
 
 /// The part of a sample's own rendering the second pass needs.
 struct OwnSummary {
+    /// (length, hash, prompt tokens) of a zero-shot sequence that fits, or why it is not
+    /// decoded.
     zero: Result<(usize, u64, usize), Unscorable>,
+    /// The zero-shot sequence's tokens, whether it fits or not.
+    tokens: usize,
     alone_len: Option<usize>,
     response_tokens: usize,
 }
@@ -164,9 +166,15 @@ struct OwnSummary {
 impl PlanTable {
     /// Renders every sample, on every core, and keeps what planning needs. A one-shot
     /// sequence reuses its neighbour's cache (when `reuse`) if it starts with the neighbour's
-    /// whole zero-shot sequence: the example was not shortened, and the template writes a
-    /// conversation's start the same whatever follows. That is decided here by comparing
-    /// hashes of the two, and checked token by token before each reuse is decoded.
+    /// whole zero-shot sequence, as it does when the template writes a conversation's start
+    /// the same whatever follows. That is decided here by comparing hashes of the two, and
+    /// checked token by token before each reuse is decoded.
+    ///
+    /// The context rule is applied here, once for every path: no sequence is ever cut. A
+    /// sample whose zero-shot sequence is longer than `max_len` is
+    /// [`Unscorable::TooLong`]; one whose zero-shot sequence fits but whose one-shot sequence
+    /// (the whole example, then the sample) does not is [`Unscorable::ExampleTooLong`], its
+    /// zero-shot loss still computed; a response-only pass that does not fit is left out.
     ///
     /// # Errors
     /// A sample that cannot be read or rendered.
@@ -174,23 +182,30 @@ impl PlanTable {
         sequencer: &dyn Sequencer,
         examples: &[Option<usize>],
         reuse: bool,
+        max_len: usize,
     ) -> Result<Self, ScoringError> {
         let own: Vec<OwnSummary> = (0..sequencer.len())
             .into_par_iter()
             .map(|i| {
                 let own = sequencer.own(i)?;
+                let tokens = own.zero.as_ref().map_or(0, |z| z.tokens.len());
                 Ok(OwnSummary {
-                    zero: own
-                        .zero
-                        .map(|z| (z.tokens.len(), hash(&z.tokens), z.target().start)),
-                    alone_len: own.alone.map(|a| a.tokens.len()),
+                    zero: own.zero.and_then(|z| match z.tokens.len() {
+                        len if len > max_len => Err(Unscorable::TooLong),
+                        len => Ok((len, hash(&z.tokens), z.target().start)),
+                    }),
+                    tokens,
+                    alone_len: own
+                        .alone
+                        .map(|a| a.tokens.len())
+                        .filter(|&len| len <= max_len),
                     response_tokens: own.response_tokens,
                 })
             })
             .collect::<Result<_, ScoringError>>()?;
         let rows: Vec<(Shape, Option<Unscorable>, Usage)> = (0..own.len())
             .into_par_iter()
-            .map(|i| Self::row(sequencer, &own, i, examples[i], reuse))
+            .map(|i| Self::row(sequencer, &own, i, examples[i], reuse, max_len))
             .collect::<Result<_, ScoringError>>()?;
         let mut table = PlanTable {
             examples: examples.to_vec(),
@@ -213,25 +228,33 @@ impl PlanTable {
         i: usize,
         example: Option<usize>,
         reuse: bool,
+        max_len: usize,
     ) -> Result<(Shape, Option<Unscorable>, Usage), ScoringError> {
         let mine = &own[i];
         let mut usage = Usage {
             response_tokens: mine.response_tokens,
+            tokens_zero_shot: mine.tokens,
             ..Usage::default()
         };
         let one = match (mine.zero, example) {
             (Err(reason), _) => Err(reason),
             (Ok(_), None) => Err(Unscorable::NoNeighbour),
-            (Ok(_), Some(k)) => sequencer.one_shot(i, k)?,
+            (Ok(_), Some(k)) => sequencer.one_shot(i, k)?.and_then(|seq| {
+                usage.tokens_one_shot = seq.tokens.len();
+                if seq.tokens.len() > max_len {
+                    Err(Unscorable::ExampleTooLong)
+                } else {
+                    Ok(seq)
+                }
+            }),
         };
         if let Ok((_, _, prompt)) = mine.zero {
             usage.prompt_tokens_zero_shot = prompt;
         }
         let (one_shot, failed) = match one {
             Err(reason) => (OneShot::Skip, Some(reason)),
-            Ok((seq, cut)) => {
+            Ok(seq) => {
                 usage.prompt_tokens_one_shot = seq.target().start;
-                usage.example_tokens_dropped = cut;
                 let parent = example.and_then(|k| own[k].zero.ok().map(|z| (k, z)));
                 let shape = match parent {
                     Some((k, (len, hashed, _)))
@@ -257,6 +280,57 @@ impl PlanTable {
             alone_len: mine.alone_len,
         };
         Ok((shape, failed, usage))
+    }
+
+    /// Renders `samples` through a memo of `tokenizer` (every core) and builds their table,
+    /// no sequence longer than `max_len`.
+    ///
+    /// # Errors
+    /// [`ScoringError::Render`] when the chat template cannot render a sample.
+    pub fn plan<T: Tokenize + Sync>(
+        tokenizer: &T,
+        samples: &[Sample],
+        examples: &[Option<usize>],
+        options: &ScoringOptions,
+        max_len: usize,
+    ) -> Result<Self, ScoringError> {
+        let memo = TextMemo::new(tokenizer);
+        let planning = Renderer::new(&memo, samples, options);
+        PlanTable::build(&planning, examples, options.held_slots() > 0, max_len)
+    }
+
+    /// The longest sequence the table decodes.
+    pub fn longest(&self) -> usize {
+        self.shapes
+            .iter()
+            .flat_map(|shape| {
+                let one = match shape.one_shot {
+                    OneShot::Skip => None,
+                    OneShot::Whole { len } => Some(len),
+                    OneShot::Reuse { parent, suffix_len } => {
+                        self.shapes[parent].zero_len.map(|len| len + suffix_len)
+                    }
+                };
+                [shape.zero_len, one, shape.alone_len]
+            })
+            .flatten()
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// The same table with every one-shot sequence decoded whole: for contexts of one slot,
+    /// which cannot hold a neighbour's cache for its children.
+    pub fn without_reuse(mut self) -> Self {
+        let zero: Vec<Option<usize>> = self.shapes.iter().map(|s| s.zero_len).collect();
+        for shape in &mut self.shapes {
+            if let OneShot::Reuse { parent, suffix_len } = shape.one_shot {
+                let prefix = zero[parent].expect("a reused parent has a zero-shot pass");
+                shape.one_shot = OneShot::Whole {
+                    len: prefix + suffix_len,
+                };
+            }
+        }
+        self
     }
 
     /// Samples in the table.
@@ -371,7 +445,7 @@ impl SegmentSequences {
                 }
                 Work::OneShotWhole(i) | Work::OneShotSuffix(i) => {
                     let example = table.examples[i].ok_or_else(|| differs(i))?;
-                    let (one, _) = sequencer.one_shot(i, example)?.map_err(|_| differs(i))?;
+                    let one = sequencer.one_shot(i, example)?.map_err(|_| differs(i))?;
                     built.one.insert(i, one);
                 }
             }

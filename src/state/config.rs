@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::data::dataset::ReadOptions;
 use crate::scoring::prompt::TemplateChoice;
 use crate::scoring::select::Budget;
-use crate::scoring::sizes::ContextSizes;
+use crate::scoring::sizes::{CtxSize, SizeRequest};
 
 /// Tokens decoded between checkpoints by default: about 4 seconds of a 135M model on two CPU
 /// cores. Checkpoints also cut the plan into the segments that workers take one at a time:
@@ -165,8 +165,9 @@ pub struct SelectConfig {
     pub append_eos: bool,
     /// Also compute L(y) and report IFD and the Superfiltering ratio.
     pub also_ifd: bool,
-    /// Scoring context sizes.
-    pub sizes: ContextSizes,
+    /// Scoring context sizes, as asked; fitted to the data and the memory budget when the
+    /// plan is made.
+    pub sizes: SizeRequest,
     /// Layers offloaded to a GPU backend.
     pub gpu_layers: u32,
     /// Continue the neighbour's cached zero-shot pass for the one-shot pass.
@@ -432,14 +433,13 @@ pub fn check_top(top: usize) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// Checks the relations between context sizes that llama.cpp relies on.
+/// Checks the context sizes asked for, before any model is loaded: those llama.cpp would
+/// abort on. The batch needs no check of its own: the fit raises it to hold a sequence and
+/// keeps it within the slots ([`SizeRequest::fit`]).
 ///
 /// # Errors
 /// [`ConfigError`] naming the flag at fault.
-pub fn check_sizes(s: &ContextSizes) -> Result<(), ConfigError> {
-    if s.ctx_per_sequence < 16 {
-        return Err(ConfigError::too_small("--ctx-size", 16, s.ctx_per_sequence));
-    }
+pub fn check_sizes(s: &SizeRequest) -> Result<(), ConfigError> {
     if s.parallel == 0 || s.parallel > 256 {
         return Err(ConfigError::new(
             "--parallel",
@@ -449,23 +449,16 @@ pub fn check_sizes(s: &ContextSizes) -> Result<(), ConfigError> {
             },
         ));
     }
-    // llama.cpp counts the whole KV cache in a u32.
-    let kv = s.ctx_per_sequence.saturating_mul(s.parallel);
-    checked("--ctx-size x --parallel", kv, u32::MAX)?;
-    if s.batch < s.ctx_per_sequence {
-        return Err(ConfigError::too_small(
-            "--batch-size",
-            format!("--ctx-size ({})", s.ctx_per_sequence),
-            s.batch,
-        )
-        .because("any sequence must fit one decode"));
-    }
-    if s.batch > kv {
-        return Err(ConfigError::too_large(
-            "--batch-size",
-            format!("--ctx-size x --parallel ({kv})"),
-            s.batch,
-        ));
+    if let CtxSize::Tokens(ctx) = s.ctx {
+        if ctx < 16 {
+            return Err(ConfigError::too_small("--ctx-size", 16, ctx));
+        }
+        // llama.cpp counts the whole KV cache in a u32.
+        checked(
+            "--ctx-size x --parallel",
+            ctx.saturating_mul(s.parallel),
+            u32::MAX,
+        )?;
     }
     if s.ubatch == 0 {
         return Err(ConfigError::too_small("--ubatch-size", 1, 0));
@@ -490,6 +483,9 @@ pub fn check_sizes(s: &ContextSizes) -> Result<(), ConfigError> {
             format!("--threads ({})", s.threads),
             s.workers,
         ));
+    }
+    if s.memory_budget == Some(0) {
+        return Err(ConfigError::too_small("--memory-budget", "1 MiB", "0"));
     }
     Ok(())
 }

@@ -18,6 +18,7 @@ use crate::data::output::{sync_parent, write_atomically, write_json, OutputError
 use crate::scoring::scheduler::{Journal, Loss, Pass, Saved, ScoringError};
 use crate::scoring::sequences::PlanTable;
 use crate::scoring::shard::Shard;
+use crate::scoring::sizes::ContextFit;
 use crate::state::schema::{EmbedderRecord, IndexReport, Neighbour};
 
 /// Why a run's saved state cannot be used or kept.
@@ -285,6 +286,23 @@ impl RunState {
                 })
             })
             .transpose()
+    }
+
+    /// Saves how the run's context was fitted (`checkpoint/context.json`), so that a resumed
+    /// run or a score shard decodes with the same sizes.
+    ///
+    /// # Errors
+    /// When it cannot be written.
+    pub fn save_fit(&self, fit: &ContextFit) -> Result<(), ResumeError> {
+        Ok(write_json(&self.dir.join("context.json"), fit)?)
+    }
+
+    /// The fit an earlier run saved.
+    ///
+    /// # Errors
+    /// When the file exists but cannot be read.
+    pub fn load_fit(&self) -> Result<Option<ContextFit>, ResumeError> {
+        read_json(&self.dir.join("context.json"))
     }
 
     /// The saved retrieval, if an earlier run finished that step.

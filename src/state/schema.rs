@@ -13,7 +13,7 @@ use crate::data::dataset::{ReadOptions, Truncation};
 use crate::scoring::prompt::TemplateChoice;
 use crate::scoring::scheduler::Stats;
 use crate::scoring::score::Unscorable;
-use crate::scoring::sizes::ContextSizes;
+use crate::scoring::sizes::{ContextFit, ContextSizes};
 
 /// One line of `scores.jsonl`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -53,9 +53,13 @@ pub struct ScoreRow {
     /// Tokens before the response in the one-shot sequence (BOS, example, separator, prompt).
     #[serde(default, deserialize_with = "null_as_zero")]
     pub prompt_tokens_one_shot: usize,
-    /// Example tokens cut from the left to fit the context.
+    /// Tokens of the whole zero-shot sequence, whether or not it fits the context.
     #[serde(default, deserialize_with = "null_as_zero")]
-    pub example_tokens_dropped: usize,
+    pub tokens_zero_shot: usize,
+    /// Tokens of the whole one-shot sequence (example and sample), whether or not it fits;
+    /// 0 without one.
+    #[serde(default, deserialize_with = "null_as_zero")]
+    pub tokens_one_shot: usize,
     /// Whether the sample is in the selection; `None` in a file that records no selection.
     #[serde(default)]
     pub selected: Option<bool>,
@@ -138,14 +142,20 @@ pub struct RunRecord {
     pub also_ifd: bool,
     /// How many samples were to be kept.
     pub budget: BudgetRecord,
-    /// Context and batch sizes.
+    /// Context and batch sizes decoded with.
     pub context: ContextSizes,
+    /// How they were fitted to the data and the memory budget.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context_fit: Option<ContextFit>,
     /// Samples read.
     pub samples: usize,
     /// Samples with a defined MIWV.
     pub scored: usize,
     /// Samples without one.
     pub unscorable: usize,
+    /// Those samples by reason, with the first few ids.
+    #[serde(default)]
+    pub unscorable_reasons: Vec<UnscoredGroup>,
     /// Samples selected.
     pub selected: usize,
     /// Whether one-shot passes continued the neighbour's cached pass.
@@ -159,6 +169,52 @@ pub struct RunRecord {
     /// How a staged run was split (`miwv merge`); absent for `miwv select`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shards: Option<ShardsRecord>,
+}
+
+/// The samples left without a MIWV for one reason.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnscoredGroup {
+    /// Why.
+    pub reason: Unscorable,
+    /// How many.
+    pub count: usize,
+    /// The ids of the first few, in dataset order.
+    pub first_ids: Vec<String>,
+}
+
+impl UnscoredGroup {
+    /// Ids kept per reason.
+    pub const FIRST_IDS: usize = 5;
+
+    /// The groups of `reasons` (one per sample, in dataset order), in the order of
+    /// [`Unscorable`]'s variants; `id` names sample `i`.
+    pub fn of(
+        reasons: impl IntoIterator<Item = Option<Unscorable>>,
+        id: impl Fn(usize) -> String,
+    ) -> Vec<UnscoredGroup> {
+        let mut groups: Vec<UnscoredGroup> = Vec::new();
+        for (i, reason) in reasons.into_iter().enumerate() {
+            let Some(reason) = reason else { continue };
+            let at = match groups.iter().position(|g| g.reason == reason) {
+                Some(at) => at,
+                None => {
+                    groups.push(UnscoredGroup {
+                        reason,
+                        count: 0,
+                        first_ids: Vec::new(),
+                    });
+                    groups.len() - 1
+                }
+            };
+            let group = &mut groups[at];
+            group.count += 1;
+            if group.first_ids.len() < Self::FIRST_IDS {
+                group.first_ids.push(id(i));
+            }
+        }
+        groups.sort_by_key(|g| g.reason as u8);
+        groups
+    }
 }
 
 /// The shard counts of a staged run.
@@ -474,6 +530,27 @@ fn optional_id_text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D
 mod tests {
     use super::*;
 
+    #[test]
+    fn unscorable_samples_are_counted_by_reason_with_their_first_ids() {
+        use Unscorable::*;
+        let reasons = [
+            None,
+            Some(ExampleTooLong),
+            Some(TooLong),
+            None,
+            Some(ExampleTooLong),
+        ]
+        .into_iter()
+        .chain(std::iter::repeat_n(Some(ExampleTooLong), 6));
+        let groups = UnscoredGroup::of(reasons, |i| format!("s{i}"));
+        assert_eq!(groups.len(), 2);
+        assert_eq!((groups[0].reason, groups[0].count), (TooLong, 1));
+        assert_eq!(groups[0].first_ids, ["s2"]);
+        assert_eq!((groups[1].reason, groups[1].count), (ExampleTooLong, 8));
+        assert_eq!(groups[1].first_ids, ["s1", "s4", "s5", "s6", "s7"]);
+        assert!(UnscoredGroup::of([None, None], |i| i.to_string()).is_empty());
+    }
+
     fn row() -> ScoreRow {
         ScoreRow {
             id: "a".into(),
@@ -488,7 +565,8 @@ mod tests {
             response_tokens: 10,
             prompt_tokens_zero_shot: 5,
             prompt_tokens_one_shot: 20,
-            example_tokens_dropped: 0,
+            tokens_zero_shot: 0,
+            tokens_one_shot: 0,
             selected: Some(true),
             rank: Some(1),
             turns: 1,

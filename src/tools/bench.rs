@@ -4,6 +4,7 @@
 //! same process: our scored tokens/s over llama.cpp's prompt-processing rate for the same
 //! model and threads, and samples/s with and without neighbour-prefix reuse.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
@@ -14,12 +15,14 @@ use crate::data::dataset::{ReadOptions, Sample};
 use crate::data::records::read_samples;
 use crate::engine::embed::{default_prefix, embed_samples};
 use crate::engine::{Embedder, Model, Scorer, ScorerPool};
+use crate::pipeline::fitted_table;
 use crate::pipeline::resolve_template;
 use crate::retrieval::neighbours::nearest_others;
 use crate::scoring::decoder::{Decoder, Item};
 use crate::scoring::prompt::{Layout, Template, TemplateChoice, Token};
 use crate::scoring::scheduler::{Decoders, NoJournal, ScoringOptions, ScoringPlan, Stats};
-use crate::scoring::sizes::ContextSizes;
+use crate::scoring::sequences::PlanTable;
+use crate::scoring::sizes::{ContextSizes, SizeRequest};
 use crate::state::progress::{peak_rss_mib, reset_peak_rss};
 use crate::Error;
 
@@ -34,8 +37,8 @@ pub struct BenchConfig {
     pub embed_model: PathBuf,
     /// Dataset sizes to score, in increasing order; the largest also runs without reuse.
     pub sizes: Vec<usize>,
-    /// Context sizes and threads.
-    pub context: ContextSizes,
+    /// Context sizes and threads, as asked; fitted to the largest workload.
+    pub context: SizeRequest,
     /// Layers offloaded to a GPU backend (both models).
     pub gpu_layers: u32,
     /// Template.
@@ -78,6 +81,8 @@ pub struct Run {
     pub peak_rss_mib: Option<f64>,
     /// Engine statistics.
     pub stats: Stats,
+    /// Samples left without a MIWV, by reason (`too_long`, `example_too_long`, ...).
+    pub unscorable: BTreeMap<String, usize>,
 }
 
 /// The whole report.
@@ -85,7 +90,7 @@ pub struct Run {
 pub struct Report {
     /// The scoring model's file name.
     pub model: String,
-    /// Threads and sizes.
+    /// Threads and sizes, as fitted.
     pub context: ContextSizes,
     /// (1a) logits at the last position only.
     pub ceiling_last_logit: Ceiling,
@@ -202,6 +207,21 @@ impl Report {
                 busy.seconds, busy.samples
             );
         }
+        for r in self.with_reuse.iter().chain([&self.without_reuse]) {
+            if !r.unscorable.is_empty() {
+                let reasons: Vec<String> = r
+                    .unscorable
+                    .iter()
+                    .map(|(k, v)| format!("{v} {k}"))
+                    .collect();
+                out += &format!(
+                    "unscorable at N = {}{}: {}\n",
+                    r.samples,
+                    if r.kv_reuse { "" } else { " without reuse" },
+                    reasons.join(", ")
+                );
+            }
+        }
         out
     }
 }
@@ -217,14 +237,25 @@ pub fn run(config: &BenchConfig) -> Result<Report, Error> {
     let samples = first_samples(config, largest)?;
     let (vectors, dim) = embed_all(config, &samples)?;
     let model = Model::load(&config.model, config.gpu_layers)?;
+    model.check_can_score(config.context.ctx.tokens())?;
     let template = resolve_template(&model, config.template, None)?;
+    // Every run decodes with the sizes that fit the largest workload, as select would.
+    let (_, fit) = fitted_table(&config.context, &model, None, |sizes| {
+        Ok(PlanTable::plan(
+            &model,
+            &samples,
+            &examples(&vectors, dim, largest)?,
+            &options(&template, sizes, true),
+            sizes.ctx_per_sequence,
+        )?)
+    })?;
     let bench = Bench {
-        config,
         model: &model,
         template: &template,
         samples: &samples,
         vectors: &vectors,
         dim,
+        sizes: fit.sizes,
     };
 
     let mut with_reuse = Vec::new();
@@ -240,15 +271,7 @@ pub fn run(config: &BenchConfig) -> Result<Report, Error> {
     let share = with_reuse.last().map_or(0.0, |r| r.logit_share);
 
     let tokens = ceiling_tokens(&model, &samples, &template, 512);
-    let ceiling = |rows: usize| {
-        ceiling(
-            &model,
-            config.context,
-            &tokens,
-            rows,
-            config.ceiling_repeats,
-        )
-    };
+    let ceiling = |rows: usize| ceiling(&model, fit.sizes, &tokens, rows, config.ceiling_repeats);
     let ceiling_last_logit = ceiling(1)?;
     let ceiling_workload_logits = ceiling(((tokens.len() as f64 * share).round() as usize).max(1))?;
 
@@ -257,7 +280,7 @@ pub fn run(config: &BenchConfig) -> Result<Report, Error> {
             .model
             .file_name()
             .map_or_else(String::new, |f| f.to_string_lossy().into_owned()),
-        context: config.context,
+        context: fit.sizes,
         ceiling_last_logit,
         ceiling_workload_logits,
         with_reuse,
@@ -308,32 +331,42 @@ fn embed_all(config: &BenchConfig, samples: &[Sample]) -> Result<(Vec<f32>, usiz
 
 /// What every timed scoring run shares.
 struct Bench<'a> {
-    config: &'a BenchConfig,
     model: &'a Model,
     template: &'a Template,
     samples: &'a [Sample],
     vectors: &'a [f32],
     dim: usize,
+    sizes: ContextSizes,
+}
+
+/// Each of the first `n` samples' example: its nearest other among those `n`.
+fn examples(vectors: &[f32], dim: usize, n: usize) -> Result<Vec<Option<usize>>, Error> {
+    Ok(nearest_others(&vectors[..n * dim], dim)?
+        .into_iter()
+        .map(|found| found.map(|k| k.index))
+        .collect())
+}
+
+/// How the benchmark scores: `select`'s defaults at `sizes`.
+fn options(template: &Template, sizes: ContextSizes, kv_reuse: bool) -> ScoringOptions {
+    ScoringOptions {
+        sizes,
+        kv_reuse,
+        template: template.clone(),
+        append_eos: false,
+        response_only: false,
+        checkpoint_tokens: crate::state::config::DEFAULT_CHECKPOINT_TOKENS,
+    }
 }
 
 impl Bench<'_> {
     /// Scores the first `n` samples (neighbours among those `n`) and times it.
     fn score(&self, n: usize, kv_reuse: bool) -> Result<Run, Error> {
-        let examples: Vec<Option<usize>> = nearest_others(&self.vectors[..n * self.dim], self.dim)?
-            .into_iter()
-            .map(|found| found.map(|k| k.index))
-            .collect();
-        let options = ScoringOptions {
-            sizes: self.config.context,
-            kv_reuse,
-            template: self.template.clone(),
-            append_eos: false,
-            response_only: false,
-            checkpoint_tokens: crate::state::config::DEFAULT_CHECKPOINT_TOKENS,
-        };
+        let examples = examples(self.vectors, self.dim, n)?;
+        let options = options(self.template, self.sizes, kv_reuse);
         reset_peak_rss();
         let clock = Instant::now();
-        let pool = ScorerPool::new(self.model, self.config.context);
+        let pool = ScorerPool::new(self.model, self.sizes);
         let plan = ScoringPlan::new(self.model, &self.samples[..n], &examples, &options)?;
         let outcome = plan.score(
             Decoders::Pool(&pool),
@@ -353,6 +386,13 @@ impl Bench<'_> {
             logit_share: s.scored_rows as f64 / s.tokens_decoded as f64,
             peak_rss_mib: peak_rss_mib(),
             stats: s,
+            unscorable: outcome.scores.iter().filter_map(|s| s.reason).fold(
+                BTreeMap::new(),
+                |mut counts, reason| {
+                    *counts.entry(reason.name()).or_insert(0) += 1;
+                    counts
+                },
+            ),
         })
     }
 }

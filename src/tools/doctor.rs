@@ -12,7 +12,9 @@ use serde::Serialize;
 
 use crate::data::dataset::Sample;
 use crate::engine::tokenizer::ReferenceTokenizer;
+use crate::pipeline::estimate::Distribution;
 use crate::scoring::prompt::{Layout, Piece, Template, Token, Tokenize, UnrenderableSample};
+use crate::state::schema::UnscoredGroup;
 
 /// One segment tokenized differently.
 #[derive(Debug, Clone, Serialize)]
@@ -109,6 +111,89 @@ pub fn describe_template(template: &Template) -> String {
             )
         }
         other => format!("template: {}", other.name()),
+    }
+}
+
+/// How long the samples are in tokens, and whether the model's context holds them: what
+/// `--ctx-size auto` will make of the data, said before any embedding is spent. The one-shot
+/// lengths depend on the neighbours, not known yet: `miwv plan RUN` gives them exactly.
+#[derive(Debug, Clone, Serialize)]
+pub struct LengthReport {
+    /// Every sample's zero-shot sequence.
+    pub zero_shot: Distribution,
+    /// An upper bound of any one-shot sequence: the two longest samples together.
+    pub one_shot_at_most: usize,
+    /// The model's training context (0: unknown).
+    pub training_context: usize,
+    /// Samples longer than it alone, which no context can score.
+    pub too_long: usize,
+    /// The first of them.
+    pub too_long_ids: Vec<String>,
+}
+
+/// Renders every sample alone and measures it.
+///
+/// # Errors
+/// [`UnrenderableSample`] when the chat template cannot render one.
+pub fn sample_lengths(
+    tokenizer: &impl Tokenize,
+    template: &Template,
+    samples: &[Sample],
+    training_context: usize,
+) -> Result<LengthReport, UnrenderableSample> {
+    let layout = Layout::new(tokenizer, template, false);
+    let mut lengths = Vec::with_capacity(samples.len());
+    let mut too_long_ids = Vec::new();
+    let mut too_long = 0;
+    for sample in samples {
+        let tokens = layout.render(&[sample])?.tokens.len();
+        if training_context > 0 && tokens > training_context {
+            too_long += 1;
+            if too_long_ids.len() < UnscoredGroup::FIRST_IDS {
+                too_long_ids.push(sample.id.clone());
+            }
+        }
+        lengths.push(tokens);
+    }
+    let zero_shot = Distribution::of(lengths.iter().copied());
+    lengths.sort_unstable();
+    let one_shot_at_most = lengths.iter().rev().take(2).sum();
+    Ok(LengthReport {
+        zero_shot,
+        one_shot_at_most,
+        training_context,
+        too_long,
+        too_long_ids,
+    })
+}
+
+impl LengthReport {
+    /// The report as lines for a terminal.
+    pub fn render(&self) -> String {
+        let mut out = format!(
+            "lengths: zero-shot sequences {}; a one-shot sequence (example and sample) \
+             at most {} tokens (exact figures: `miwv plan RUN` once the neighbours are found)\n",
+            self.zero_shot.render(),
+            self.one_shot_at_most
+        );
+        let trained = self.training_context;
+        if trained == 0 {
+            out += "context: the model does not say how long it was trained on\n";
+        } else if self.too_long > 0 {
+            out += &format!(
+                "context: {} samples are longer alone than the {trained} tokens the model was \
+                 trained on; they will be unscorable (too_long), never cut; first: {}\n",
+                self.too_long,
+                self.too_long_ids.join(", ")
+            );
+        } else {
+            out += &format!(
+                "context: every sample fits the {trained} tokens the model was trained on; \
+                 --ctx-size auto sizes the context to the longest pair, and a pair longer \
+                 than {trained} tokens is unscorable (example_too_long), never cut\n"
+            );
+        }
+        out
     }
 }
 

@@ -28,7 +28,7 @@ use crate::data::dataset::Sample;
 use crate::data::output::{file_sha256, write_atomically, OutputError};
 use crate::scoring::score::Unscorable;
 use crate::state::schema::{
-    self, BudgetRecord, EmbedderRecord, FileRecord, RunRecord, SchemaError, ScoreRow,
+    self, BudgetRecord, EmbedderRecord, FileRecord, RunRecord, SchemaError, ScoreRow, UnscoredGroup,
 };
 
 /// Size in pixels of `miwv-histogram.png`.
@@ -960,11 +960,12 @@ fn render_html(
     let ranking = ranked(rows);
     let unscorable: Vec<&ScoreRow> = rows.iter().filter(|r| r.score().is_none()).collect();
     let mut page = page_head(out_dir, &model_name(run));
-    let summary = summary_rows(run, rows, ranking.len(), unscorable.len());
+    let groups = UnscoredGroup::of(rows.iter().map(|r| r.reason), |i| rows[i].id.clone());
+    let summary = summary_rows(run, rows, ranking.len(), &groups);
     summary_section(&mut page, &summary, previews);
     pictures_section(&mut page, histogram_png, scatter_png);
     ranking_sections(&mut page, &ranking, top, previews);
-    unscorable_section(&mut page, &unscorable, previews);
+    unscorable_section(&mut page, &unscorable, &groups, run, previews);
     page.push_str("</body>\n</html>\n");
     page
 }
@@ -986,7 +987,7 @@ fn summary_rows(
     run: &RunRecord,
     rows: &[ScoreRow],
     scored: usize,
-    unscorable: usize,
+    unscorable: &[UnscoredGroup],
 ) -> Vec<(&'static str, String)> {
     let mut summary = vec![("Scoring model", model_cell(run))];
     if let Some(name) = embedder_name(&run.embedder) {
@@ -997,7 +998,8 @@ fn summary_rows(
         ("Template", escape_html(&run.template_name)),
         ("Samples", rows.len().to_string()),
         ("Scored", scored.to_string()),
-        ("Unscorable", unscorable.to_string()),
+        ("Unscorable", unscorable_cell(unscorable)),
+        ("Context", context_cell(run)),
         ("Budget", budget_cell(&run.budget)),
         ("Selected", selected_cell(rows)),
         ("Made by", escape_html(&run.tool)),
@@ -1116,11 +1118,38 @@ fn ranking_sections(
     }
 }
 
-/// The samples without a MIWV, each with the reason, so none drops out of the selection
-/// unexplained.
+/// `16 (14 example_too_long, 2 too_long)`.
+fn unscorable_cell(groups: &[UnscoredGroup]) -> String {
+    let total: usize = groups.iter().map(|g| g.count).sum();
+    if total == 0 {
+        return "0".into();
+    }
+    let parts: Vec<String> = groups
+        .iter()
+        .map(|g| format!("{} {}", g.count, g.reason.name()))
+        .collect();
+    format!("{total} ({})", parts.join(", "))
+}
+
+/// The context the run decoded with, and how it was chosen.
+fn context_cell(run: &RunRecord) -> String {
+    let tokens = run.context.ctx_per_sequence;
+    match &run.context_fit {
+        Some(fit) => format!(
+            "{tokens} tokens per sequence (--ctx-size {}; longest sequence {}, at most {})",
+            fit.asked, fit.longest_sequence, fit.limit
+        ),
+        None => format!("{tokens} tokens per sequence"),
+    }
+}
+
+/// The samples without a MIWV, counted by reason and each listed with its reason, so none
+/// drops out of the selection unexplained.
 fn unscorable_section(
     page: &mut String,
     unscorable: &[&ScoreRow],
+    groups: &[UnscoredGroup],
+    run: &RunRecord,
     previews: Result<&Previews, &str>,
 ) {
     let _ = writeln!(page, "<h2>Unscorable ({})</h2>", unscorable.len());
@@ -1128,6 +1157,20 @@ fn unscorable_section(
         page.push_str("<p>Every sample was scored.</p>\n");
         return;
     }
+    let limit = run
+        .context_fit
+        .map_or(run.context.ctx_per_sequence, |fit| fit.limit);
+    page.push_str("<ul>\n");
+    for group in groups {
+        let _ = writeln!(
+            page,
+            "<li><b>{}</b>: {} ({})</li>",
+            group.reason.name(),
+            group.count,
+            escape_html(&group.reason.explain(limit))
+        );
+    }
+    page.push_str("</ul>\n");
     page.push_str(
         "<table>\n<tr><th>index</th><th>id</th><th>reason</th><th>prompt</th>\
          <th>response</th></tr>\n",

@@ -35,9 +35,7 @@ fn segment_concatenation_decodes_back_to_the_exact_text() {
         let layout = Layout::new(&model, &template, false);
         for sample in &samples {
             let pieces = template.pieces(&[sample]).unwrap();
-            let seq = layout
-                .zero_shot(&layout.render(&[sample]).unwrap(), 4096)
-                .unwrap();
+            let seq = layout.render(&[sample]).unwrap().scored().unwrap();
             let responses: Vec<String> = pieces
                 .iter()
                 .filter_map(|(_, p)| match p {
@@ -114,11 +112,7 @@ fn a_loss_inside_a_multi_sequence_batch_equals_the_single_sequence_loss() {
     let layout = Layout::new(&model, &Template::Alpaca, false);
     let sequences: Vec<ScoredSequence> = samples
         .iter()
-        .map(|s| {
-            layout
-                .zero_shot(&layout.render(&[s]).unwrap(), 1024)
-                .unwrap()
-        })
+        .map(|s| layout.render(&[s]).unwrap().scored().unwrap())
         .filter(|s| s.target().len() >= 16)
         .take(12)
         .collect();
@@ -165,13 +159,8 @@ fn an_exact_duplicate_as_example_gives_a_clearly_negative_miwv() {
         .filter(|s| s.turns[0].output.len() > 200)
         .take(5)
     {
-        let zero = layout
-            .zero_shot(&layout.render(&[sample]).unwrap(), 1024)
-            .unwrap();
-        let (one, dropped) = layout
-            .one_shot(&layout.render(&[sample, sample]).unwrap(), 1024)
-            .unwrap();
-        assert_eq!(dropped, 0);
+        let zero = layout.render(&[sample]).unwrap().scored().unwrap();
+        let one = layout.render(&[sample, sample]).unwrap().scored().unwrap();
         let lps = scorer.target_log_probs(&[&zero, &one]).unwrap();
         let miwv = mean_loss(&lps[1]) - mean_loss(&lps[0]);
         eprintln!(

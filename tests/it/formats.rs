@@ -166,14 +166,12 @@ fn a_conversation_loss_is_the_token_weighted_mean_of_its_turns() {
         turns: vec![chat.turns[t].clone()],
         ..chat.clone()
     };
-    let whole = layout
-        .zero_shot(&layout.render(&[chat]).unwrap(), 1024)
-        .unwrap();
-    let first = layout
-        .zero_shot(&layout.render(&[&turn(0)]).unwrap(), 1024)
-        .unwrap();
-    let (second, _) = layout
-        .one_shot(&layout.render(&[&turn(0), &turn(1)]).unwrap(), 1024)
+    let whole = layout.render(&[chat]).unwrap().scored().unwrap();
+    let first = layout.render(&[&turn(0)]).unwrap().scored().unwrap();
+    let second = layout
+        .render(&[&turn(0), &turn(1)])
+        .unwrap()
+        .scored()
         .unwrap();
     assert_eq!(second.tokens, whole.tokens);
 
@@ -444,7 +442,7 @@ fn the_response_only_pass_matches_each_response_decoded_alone() {
     let mut scorer = Scorer::new(&model, sizes(1)).unwrap();
     for (sample, &scheduled) in samples.iter().zip(&outcome.response_only) {
         let alone = layout
-            .response_only(&layout.render(&[sample]).unwrap(), 2048)
+            .response_only(&layout.render(&[sample]).unwrap())
             .unwrap();
         let lps = scorer.target_log_probs(&[&alone]).unwrap();
         let single = alone.mean_loss(&lps[0]);

@@ -131,40 +131,6 @@ fn a_one_sample_dataset_is_scored_zero_shot_and_marked_no_neighbour() {
 }
 
 #[test]
-fn a_long_example_is_shortened_and_a_target_that_cannot_fit_is_too_long() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("long.json");
-    let long = "The river rises in the hills and runs to the sea. ".repeat(30);
-    let records = serde_json::json!([
-        {"id": "long", "instruction": "Describe the river.", "output": long},
-        {"id": "short", "instruction": "Describe the river briefly.", "output": "It runs to the sea."},
-        {"id": "other", "instruction": "Describe the hills.", "output": "They are green."},
-    ]);
-    std::fs::write(&data, records.to_string()).unwrap();
-    let out = dir.path().join("out");
-    let args = [
-        "-c",
-        "96",
-        "-b",
-        "192",
-        "--ubatch-size",
-        "96",
-        "--count",
-        "3",
-    ];
-    assert_succeeds(&select(&data, &out, &args));
-    let scores = read_jsonl(&out.join("scores.jsonl"));
-    assert!(scores[0]["miwv"].is_null());
-    assert_eq!(scores[0]["reason"], "too_long");
-    assert_eq!(scores[1]["neighbour_id"], "long", "{}", scores[1]);
-    assert!(scores[1]["example_tokens_dropped"].as_u64().unwrap() > 0);
-    assert!(
-        scores[1]["miwv"].as_f64().is_some(),
-        "the shortened example still scores"
-    );
-}
-
-#[test]
 fn a_cut_off_array_is_scored_up_to_its_last_complete_record() {
     let dir = tempfile::tempdir().unwrap();
     let whole = dir.path().join("whole.json");

@@ -11,6 +11,7 @@ mod common;
 mod chat;
 mod cli;
 mod compare;
+mod context;
 mod crash;
 mod doctor;
 mod engine;

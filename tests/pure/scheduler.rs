@@ -170,7 +170,7 @@ fn examples(n: usize) -> Vec<Option<usize>> {
 fn options(kv_reuse: bool, checkpoint_tokens: usize) -> ScoringOptions {
     ScoringOptions {
         sizes: ContextSizes {
-            ctx_per_sequence: 1024,
+            ctx_per_sequence: 2048,
             parallel: 4,
             batch: 2048,
             ubatch: 512,
@@ -556,7 +556,8 @@ fn a_shard_renders_only_its_own_samples_however_large_the_dataset() {
             .collect();
         let examples = examples(samples.len());
         let renderer = Renderer::new(&ByteTokenizer, samples.as_slice(), &options);
-        let table = PlanTable::build(&renderer, &examples, true).unwrap();
+        let table =
+            PlanTable::build(&renderer, &examples, true, options.sizes.ctx_per_sequence).unwrap();
         let rendered = std::sync::Mutex::new(Vec::new());
         let counting = Counting {
             inner: Renderer::new(&ByteTokenizer, samples.as_slice(), &options),
@@ -611,7 +612,8 @@ fn a_saved_plan_refuses_samples_that_render_otherwise() {
     let samples = samples();
     let examples = examples(samples.len());
     let renderer = Renderer::new(&ByteTokenizer, samples.as_slice(), &options);
-    let table = PlanTable::build(&renderer, &examples, true).unwrap();
+    let table =
+        PlanTable::build(&renderer, &examples, true, options.sizes.ctx_per_sequence).unwrap();
     let mut changed = samples.clone();
     changed[3].turns[0].output.push_str(" and a little more");
     let renderer = Renderer::new(&ByteTokenizer, changed.as_slice(), &options);
@@ -627,5 +629,44 @@ fn a_saved_plan_refuses_samples_that_render_otherwise() {
     assert!(
         err.to_string().contains("sample 3 renders to other tokens"),
         "{err}"
+    );
+}
+
+#[test]
+fn a_sequence_longer_than_the_context_is_never_cut() {
+    let samples = samples();
+    let examples = examples(samples.len());
+    let roomy = options(true, 4096);
+    let table = PlanTable::plan(&ByteTokenizer, &samples, &examples, &roomy, usize::MAX).unwrap();
+    let mut lengths: Vec<usize> = table.usage.iter().map(|u| u.tokens_zero_shot).collect();
+    lengths.sort_unstable();
+    // A context holding about half of the samples alone, and fewer with their examples.
+    let mut tight = roomy.clone();
+    tight.sizes.ctx_per_sequence = lengths[lengths.len() / 2];
+    let (whole, cut) = (score(&roomy), score(&tight));
+    let (mut too_long, mut example_too_long) = (0, 0);
+    for (i, usage) in table.usage.iter().enumerate() {
+        let (full, short) = (&whole.scores[i], &cut.scores[i]);
+        let max = tight.sizes.ctx_per_sequence;
+        if usage.tokens_zero_shot > max {
+            too_long += 1;
+            assert_eq!(short.reason, Some(Unscorable::TooLong), "sample {i}");
+            assert!(short.loss_zero_shot.is_nan());
+        } else if examples[i].is_some() && usage.tokens_one_shot > max {
+            example_too_long += 1;
+            assert_eq!(short.reason, Some(Unscorable::ExampleTooLong), "sample {i}");
+            assert_eq!(short.loss_zero_shot, full.loss_zero_shot, "sample {i}");
+            assert!(short.loss_one_shot.is_nan() && short.miwv.is_nan());
+        } else {
+            assert_eq!(
+                bits(&cut)[i],
+                bits(&whole)[i],
+                "sample {i}: what fits scores as in a roomy context"
+            );
+        }
+    }
+    assert!(
+        too_long > 10 && example_too_long > 10,
+        "{too_long} {example_too_long}"
     );
 }
