@@ -123,7 +123,7 @@ pub fn select_until(config: &SelectConfig, stop: &AtomicBool) -> Result<RunSumma
     timings.total_s = started.elapsed().as_secs_f64();
     timings.peak_rss_mib = crate::state::progress::peak_rss_mib();
     let record = run_record(
-        config, loaded, dataset, retrieval, outcome, &ranking, timings, &summary,
+        config, loaded, dataset, retrieval, outcome, timings, &summary,
     );
     // run.json is written last: when it is there, the other files belong to it.
     write_json(&summary.run, &record)?;
@@ -554,7 +554,6 @@ fn run_record(
     dataset: Dataset,
     retrieval: Retrieval,
     outcome: Outcome,
-    ranking: &Ranking,
     timings: Timings,
     summary: &RunSummary,
 ) -> RunRecord {
@@ -586,10 +585,10 @@ fn run_record(
         context: summary.context.sizes,
         context_fit: Some(summary.context),
         samples,
-        scored: ranking.scored,
-        unscorable: samples - ranking.scored,
+        scored: summary.scored,
+        unscorable: samples - summary.scored,
         unscorable_reasons: summary.unscorable.clone(),
-        selected: ranking.chosen.len(),
+        selected: summary.selected_count,
         kv_reuse: config.kv_reuse,
         checkpoint_tokens: config.checkpoint_tokens,
         scoring: outcome.stats,

@@ -550,7 +550,7 @@ pub fn merge(run: &Path, budget: Option<Budget>) -> Result<RunSummary, Error> {
     )?;
     timings.total_s = started.elapsed().as_secs_f64();
     let mut record = super::run_record(
-        &config, loaded, dataset, retrieval, outcome, &ranking, timings, &summary,
+        &config, loaded, dataset, retrieval, outcome, timings, &summary,
     );
     record.shards = Some(ShardsRecord {
         embed: stage.embed_shards,

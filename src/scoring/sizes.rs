@@ -491,7 +491,7 @@ mod tests {
         let small = room(8192, 5 * GIB);
         let limit = auto.limit(&small, &memory).unwrap();
         assert_eq!(limit % CTX_STEP, 0);
-        assert!(limit < 8192 && limit >= 3072, "{limit}");
+        assert!((3072..8192).contains(&limit), "{limit}");
         assert!(GIB + memory(&auto.at(limit, 1, 1)) <= 5 * GIB);
         assert!(GIB + memory(&auto.at(limit + CTX_STEP, 1, 1)) > 5 * GIB);
         let err = auto.limit(&room(8192, GIB), &memory).unwrap_err();

@@ -154,6 +154,14 @@ fn sharded_stages_in_any_order_equal_select_byte_for_byte() {
     assert!(estimate["segments"].as_u64().unwrap() >= 3);
     let calibrated = estimate["calibration"]["tokens"].as_u64().unwrap();
     assert!((64..tokens).contains(&calibrated), "{estimate}");
+    // The lengths the context was fitted to, and the context the shards decode with.
+    let (zero, one) = (&estimate["zero_shot_tokens"], &estimate["one_shot_tokens"]);
+    assert_eq!(zero["count"], 12);
+    assert!(zero["median"].as_u64().unwrap() <= zero["longest"].as_u64().unwrap());
+    let context = &estimate["context"];
+    assert_eq!(context["asked"], "auto");
+    assert_eq!(context["longest_sequence"], one["longest"], "{estimate}");
+    assert!(printed.contains("one-shot sequences:") && printed.contains("every sequence fits"));
     assert!(!staged.join("checkpoint/score").exists());
 
     run(miwv().args(["score", path(&staged), "--shard", "2/3"]));

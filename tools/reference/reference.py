@@ -5,7 +5,7 @@ reuse, written straight from docs/METHOD.md (it shares no code with the Rust sid
 
     reference.py --model HF_DIR --data DATA --neighbours SCORES_JSONL \\
         [--template alpaca|raw|model|chatml] [--chat-template FILE] [--chat-date YYYY-MM-DD]
-        [--ctx-size N] [--append-eos] [--bos auto|on|off] [--first-turn] [--dump-tokens FILE] --out FILE
+        [--ctx-size auto|N] [--append-eos] [--bos auto|on|off] [--first-turn] [--dump-tokens FILE] --out FILE
 
 HF_DIR is the directory hf_from_gguf.py wrote (the GGUF's weights dequantised to float32, its
 tokenizer as tokenizer.json, and miwv_reference.json with the GGUF's add_bos_token). Retrieval is
@@ -16,16 +16,19 @@ in input order, with the field names of miwv's scores.jsonl.
 The token layout (docs/METHOD.md, "Token accounting"):
   block(s)   = tokens(prompt(s)) + tokens(output(s)) [+ EOS with --append-eos]
   zero-shot  = [BOS] block_i
-  one-shot   = [BOS] block_k[dropped:] SEP block_i
+  one-shot   = [BOS] block_k SEP block_i
 each segment tokenised on its own as plain text (no special tokens added, special-token syntax
 in the text not parsed, as llama.cpp's tokenize(parse_special=false)) and the ids concatenated.
 BOS is put first only when the model asks for it (the GGUF's tokenizer.ggml.add_bos_token;
 SmolLM2's says false, so its sequences start with the block's first token, as in llama.cpp).
 The logits at position t score the token at t+1; log-softmax in float32 over the whole
-vocabulary; L = mean over the response tokens of -log p. Context: when [BOS] + block_i alone is
-longer than --ctx-size the sample is NaN with reason `too_long`; otherwise the example is cut
-from the left to make the one-shot sequence fit (the separator goes with it when nothing of the
-example is left), and the number of example tokens cut is reported.
+vocabulary; L = mean over the response tokens of -log p. Context (docs/METHOD.md, "Context limit:
+nothing is cut"): no sequence is ever cut. When the zero-shot sequence is longer than --ctx-size
+the sample is NaN with reason `too_long`; when it fits but the one-shot sequence (the whole
+example, then the sample) does not, the zero-shot loss is computed and MIWV is NaN with reason
+`example_too_long`. --ctx-size auto (the default) is the model's training context
+(max_position_embeddings), the limit miwv's own --ctx-size auto applies when the memory budget
+allows it (run.json's context_fit.limit says what it was).
 
 Chat-template mode (--template model: the HF directory's own chat template; --template chatml:
 miwv's assets/templates/chatml.jinja; --chat-template FILE: any Jinja template): each sample is a
@@ -35,9 +38,8 @@ chat_segments.py (markup with special tokens parsed, message contents as plain t
 added beyond what the template writes. The zero-shot sequence is the sample's conversation; the
 one-shot sequence is the neighbour's messages followed by the target's, rendered as one
 conversation. Scored: the tokens of the target's assistant contents, all turns pooled into one
-mean (with --append-eos also the first token of the markup after each non-empty one). A one-shot
-sequence longer than --ctx-size is not cut: the sample's one-shot loss and MIWV are left null and
-the row says `"skipped": "one_shot_too_long"`.
+mean (with --append-eos also the first token of the markup after each non-empty one). The
+context rule is the same: `too_long` and `example_too_long`, nothing cut.
 """
 
 from __future__ import annotations
@@ -381,7 +383,8 @@ def empty_row(samples, i, k):
         "response_tokens": None,
         "prompt_tokens_zero_shot": None,
         "prompt_tokens_one_shot": None,
-        "example_tokens_dropped": None,
+        "tokens_zero_shot": None,
+        "tokens_one_shot": None,
         "turns": len(sample["turns"]),
     }
     return row, {"id": sample["id"], "index": i, "zero_shot": None, "one_shot": None}
@@ -405,7 +408,9 @@ def main() -> None:
     parser.add_argument("--first-turn", action="store_true", help="keep only a conversation's first exchange")
     parser.add_argument("--dump-tokens", type=Path,
                         help="also write each sample's sequences as JSON lines: token ids and scored positions")
-    parser.add_argument("--ctx-size", type=int, default=2048, help="longest sequence in tokens (miwv's -c)")
+    parser.add_argument("--ctx-size", default="auto",
+                        help="longest sequence in tokens (miwv's -c; run.json's context_fit.limit); "
+                             "auto: the model's training context")
     parser.add_argument("--append-eos", action="store_true", help="end each response with EOS (miwv's --append-eos)")
     parser.add_argument("--bos", choices=["auto", "on", "off"], default="auto",
                         help="BOS first: auto follows the GGUF's tokenizer.ggml.add_bos_token (miwv_reference.json)")
@@ -424,6 +429,11 @@ def main() -> None:
     torch.manual_seed(0)
 
     chat = args.chat_template is not None or args.template not in SEPARATORS
+    if args.ctx_size == "auto":
+        config = json.loads((args.model / "config.json").read_text())
+        args.ctx_size = int(config["max_position_embeddings"])
+    else:
+        args.ctx_size = int(args.ctx_size)
     samples = read_records(args.data, args.first_turn)
     neighbours = read_neighbours(args.neighbours, samples)
     if not chat:
@@ -472,9 +482,10 @@ def main() -> None:
         k = neighbours[i]
         row, dump = empty_row(samples, i, k)
         base = len(tok.prefix) + len(block_i)
-        if len(block_i) == prompt_len_i:
+        row["tokens_zero_shot"] = base
+        if len(block_i) == prompt_len_i or base < 2:
             row["reason"] = "empty_response"
-        elif base > args.ctx_size or base < 2:
+        elif base > args.ctx_size:
             row["reason"] = "too_long"
         else:
             zero = tok.prefix + block_i
@@ -487,23 +498,19 @@ def main() -> None:
             if k is None:
                 row["reason"] = "no_neighbour"
             else:
-                block_k = blocks[k][0]
-                room = args.ctx_size - base
-                kept = min(max(room - len(sep), 0), len(block_k))
-                dropped = len(block_k) - kept
-                one = list(tok.prefix)
-                if kept > 0:
-                    one += block_k[dropped:] + sep
+                one = list(tok.prefix) + blocks[k][0] + sep
                 one_start = len(one) + prompt_len_i
                 one += block_i
-                assert len(one) <= args.ctx_size
+                row["tokens_one_shot"] = len(one)
                 assert one[one_start:] == zero[zero_start:]
-                row["loss_one_shot"] = response_loss(model, torch, one, one_start)
-                row["prompt_tokens_one_shot"] = one_start
-                row["example_tokens_dropped"] = dropped
-                row["miwv"] = row["loss_one_shot"] - row["loss_zero_shot"]
-                dump["one_shot"] = {"tokens": one, "scored": list(range(one_start, len(one)))}
-                scored_tokens += len(one)
+                if len(one) > args.ctx_size:
+                    row["reason"] = "example_too_long"
+                else:
+                    row["loss_one_shot"] = response_loss(model, torch, one, one_start)
+                    row["prompt_tokens_one_shot"] = one_start
+                    row["miwv"] = row["loss_one_shot"] - row["loss_zero_shot"]
+                    dump["one_shot"] = {"tokens": one, "scored": list(range(one_start, len(one)))}
+                    scored_tokens += len(one)
         dumps.append(dump)
         for key in ("miwv", "loss_zero_shot", "loss_one_shot"):
             if row[key] is not None and not math.isfinite(row[key]):
@@ -578,9 +585,11 @@ def main_chat(args, torch, tokenizer, samples: list[dict], neighbours: list[int 
         except Exception as e:  # noqa: BLE001 - a template error is reported on the sample's row
             zero, zero_scored = None, None
             row["skipped"] = f"template: {type(e).__name__}: {e}"
+        if zero is not None:
+            row["tokens_zero_shot"] = len(zero)
         if zero is None:
             pass
-        elif not zero_scored:
+        elif not zero_scored or len(zero) < 2:
             row["reason"] = "empty_response"
         elif len(zero) > args.ctx_size:
             row["reason"] = "too_long"
@@ -598,17 +607,18 @@ def main_chat(args, torch, tokenizer, samples: list[dict], neighbours: list[int 
                 except Exception as e:  # noqa: BLE001
                     one, one_scored = None, None
                     row["skipped"] = f"template (one-shot): {type(e).__name__}: {e}"
+                if one is not None:
+                    row["tokens_one_shot"] = len(one)
                 if one is None:
                     pass
                 elif len(one) > args.ctx_size:
-                    row["skipped"] = "one_shot_too_long"
+                    row["reason"] = "example_too_long"
                 else:
                     if [one[p] for p in one_scored] != [zero[p] for p in zero_scored]:
                         print(f"warning: sample {sample['id']}: the scored tokens differ between the zero-shot "
                               f"and one-shot renders", file=sys.stderr)
                     row["loss_one_shot"] = positions_loss(model, torch, one, one_scored)
                     row["prompt_tokens_one_shot"] = one_scored[0]
-                    row["example_tokens_dropped"] = 0
                     row["miwv"] = row["loss_one_shot"] - row["loss_zero_shot"]
                     dump["one_shot"] = {"tokens": one, "scored": one_scored}
                     scored_tokens += len(one)
