@@ -109,6 +109,12 @@ enum Command {
             Which format to score with: docs/PERFORMANCE.md, \"Weight formats\"."
     )]
     Quantize(QuantizeArgs),
+    /// List the devices llama.cpp sees in this build, and what -ngl does with a model.
+    #[command(
+        after_help = "Examples:\n  miwv devices\n  miwv devices -m model.gguf -ngl 20\n\n\
+            A GPU backend is built with scripts/build-gpu.sh (vulkan, cuda or metal)."
+    )]
+    Devices(DevicesArgs),
     /// Print a shell completion script.
     #[command(
         after_help = "Example:\n  miwv completions bash > ~/.local/share/bash-completion/completions/miwv\n  miwv completions zsh > ~/.zfunc/_miwv"
@@ -180,6 +186,19 @@ struct PlanArgs {
     #[arg(long, default_value_t = 16_384)]
     calibrate_tokens: usize,
     /// Also write the estimate as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct DevicesArgs {
+    /// GGUF model whose layers -ngl would offload.
+    #[arg(short = 'm', long, default_value = crate::DEFAULT_MODEL)]
+    model: PathBuf,
+    /// Layers to offload, as `select -ngl` takes them.
+    #[arg(long = "n-gpu-layers", visible_alias = "ngl", default_value_t = 999)]
+    n_gpu_layers: u32,
+    /// Also write the devices as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
 }
@@ -600,6 +619,8 @@ pub enum Action {
     Report(ReportSettings),
     /// `miwv completions`: print the script for this shell.
     Completions(clap_complete::Shell),
+    /// `miwv devices`: the model, the layers to offload and where the JSON goes.
+    Devices(PathBuf, u32, Option<PathBuf>),
 }
 
 /// `miwv bench`'s settings.
@@ -724,6 +745,7 @@ where
         Command::Doctor(args) => Action::Doctor(args.check()?),
         Command::Report(args) => Action::Report(args.check()?),
         Command::Completions { shell } => Action::Completions(shell),
+        Command::Devices(args) => Action::Devices(args.model, args.n_gpu_layers, args.json),
     };
     Ok(Invocation {
         verbose: cli.verbose,

@@ -40,6 +40,7 @@ fn main() -> ExitCode {
         Action::Quantize(settings) => run_quantize(&settings),
         Action::Doctor(settings) => run_doctor(settings),
         Action::Report(settings) => run_report(settings),
+        Action::Devices(model, gpu_layers, json) => run_devices(&model, gpu_layers, json),
         Action::Completions(shell) => {
             miwv::cli::write_completions(shell, &mut std::io::stdout());
             Ok(())
@@ -287,5 +288,35 @@ fn run_report(settings: ReportSettings) -> Result<(), miwv::Error> {
     println!("histogram: {}", files.histogram.display());
     println!("scatter:   {}", files.scatter.display());
     println!("report:    {}", files.html.display());
+    Ok(())
+}
+
+fn run_devices(
+    model: &std::path::Path,
+    gpu_layers: u32,
+    json: Option<std::path::PathBuf>,
+) -> Result<(), miwv::Error> {
+    use miwv::engine::devices::devices;
+    let found = devices()?;
+    let mib = |bytes: u64| bytes / (1 << 20);
+    println!("devices llama.cpp sees in this build:");
+    for d in &found {
+        println!(
+            "  {:<10} {:<8} {:<6} {:>8} MiB free of {:>8} MiB  {}",
+            d.name,
+            d.backend,
+            d.kind,
+            mib(d.memory_free),
+            mib(d.memory_total),
+            d.description
+        );
+    }
+    let loaded = miwv::engine::Model::load(model, 0)?;
+    let offload = loaded.offload(gpu_layers)?;
+    println!("{}: {}", model.display(), offload.render(gpu_layers));
+    if let Some(path) = json {
+        let report = serde_json::json!({"devices": found, "model": model, "offload": offload});
+        miwv::data::output::write_json(&path, &report)?;
+    }
     Ok(())
 }

@@ -12,6 +12,7 @@
 //! logits of an unflagged row panics, so only flagged rows are read; the logits buffer is
 //! overwritten by the next decode, so rows are consumed before it.
 
+pub mod devices;
 pub mod embed;
 pub mod tokenizer;
 
@@ -65,7 +66,7 @@ pub enum EngineError {
         problem: String,
     },
     /// A context could not be created (usually: not enough memory for the KV cache).
-    #[error("{path}: cannot create a llama.cpp context ({what}); try a smaller --ctx-size or --parallel")]
+    #[error("{path}: cannot create a llama.cpp context ({what}); try a lower --memory-budget, --ctx-size or --parallel")]
     Context {
         /// The model file.
         path: PathBuf,
@@ -87,6 +88,18 @@ pub enum EngineError {
     /// `llama_decode` failed.
     #[error("llama.cpp decode failed: {0}")]
     Decode(String),
+    /// `-ngl` where no device can take layers.
+    #[error(
+        "-ngl {gpu_layers}: llama.cpp sees no GPU here (devices: {devices}); build with a GPU \
+         backend (scripts/build-gpu.sh) on a machine with that GPU, or leave -ngl out to run on \
+         the CPU"
+    )]
+    NoGpu {
+        /// The layers asked for.
+        gpu_layers: u32,
+        /// The devices there are.
+        devices: String,
+    },
     /// The model produced no embedding.
     #[error("{path}: the model produced no embedding; is it an embedding model?")]
     NoEmbedding {
@@ -133,6 +146,7 @@ impl Model {
             problem,
         };
         let claims = check_model_file(path)?;
+        devices::check_offload(gpu_layers)?;
         let params = LlamaModelParams::default().with_n_gpu_layers(gpu_layers);
         let model = LlamaModel::load_from_file(backend()?, path, &params).map_err(|_| {
             fail("llama.cpp could not load this model (truncated file or unsupported architecture; run with -v for llama.cpp's log)".into())

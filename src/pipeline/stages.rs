@@ -38,7 +38,7 @@ use crate::state::lock::RunLock;
 use crate::state::progress::{Phase, ScoringProgress};
 use crate::state::resume::RunState;
 use crate::state::resume::{read_json, Mismatch, Remedy, ResumeError, Retrieval};
-use crate::state::schema::{EmbedderRecord, ShardsRecord, Timings};
+use crate::state::schema::{EmbedderRecord, ShardsRecord, Timings, UnscoredGroup};
 use crate::Error;
 
 /// Rows of precomputed embeddings read and written at a time.
@@ -240,7 +240,7 @@ pub fn neighbours(run: &Path) -> Result<StageSummary, Error> {
         search: Some(search),
     };
     loaded.state.save_retrieval_record(&retrieval)?;
-    save_plan(&config, &loaded, &dataset, &retrieval)?;
+    let (fit, unscorable) = save_plan(&config, &loaded, &dataset, &retrieval)?;
     write_json(
         &stage_record_path(run),
         &StageRecord {
@@ -248,20 +248,34 @@ pub fn neighbours(run: &Path) -> Result<StageSummary, Error> {
             embed_shards: count,
         },
     )?;
-    Ok(done(format!(
-        "neighbours of {n} samples from {count} embed shards"
-    )))
+    let mut message = format!(
+        "neighbours of {n} samples from {count} embed shards; planned with a {}-token context",
+        fit.sizes.ctx_per_sequence
+    );
+    if !unscorable.is_empty() {
+        let reasons: Vec<String> = unscorable
+            .iter()
+            .map(|g| format!("{} {}", g.count, g.reason.name()))
+            .collect();
+        message += &format!(
+            "; left without a MIWV: {} (`miwv plan {}` shows the lengths)",
+            reasons.join(", "),
+            run.display()
+        );
+    }
+    Ok(done(message))
 }
 
-/// Plans the run's decodes once, on every core, and saves the plan's table and the samples
-/// in the run directory, so that a score shard reads only what its own segments need and
-/// the merge plans without rendering the dataset again.
+/// Plans the run's decodes once, on every core, and saves the plan's table, its context and
+/// the samples in the run directory, so that a score shard reads only what its own segments
+/// need and the merge plans without rendering the dataset again. Returns the context and
+/// the samples the plan leaves unscorable.
 fn save_plan(
     config: &SelectConfig,
     loaded: &Loaded,
     dataset: &crate::data::dataset::Dataset,
     retrieval: &Retrieval,
-) -> Result<(), Error> {
+) -> Result<(ContextFit, Vec<UnscoredGroup>), Error> {
     let clock = Instant::now();
     let (plan, fit) = scoring_plan(config, loaded, dataset, retrieval)?;
     SampleStore::write(&loaded.state.plan_dir()?, &dataset.samples)?;
@@ -274,7 +288,11 @@ fn save_plan(
         seconds = clock.elapsed().as_secs_f64(),
         "planned"
     );
-    Ok(())
+    let samples = &dataset.samples;
+    let unscorable = UnscoredGroup::of(plan.table().failed.iter().copied(), |i| {
+        samples[i].id.clone()
+    });
+    Ok((fit, unscorable))
 }
 
 /// The plan `neighbours` saved, its sequences rendered from the run's sample store, and the

@@ -19,6 +19,7 @@ mod equivalence;
 mod formats;
 mod hostile;
 mod lock;
+mod offload;
 mod quantize;
 mod report;
 mod select;
