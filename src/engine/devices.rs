@@ -111,6 +111,22 @@ impl Offload {
 }
 
 impl Model {
+    /// The free memory of the device this model's layers were offloaded to; `None` when it
+    /// runs on the CPU. With layers offloaded, the weights and the KV cache live there, so
+    /// the default memory budget is taken from it.
+    ///
+    /// # Errors
+    /// [`EngineError::Backend`] when llama.cpp cannot be initialised.
+    pub fn offload_device_memory(&self) -> Result<Option<u64>, EngineError> {
+        if self.gpu_layers == 0 {
+            return Ok(None);
+        }
+        Ok(devices()?
+            .into_iter()
+            .find(Device::takes_layers)
+            .map(|d| d.memory_free))
+    }
+
     /// What `-ngl gpu_layers` does with this model on the devices there are.
     ///
     /// # Errors

@@ -125,6 +125,8 @@ pub struct Model {
     model: LlamaModel,
     path: PathBuf,
     claims: GgufSummary,
+    /// Layers offloaded to a GPU device (`-ngl`).
+    gpu_layers: u32,
     /// A template's markup, tokenised once: a render tokenises the same few strings
     /// (`<|im_start|>user\n`, ...) for every sample, and each llama.cpp call pays for its
     /// pre-tokeniser's setup.
@@ -155,6 +157,7 @@ impl Model {
             model,
             path: path.to_path_buf(),
             claims,
+            gpu_layers,
             markup: Default::default(),
         };
         model.check_loaded()?;
@@ -608,9 +611,17 @@ impl<'m> ScorerPool<'m> {
     pub fn new(model: &'m Model, sizes: ContextSizes) -> Self {
         let memory = model.context_memory(&sizes);
         let mib = |bytes: u64| bytes / (1 << 20);
+        let place = match model.offload(model.gpu_layers) {
+            Ok(devices::Offload {
+                offloaded,
+                layers,
+                device: Some(device),
+            }) if offloaded > 0 => format!("{device}, {offloaded} of {layers} layers there"),
+            _ => "the CPU".into(),
+        };
         tracing::info!(
-            "scoring with {} workers x {} threads; each context about {} MiB besides the weights \
-             (KV cache {}, logits up to {}, compute about {} MiB)",
+            "scoring with {} workers x {} threads on {place}; each context about {} MiB besides \
+             the weights (KV cache {}, logits up to {}, compute about {} MiB)",
             sizes.workers,
             sizes.threads_per_worker(),
             mib(memory.total()),

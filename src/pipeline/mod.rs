@@ -368,9 +368,14 @@ pub(crate) fn fitted_table(
     let room = Room {
         trained: model.info().context_train as usize,
         weights: std::fs::metadata(model.path()).map_or(0, |m| m.len()),
-        budget: request
-            .memory_budget
-            .unwrap_or_else(crate::scoring::sizes::default_memory_budget),
+        budget: match request.memory_budget {
+            Some(budget) => budget,
+            None => model
+                .offload_device_memory()?
+                .map_or_else(crate::scoring::sizes::default_memory_budget, |free| {
+                    free / 4 * 3
+                }),
+        },
     };
     let memory = |s: &ContextSizes| model.context_memory(s).total();
     let saved = saved.filter(|fit| fit.asked == request.ctx && fit.fits(&room));
