@@ -2,8 +2,9 @@
 # Builds miwv with a GPU backend of llama.cpp, from registry packages where it can.
 #
 #   scripts/build-gpu.sh vulkan        # Linux: Vulkan (any Vulkan 1.2 GPU, or Mesa's lavapipe on the CPU)
-#   scripts/build-gpu.sh cuda [ARCH]   # Linux: CUDA from NVIDIA's pip wheels, ARCH e.g. 90 (H100), 89, 86, 80
+#   scripts/build-gpu.sh cuda ARCH     # Linux: CUDA from NVIDIA's pip wheels, ARCH e.g. 90 (H100), 89, 86, 80
 #   scripts/build-gpu.sh metal         # macOS on Apple Silicon
+#   scripts/build-gpu.sh BACKEND [ARCH] -- CARGO-ARGS   # e.g. -- test --release --test it offload::
 #
 # The binary goes to $MIWV_CACHE/target-<backend>/release/miwv (MIWV_CACHE defaults to
 # ~/.cache/miwv; CARGO_TARGET_DIR overrides the target directory), apart from the CPU build's
@@ -12,12 +13,23 @@
 set -euo pipefail
 
 backend="${1:-}"
+shift || true
+arch=""
+if [[ "$backend" == cuda && $# -gt 0 && "$1" != "--" ]]; then
+  arch="$1"
+  shift
+fi
+cargo_args=(build --release)
+if [[ "${1:-}" == "--" ]]; then
+  shift
+  cargo_args=("$@")
+fi
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cache="${MIWV_CACHE:-$HOME/.cache/miwv}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$cache/target-$backend}"
 
 usage() {
-  sed -n '2,12p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+  sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
   exit 2
 }
 
@@ -77,12 +89,14 @@ case "$backend" in
     ;;
   cuda)
     # shellcheck source=scripts/cuda-wheels.sh
-    source "$root/scripts/cuda-wheels.sh" "${2:-}"
+    source "$root/scripts/cuda-wheels.sh" "$arch"
     features=cuda,llama-cpp-2/cuda-no-vmm
     ;;
   *) usage ;;
 esac
 
 cd "$root"
-cargo build --release --features "$features"
-echo "built: $CARGO_TARGET_DIR/release/miwv ($backend)"
+cargo "${cargo_args[0]}" --features "$features" "${cargo_args[@]:1}"
+if [[ "${cargo_args[0]}" == build ]]; then
+  echo "built: $CARGO_TARGET_DIR/release/miwv ($backend)"
+fi

@@ -58,7 +58,7 @@ fn a_cpu_build_refuses_gpu_layers_and_says_why() {
         .all(|d| d["kind"] == "cpu"));
 }
 
-/// `select` on the first 40 examples into `out`, with `extra` flags.
+/// `select` into `out`, keeping one sample, with `extra` flags.
 #[cfg(any(feature = "vulkan", feature = "cuda", feature = "metal"))]
 fn select(data: &std::path::Path, out: &std::path::Path, extra: &[&str]) -> Output {
     let mut args = vec![
@@ -66,8 +66,8 @@ fn select(data: &std::path::Path, out: &std::path::Path, extra: &[&str]) -> Outp
         data.to_str().unwrap(),
         "-o",
         out.to_str().unwrap(),
-        "-r",
-        "0.1",
+        "-n",
+        "1",
     ];
     args.extend(extra);
     run(&args)
@@ -86,7 +86,8 @@ fn every_layer_on_the_device_selects_as_the_cpu_and_resumes() {
 
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("d.json");
-    common::write_examples(&data, 40);
+    // Four samples: a software Vulkan device decodes a few tokens a second.
+    common::write_examples(&data, 4);
     let (cpu, gpu) = (dir.path().join("cpu"), dir.path().join("gpu"));
     let on_cpu = select(&data, &cpu, &["-ngl", "0"]);
     assert!(on_cpu.status.success(), "{}", stderr(&on_cpu));
@@ -99,7 +100,7 @@ fn every_layer_on_the_device_selects_as_the_cpu_and_resumes() {
             "-o",
             gpu.to_str().unwrap(),
         ])
-        .args(["-r", "0.1", "-ngl", "999", "--checkpoint-tokens", "512"])
+        .args(["-n", "1", "-ngl", "999", "--checkpoint-tokens", "64"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -112,14 +113,14 @@ fn every_layer_on_the_device_selects_as_the_cpu_and_resumes() {
             "ended before it was killed"
         );
         assert!(
-            started.elapsed() < Duration::from_secs(600),
+            started.elapsed() < Duration::from_secs(1200),
             "no checkpoint"
         );
         std::thread::sleep(Duration::from_millis(5));
     }
     child.kill().unwrap();
     child.wait().unwrap();
-    let resumed = select(&data, &gpu, &["-ngl", "999", "--checkpoint-tokens", "512"]);
+    let resumed = select(&data, &gpu, &["-ngl", "999", "--checkpoint-tokens", "64"]);
     let log = stderr(&resumed);
     assert!(resumed.status.success(), "{log}");
     assert!(log.contains("resuming"), "{log}");
