@@ -38,7 +38,7 @@ usage() {
 # those are taken from Debian 13's libvulkan-dev (headers only; the system loader is used).
 vulkan_sdk() {
   local need=(glslc libvulkan-dev spirv-headers mesa-vulkan-drivers)
-  if ! command -v glslc >/dev/null || [[ ! -e /usr/lib/x86_64-linux-gnu/libvulkan.so ]]; then
+  if ! command -v glslc >/dev/null || ! ldconfig -p | grep -q 'libvulkan.so.1 '; then
     if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
       apt-get install -y --no-install-recommends "${need[@]}" >&2
     else
@@ -72,7 +72,7 @@ vulkan_sdk() {
     cp -r "$tmp/x/usr/include" "$sdk/"
     rm -rf "$tmp"
   fi
-  ln -sf /usr/lib/x86_64-linux-gnu/libvulkan.so.1 "$sdk/lib/libvulkan.so"
+  ln -sf "$(ldconfig -p | awk '/libvulkan.so.1 /{print $NF; exit}')" "$sdk/lib/libvulkan.so"
   ln -sf "$(command -v glslc)" "$sdk/bin/glslc"
   export VULKAN_SDK="$sdk"
   echo "vulkan: system headers 1.x.${have:-none} are too old; using $sdk (Debian 13's 1.4.309)" >&2
