@@ -98,5 +98,6 @@ esac
 cd "$root"
 cargo "${cargo_args[0]}" --features "$features" "${cargo_args[@]:1}"
 if [[ "${cargo_args[0]}" == build ]]; then
+  if [[ "$backend" == cuda ]]; then after_build; fi
   echo "built: $CARGO_TARGET_DIR/release/miwv ($backend)"
 fi

