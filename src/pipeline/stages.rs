@@ -253,13 +253,9 @@ pub fn neighbours(run: &Path) -> Result<StageSummary, Error> {
         fit.sizes.ctx_per_sequence
     );
     if !unscorable.is_empty() {
-        let reasons: Vec<String> = unscorable
-            .iter()
-            .map(|g| format!("{} {}", g.count, g.reason.name()))
-            .collect();
         message += &format!(
             "; left without a MIWV: {} (`miwv plan {}` shows the lengths)",
-            reasons.join(", "),
+            UnscoredGroup::tally(&unscorable),
             run.display()
         );
     }

@@ -215,6 +215,15 @@ impl UnscoredGroup {
         groups.sort_by_key(|g| g.reason as u8);
         groups
     }
+
+    /// `4 too_long, 4 example_too_long`: the groups' counts in one line.
+    pub fn tally(groups: &[UnscoredGroup]) -> String {
+        let parts: Vec<String> = groups
+            .iter()
+            .map(|g| format!("{} {}", g.count, g.reason.name()))
+            .collect();
+        parts.join(", ")
+    }
 }
 
 /// The shard counts of a staged run.

@@ -4,7 +4,6 @@
 //! same process: our scored tokens/s over llama.cpp's prompt-processing rate for the same
 //! model and threads, and samples/s with and without neighbour-prefix reuse.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
@@ -24,6 +23,7 @@ use crate::scoring::scheduler::{Decoders, NoJournal, ScoringOptions, ScoringPlan
 use crate::scoring::sequences::PlanTable;
 use crate::scoring::sizes::{ContextSizes, SizeRequest};
 use crate::state::progress::{peak_rss_mib, reset_peak_rss};
+use crate::state::schema::UnscoredGroup;
 use crate::Error;
 
 /// What to benchmark.
@@ -82,7 +82,7 @@ pub struct Run {
     /// Engine statistics.
     pub stats: Stats,
     /// Samples left without a MIWV, by reason (`too_long`, `example_too_long`, ...).
-    pub unscorable: BTreeMap<String, usize>,
+    pub unscorable: Vec<UnscoredGroup>,
 }
 
 /// The whole report.
@@ -209,16 +209,11 @@ impl Report {
         }
         for r in self.with_reuse.iter().chain([&self.without_reuse]) {
             if !r.unscorable.is_empty() {
-                let reasons: Vec<String> = r
-                    .unscorable
-                    .iter()
-                    .map(|(k, v)| format!("{v} {k}"))
-                    .collect();
                 out += &format!(
                     "unscorable at N = {}{}: {}\n",
                     r.samples,
                     if r.kv_reuse { "" } else { " without reuse" },
-                    reasons.join(", ")
+                    UnscoredGroup::tally(&r.unscorable)
                 );
             }
         }
@@ -386,13 +381,9 @@ impl Bench<'_> {
             logit_share: s.scored_rows as f64 / s.tokens_decoded as f64,
             peak_rss_mib: peak_rss_mib(),
             stats: s,
-            unscorable: outcome.scores.iter().filter_map(|s| s.reason).fold(
-                BTreeMap::new(),
-                |mut counts, reason| {
-                    *counts.entry(reason.name()).or_insert(0) += 1;
-                    counts
-                },
-            ),
+            unscorable: UnscoredGroup::of(outcome.scores.iter().map(|s| s.reason), |i| {
+                self.samples[i].id.clone()
+            }),
         })
     }
 }

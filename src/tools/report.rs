@@ -1124,11 +1124,7 @@ fn unscorable_cell(groups: &[UnscoredGroup]) -> String {
     if total == 0 {
         return "0".into();
     }
-    let parts: Vec<String> = groups
-        .iter()
-        .map(|g| format!("{} {}", g.count, g.reason.name()))
-        .collect();
-    format!("{total} ({})", parts.join(", "))
+    format!("{total} ({})", UnscoredGroup::tally(groups))
 }
 
 /// The context the run decoded with, and how it was chosen.
