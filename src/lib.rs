@@ -17,7 +17,8 @@
 //! | pipeline | `pipeline` | `select` and its stages wired from the layers above, and the crate's [`Error`] |
 //! | tools | [`tools`] | `compare`, `report`, the benchmarks and `doctor` |
 //!
-//! `cli` turns the command line into checked settings for the thin `miwv` binary.
+//! `cli` turns the command line into checked settings and runs it, for the thin `miwv` binary
+//! and the Python package's `miwv` command.
 //!
 //! Only `engine` and `retrieval` link native code (llama.cpp, FAISS, the reference
 //! tokenizer); they and what needs them sit behind the default `native` feature. Without it

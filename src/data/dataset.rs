@@ -589,10 +589,10 @@ fn sample_from(value: Value, at: Location, options: &ReadOptions) -> Result<Samp
     };
     let conversation = match &fields.conversation {
         Some(name) => Some(name.as_str()),
-        None if record.contains_key(&fields.instruction) => None,
+        None if has(&record, &fields.instruction) => None,
         None => ["conversations", "messages"]
             .into_iter()
-            .find(|name| record.contains_key(*name)),
+            .find(|name| has(&record, name)),
     };
     let (system, mut turns) = match conversation {
         Some(name) => conversation_turns(&record, name)?,
@@ -611,6 +611,13 @@ fn sample_from(value: Value, at: Location, options: &ReadOptions) -> Result<Samp
             record
         },
     })
+}
+
+/// Whether `record` sets `name`. A null counts as unset: a table (Parquet, a DataFrame) has
+/// every column in every row, null where a record lacks it, so records of both kinds in one
+/// table read as they do from JSON Lines.
+fn has(record: &Map<String, Value>, name: &str) -> bool {
+    record.get(name).is_some_and(|value| !value.is_null())
 }
 
 fn text_field(
@@ -777,6 +784,32 @@ mod tests {
             keys,
             ["instruction", "input", "output", "id"],
             "field order kept"
+        );
+    }
+
+    #[test]
+    fn a_null_field_reads_as_a_missing_one() {
+        // As a table holds records of both kinds: every column in every row.
+        let as_rows = concat!(
+            r#"{"instruction": null, "output": null, "conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello"}], "messages": null}"#,
+            "\n",
+            r#"{"instruction": null, "output": null, "conversations": null, "messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]}"#,
+            "\n",
+            r#"{"instruction": "Hi", "output": "Hello", "conversations": null, "messages": null}"#,
+        );
+        let as_records = concat!(
+            r#"{"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello"}]}"#,
+            "\n",
+            r#"{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]}"#,
+            "\n",
+            r#"{"instruction": "Hi", "output": "Hello"}"#,
+        );
+        let turns = |samples: Vec<Sample>| -> Vec<Vec<Turn>> {
+            samples.into_iter().map(|s| s.turns).collect()
+        };
+        assert_eq!(
+            turns(read(as_rows, "rows.jsonl").unwrap()),
+            turns(read(as_records, "records.jsonl").unwrap())
         );
     }
 

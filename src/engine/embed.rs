@@ -3,7 +3,7 @@
 //!
 //! Vectors are mean-pooled by llama.cpp and L2-normalised here, so inner product is cosine.
 
-use std::ops::Range;
+use std::ops::{ControlFlow, Range};
 use std::path::Path;
 
 use crate::data::dataset::Sample;
@@ -37,15 +37,17 @@ pub fn l2_normalise(v: &mut [f32]) {
 }
 
 /// Embeds every sample; returns the normalised vectors row by row and their width.
-/// `progress` gets the number of samples embedded so far after each batch.
+/// `progress` gets the number of samples embedded so far after each batch, and stops the
+/// embedding by breaking.
 ///
 /// # Errors
-/// Engine failures, including a model that produces no embeddings.
+/// Engine failures, including a model that produces no embeddings;
+/// [`EngineError::Stopped`] when `progress` breaks.
 pub fn embed_samples(
     embedder: &mut Embedder,
     samples: &[Sample],
     prefix: &str,
-    progress: impl FnMut(usize),
+    progress: impl FnMut(usize) -> ControlFlow<()>,
 ) -> Result<(Vec<f32>, usize), EngineError> {
     let batches = EmbeddingBatches::plan(embedder, samples, prefix);
     let embedded = batches.embed(embedder, 0..batches.len(), progress)?;
@@ -99,16 +101,19 @@ impl EmbeddingBatches {
     }
 
     /// Embeds the batches in `range`; returns (sample index, normalised vector) in batch
-    /// order. `progress` gets the number of samples embedded so far after each batch.
+    /// order. `progress` gets the number of samples embedded so far after each batch, and
+    /// stops the embedding by breaking.
     ///
     /// # Errors
-    /// Engine failures, including a model that produces no embeddings.
+    /// Engine failures, including a model that produces no embeddings;
+    /// [`EngineError::Stopped`] when `progress` breaks.
     pub fn embed(
         &self,
         embedder: &mut Embedder,
         range: Range<usize>,
-        mut progress: impl FnMut(usize),
+        mut progress: impl FnMut(usize) -> ControlFlow<()>,
     ) -> Result<Vec<(usize, Vec<f32>)>, EngineError> {
+        let total = self.batches[range.clone()].iter().map(Vec::len).sum();
         let mut embedded = Vec::new();
         for batch in &self.batches[range] {
             let texts: Vec<Vec<Token>> = batch.iter().map(|&i| self.tokens[i].clone()).collect();
@@ -116,7 +121,12 @@ impl EmbeddingBatches {
                 l2_normalise(&mut vector);
                 embedded.push((i, vector));
             }
-            progress(embedded.len());
+            if progress(embedded.len()).is_break() {
+                return Err(EngineError::Stopped {
+                    done: embedded.len(),
+                    total,
+                });
+            }
         }
         Ok(embedded)
     }

@@ -88,6 +88,14 @@ pub enum EngineError {
     /// `llama_decode` failed.
     #[error("llama.cpp decode failed: {0}")]
     Decode(String),
+    /// The caller stopped embedding; nothing embedded so far is kept.
+    #[error("interrupted while embedding ({done} of {total} samples); run the same command again to start the embedding over")]
+    Stopped {
+        /// Samples embedded when it stopped.
+        done: usize,
+        /// Samples to embed.
+        total: usize,
+    },
     /// `-ngl` where no device can take layers.
     #[error(
         "-ngl {gpu_layers}: llama.cpp sees no GPU here (devices: {devices}); build with a GPU \

@@ -117,6 +117,10 @@ pub enum Error {
 impl Error {
     /// Whether the user stopped the run (exit code 130; rerunning resumes).
     pub fn is_interrupted(&self) -> bool {
-        matches!(self, Error::Scoring(ScoringError::Interrupted { .. }))
+        matches!(
+            self,
+            Error::Scoring(ScoringError::Interrupted { .. })
+                | Error::Engine(EngineError::Stopped { .. })
+        )
     }
 }

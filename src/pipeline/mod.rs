@@ -5,8 +5,9 @@
 //! and records what was done in `run.json`. [`select_until`] reads as those phases: read the
 //! data, load the models, retrieve (or reuse) the neighbours, score, rank, write.
 
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use serde::Serialize;
@@ -109,7 +110,7 @@ pub fn select_until(config: &SelectConfig, stop: &AtomicBool) -> Result<RunSumma
     timings.load_s = clock.elapsed().as_secs_f64();
 
     let clock = Instant::now();
-    let retrieval = retrieval(config, &loaded, &dataset)?;
+    let retrieval = retrieval(config, &loaded, &dataset, stop)?;
     timings.retrieval_s = clock.elapsed().as_secs_f64();
 
     let clock = Instant::now();
@@ -277,6 +278,7 @@ fn retrieval(
     config: &SelectConfig,
     loaded: &Loaded,
     dataset: &Dataset,
+    stop: &AtomicBool,
 ) -> Result<Retrieval, Error> {
     let samples = &dataset.samples;
     let state = &loaded.state;
@@ -292,7 +294,7 @@ fn retrieval(
         )
         .into()),
         None => {
-            let (retrieval, embeddings) = retrieve(config, loaded, dataset)?;
+            let (retrieval, embeddings) = retrieve(config, loaded, dataset, stop)?;
             state.save_retrieval(&retrieval, &embeddings)?;
             Ok(retrieval)
         }
@@ -644,6 +646,7 @@ fn retrieve(
     config: &SelectConfig,
     loaded: &Loaded,
     dataset: &Dataset,
+    stop: &AtomicBool,
 ) -> Result<(Retrieval, Vec<f32>), Error> {
     let samples = &dataset.samples;
     let ((vectors, dim), embedder) = match &config.embed_model {
@@ -654,7 +657,8 @@ fn retrieve(
         _ => with_embedder(config, loaded, |embedder, prefix| {
             let bar = Phase::new("embedding", samples.len() as u64, "samples");
             Ok(embed_samples(embedder, samples, prefix, |done| {
-                bar.set(done as u64)
+                bar.set(done as u64);
+                go_on(stop)
             })?)
         })?,
     };
@@ -674,6 +678,15 @@ fn retrieve(
         search: Some(search),
     };
     Ok((retrieval, vectors))
+}
+
+/// Whether a long phase goes on: it breaks once `stop` is set.
+fn go_on(stop: &AtomicBool) -> ControlFlow<()> {
+    if stop.load(Ordering::Relaxed) {
+        ControlFlow::Break(())
+    } else {
+        ControlFlow::Continue(())
+    }
 }
 
 /// Every sample's neighbour by `config`'s index, with a spinner and the search logged.

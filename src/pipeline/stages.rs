@@ -78,7 +78,7 @@ struct ScoreShard {
 }
 
 /// What a stage did, for the command's last words.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct StageSummary {
     /// One line saying it.
     pub message: String,
@@ -100,10 +100,17 @@ fn stage_record_path(run: &Path) -> PathBuf {
 /// `miwv embed`: embeds this shard's share of the samples into the run directory
 /// `config.out_dir`.
 ///
+/// Stops at the next batch once `stop` is set, keeping nothing of this shard.
+///
 /// # Errors
 /// Bad settings or input, engine failures, a run directory made with other settings or
-/// another shard count.
-pub fn embed(config: &SelectConfig, shard: Shard) -> Result<StageSummary, Error> {
+/// another shard count; [`EngineError::Stopped`](crate::engine::EngineError::Stopped) when
+/// stopped.
+pub fn embed(
+    config: &SelectConfig,
+    shard: Shard,
+    stop: &AtomicBool,
+) -> Result<StageSummary, Error> {
     config.validate()?;
     let _lock = RunLock::shard(
         &config.out_dir,
@@ -153,7 +160,10 @@ pub fn embed(config: &SelectConfig, shard: Shard) -> Result<StageSummary, Error>
                 let batches = EmbeddingBatches::plan(embedder, samples, prefix);
                 let range = batches.shard(shard);
                 let bar = Phase::new("embedding", samples.len() as u64, "samples");
-                Ok(batches.embed(embedder, range, |n| bar.set(n as u64))?)
+                Ok(batches.embed(embedder, range, |n| {
+                    bar.set(n as u64);
+                    super::go_on(stop)
+                })?)
             })?;
             let dim = embedded.first().map_or(0, |(_, v)| v.len());
             write_atomically(&output, |out| {

@@ -2,10 +2,11 @@
 //! keeps tracing's lines from tearing them, and the process's peak memory for the record.
 //!
 //! Bars draw on stderr only when it is a terminal; in a pipe or a CI log they stay silent and
-//! the phases' `tracing` lines say what is going on instead.
+//! the phases' `tracing` lines say what is going on instead. A program embedding the library
+//! (the Python package) may [`observe`] the phases instead and draw them its own way.
 
 use std::io::{IsTerminal, Write};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -25,15 +26,100 @@ fn bars() -> &'static MultiProgress {
     })
 }
 
-/// Whether bars are drawn (stderr is a terminal).
-pub fn visible() -> bool {
-    !bars().is_hidden()
+/// What happens to a phase, for an [`observe`]r.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PhaseEvent {
+    /// A phase began: `total` items of `unit`, or an unknown amount of work (`None`).
+    Started {
+        /// `embedding`, `neighbours`, `scoring`.
+        phase: String,
+        /// Items to do, when known.
+        total: Option<u64>,
+        /// What is counted (`samples`, `tokens`).
+        unit: String,
+    },
+    /// `done` items are done, counted from the start of the phase; on the first event of a
+    /// resumed phase, work an earlier run already did.
+    Advanced {
+        /// The phase.
+        phase: String,
+        /// Items done.
+        done: u64,
+    },
+    /// The phase's note changed (`12/40 decodes`).
+    Noted {
+        /// The phase.
+        phase: String,
+        /// The note.
+        message: String,
+    },
+    /// The phase ended.
+    Finished {
+        /// The phase.
+        phase: String,
+    },
 }
 
-/// One phase's bar.
-pub struct Phase(ProgressBar);
+/// Receives every [`PhaseEvent`] in place of the bars on stderr.
+pub type Observer = Arc<dyn Fn(PhaseEvent) + Send + Sync>;
+
+fn observer_slot() -> &'static RwLock<Option<Observer>> {
+    static OBSERVER: RwLock<Option<Observer>> = RwLock::new(None);
+    &OBSERVER
+}
+
+/// Sends the phases begun from now on to `observer` instead of drawing bars; `None` draws
+/// bars again.
+pub fn observe(observer: Option<Observer>) {
+    *observer_slot().write().unwrap_or_else(|e| e.into_inner()) = observer;
+}
+
+fn observer() -> Option<Observer> {
+    observer_slot()
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone()
+}
+
+/// Whether progress is shown: bars on a terminal, or an [`observe`]r.
+pub fn visible() -> bool {
+    !bars().is_hidden() || observer().is_some()
+}
+
+/// One phase's bar, or its events for an [`observe`]r.
+pub struct Phase {
+    bar: ProgressBar,
+    name: String,
+    observer: Option<Observer>,
+}
 
 impl Phase {
+    fn begin(name: &str, total: Option<u64>, unit: &str, bar: ProgressBar) -> Self {
+        let observer = observer();
+        let bar = match &observer {
+            Some(observer) => {
+                observer(PhaseEvent::Started {
+                    phase: name.into(),
+                    total,
+                    unit: unit.into(),
+                });
+                ProgressBar::hidden()
+            }
+            None => bars().add(bar),
+        };
+        Self {
+            bar,
+            name: name.into(),
+            observer,
+        }
+    }
+
+    fn tell(&self, event: impl FnOnce(String) -> PhaseEvent) {
+        if let Some(observer) = &self.observer {
+            observer(event(self.name.clone()));
+        }
+    }
+
     /// A bar counting `total` items of `unit` (`samples`, `tokens`), with rate and ETA.
     pub fn new(name: &str, total: u64, unit: &str) -> Self {
         let style = ProgressStyle::with_template(&format!(
@@ -42,43 +128,54 @@ impl Phase {
         ))
         .expect("the template is valid")
         .progress_chars("=> ");
-        let bar = bars().add(ProgressBar::new(total).with_style(style));
-        bar.set_prefix(name.to_string());
-        bar.enable_steady_tick(Duration::from_millis(250));
-        Self(bar)
+        let phase = Self::begin(
+            name,
+            Some(total),
+            unit,
+            ProgressBar::new(total).with_style(style),
+        );
+        phase.bar.set_prefix(name.to_string());
+        phase.bar.enable_steady_tick(Duration::from_millis(250));
+        phase
     }
 
     /// A bar without a known length, for short phases.
     pub fn spinner(name: &str, message: &str) -> Self {
         let style = ProgressStyle::with_template("{prefix:>10} {spinner} {msg} ({elapsed})")
             .expect("the template is valid");
-        let bar = bars().add(ProgressBar::new_spinner().with_style(style));
-        bar.set_prefix(name.to_string());
-        bar.set_message(message.to_string());
-        bar.enable_steady_tick(Duration::from_millis(120));
-        Self(bar)
+        let phase = Self::begin(name, None, "", ProgressBar::new_spinner().with_style(style));
+        phase.bar.set_prefix(name.to_string());
+        phase.note(message.to_string());
+        phase.bar.enable_steady_tick(Duration::from_millis(120));
+        phase
     }
 
     /// Sets the count done so far.
     pub fn set(&self, done: u64) {
-        self.0.set_position(done);
+        self.bar.set_position(done);
+        self.tell(|phase| PhaseEvent::Advanced { phase, done });
     }
 
     /// Starts at `done` (work a resumed run already has) without counting it in the rate.
     pub fn resume_at(&self, done: u64) {
-        self.0.set_position(done);
-        self.0.reset_eta();
+        self.set(done);
+        self.bar.reset_eta();
     }
 
     /// A note after the counts.
     pub fn note(&self, message: String) {
-        self.0.set_message(message);
+        self.tell(|phase| PhaseEvent::Noted {
+            phase,
+            message: message.clone(),
+        });
+        self.bar.set_message(message);
     }
 }
 
 impl Drop for Phase {
     fn drop(&mut self) {
-        self.0.finish();
+        self.bar.finish();
+        self.tell(|phase| PhaseEvent::Finished { phase });
     }
 }
 
@@ -155,4 +252,52 @@ pub fn peak_rss_mib() -> Option<f64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib / 1024.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    #[test]
+    fn an_observer_gets_a_phase_from_start_to_finish() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let sink = seen.clone();
+        observe(Some(Arc::new(move |event: PhaseEvent| {
+            sink.lock().unwrap().push(event)
+        })));
+        {
+            let phase = Phase::new("observed-phase", 10, "samples");
+            phase.resume_at(3);
+            phase.set(7);
+        }
+        observe(None);
+        let phase = || "observed-phase".to_string();
+        let events: Vec<_> = seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| format!("{e:?}").contains("observed-phase"))
+            .cloned()
+            .collect();
+        assert_eq!(
+            events,
+            vec![
+                PhaseEvent::Started {
+                    phase: phase(),
+                    total: Some(10),
+                    unit: "samples".into()
+                },
+                PhaseEvent::Advanced {
+                    phase: phase(),
+                    done: 3
+                },
+                PhaseEvent::Advanced {
+                    phase: phase(),
+                    done: 7
+                },
+                PhaseEvent::Finished { phase: phase() },
+            ]
+        );
+    }
 }

@@ -321,7 +321,9 @@ fn embed_all(config: &BenchConfig, samples: &[Sample]) -> Result<(Vec<f32>, usiz
     let embed_model = Model::load(&config.embed_model, config.gpu_layers)?;
     let prefix = default_prefix(embed_model.info().architecture.as_deref());
     let mut embedder = Embedder::new(&embed_model, config.context.threads)?;
-    Ok(embed_samples(&mut embedder, samples, prefix, |_| {})?)
+    Ok(embed_samples(&mut embedder, samples, prefix, |_| {
+        std::ops::ControlFlow::Continue(())
+    })?)
 }
 
 /// What every timed scoring run shares.

@@ -85,7 +85,7 @@ pub enum ReportError {
 }
 
 /// The files a report wrote.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct ReportFiles {
     /// `report/miwv-histogram.png`.
     pub histogram: PathBuf,

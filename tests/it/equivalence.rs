@@ -49,7 +49,10 @@ fn reuse_batch_size_and_threads_do_not_change_the_selection() {
         let model = Model::load(&common::embedding_model(), 0).unwrap();
         let prefix = default_prefix(model.info().architecture.as_deref());
         let mut embedder = Embedder::new(&model, common::threads()).unwrap();
-        let (vectors, dim) = embed_samples(&mut embedder, &samples, prefix, |_| {}).unwrap();
+        let (vectors, dim) = embed_samples(&mut embedder, &samples, prefix, |_| {
+            std::ops::ControlFlow::Continue(())
+        })
+        .unwrap();
         let found = nearest_others(&vectors, dim).unwrap();
         found.iter().map(|n| n.map(|n| n.index)).collect::<Vec<_>>()
     };

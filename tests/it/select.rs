@@ -31,7 +31,10 @@ fn the_neighbour_of_a_near_paraphrase_is_its_paraphrase() {
     let model = Model::load(&common::embedding_model(), 0).unwrap();
     let prefix = default_prefix(model.info().architecture.as_deref());
     let mut embedder = Embedder::new(&model, common::threads()).unwrap();
-    let (vectors, dim) = embed_samples(&mut embedder, &samples, prefix, |_| {}).unwrap();
+    let (vectors, dim) = embed_samples(&mut embedder, &samples, prefix, |_| {
+        std::ops::ControlFlow::Continue(())
+    })
+    .unwrap();
     assert_eq!(dim, 768);
     let found = nearest_others(&vectors, dim).unwrap();
     for (a, b) in common::PARAPHRASES {

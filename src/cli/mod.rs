@@ -21,6 +21,9 @@ use crate::scoring::sizes::{self, ContextSizes, CtxSize, SizeRequest};
 use crate::state::config::{self, ConfigError, EmbedModel, IndexOptions, Problem, SelectConfig};
 use crate::tools::bench::BenchConfig;
 
+mod run;
+pub use run::main;
+
 /// Pick the instruction-tuning samples a model learns most from (MIWV).
 #[derive(Parser)]
 #[command(
@@ -751,6 +754,19 @@ where
         verbose: cli.verbose,
         action,
     })
+}
+
+/// The long flags of `subcommand`, without their dashes; `None` when there is no such
+/// subcommand. The Python API checks its keyword arguments against them.
+pub fn long_flags(subcommand: &str) -> Option<Vec<String>> {
+    let command = Cli::command();
+    let found = command.find_subcommand(subcommand)?;
+    Some(
+        found
+            .get_arguments()
+            .filter_map(|a| a.get_long().map(str::to_string))
+            .collect(),
+    )
 }
 
 /// Writes the completion script for `shell`.
