@@ -11,6 +11,8 @@ need_sudo() { if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null; then echo s
 if [ "$(uname -s)" = Linux ] && command -v apt-get >/dev/null; then
     packages=(cmake build-essential pkg-config libclang-dev libopenblas-dev)
     python3 -m pip --version >/dev/null 2>&1 || packages+=(python3 python3-pip)
+    # The Python package's tests install it into a fresh virtual environment.
+    python3 -m venv --help >/dev/null 2>&1 || packages+=(python3-venv)
     missing=()
     for p in "${packages[@]}"; do
         dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
