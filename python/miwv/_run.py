@@ -31,14 +31,16 @@ def _call(args: List[str], progress: Progress = False) -> Any:
     return json.loads(outcome)
 
 
-def _nullable_types() -> Dict[str, Any]:
-    """The score columns that may be null in every row of a file, and their types."""
+def _score_types() -> Dict[str, Any]:
+    """The types of the score columns that may be null in every row of a file, and of the
+    ids (an id such as `2024-01-01` would otherwise read as a date)."""
     import pyarrow as pa
 
     floats = ["miwv", "loss_zero_shot", "loss_one_shot", "similarity"]
     floats += ["loss_response_only", "ifd", "superfiltering"]
     types: Dict[str, Any] = {name: pa.float64() for name in floats}
-    types.update(reason=pa.string(), neighbour_id=pa.string(), neighbour_index=pa.int64())
+    types.update(id=pa.string(), neighbour_id=pa.string(), neighbour_index=pa.int64())
+    types.update(reason=pa.string())
     types.update(selected=pa.bool_(), rank=pa.int64())
     return types
 
@@ -71,18 +73,17 @@ class Run:
         `rank` and the token counts."""
         if self._scores is None:
             import pyarrow as pa
+            import pyarrow.json as pj
 
-            with open(self.out / "scores.jsonl", encoding="utf-8") as f:
-                rows = [json.loads(line) for line in f]
-            table = pa.Table.from_pylist(rows)
-            # A column null in every row has no type of its own: give it the one it has
-            # where it is set, so every run's table has the same schema.
-            nullable = _nullable_types()
-            for i, field in enumerate(table.schema):
-                if pa.types.is_null(field.type) and field.name in nullable:
-                    column = table.column(i).cast(nullable[field.name])
-                    table = table.set_column(i, field.name, column)
-            self._scores = table
+            path = self.out / "scores.jsonl"
+            with open(path, encoding="utf-8") as f:
+                columns = list(json.loads(f.readline()))
+            # Typed up front: a column may be null in every row of a block, or of the file,
+            # and every run's table should have one schema.
+            types = _score_types()
+            schema = pa.schema([(c, types[c]) for c in columns if c in types])
+            options = pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior="infer")
+            self._scores = pj.read_json(path, parse_options=options).select(columns)
         return self._scores
 
     def to_pandas(self) -> "pandas.DataFrame":

@@ -6,7 +6,7 @@ bad one raises `OptionsError` with the message `miwv` would print."""
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, List, Literal, Sequence, TypedDict, Union
+from typing import Any, List, Literal, Mapping, Sequence, TypedDict, Union
 
 from . import _native
 from .errors import OptionsError
@@ -91,7 +91,7 @@ def keywords(subcommand: str) -> List[str]:
 
 
 def command_line(
-    subcommand: str, positional: Sequence[Any], options: Dict[str, Any]
+    subcommand: str, positional: Sequence[Any], options: Mapping[str, Any]
 ) -> List[str]:
     """`subcommand`'s arguments: the positional ones, then `options`."""
     known = set(keywords(subcommand))

@@ -266,3 +266,37 @@ def test_the_installed_command_is_the_command_line(tmp_path):
     data = write_jsonl(tmp_path / "d.jsonl", alpaca_records(4))
     bad = cli("select", data, "--ratio", "0", check=False)
     assert bad.returncode == 2 and "--ratio must be in (0, 1], got 0" in bad.stderr
+
+
+def test_the_scores_table_has_one_schema(tmp_path):
+    # Every sample unscorable and date-like ids: the columns keep their types.
+    row = {"id": "2024-01-01", "index": 0, "miwv": None, "loss_zero_shot": None,
+           "loss_one_shot": None, "reason": "too_long", "neighbour_id": None,
+           "neighbour_index": None, "similarity": None, "selected": False, "rank": None}
+    (tmp_path / "scores.jsonl").write_text(json.dumps(row) + "\n")
+    scores = miwv.Run(tmp_path).scores
+    assert scores.column_names == list(row)
+    types = {field.name: str(field.type) for field in scores.schema}
+    assert types["id"] == "string" and types["neighbour_id"] == "string", types
+    assert types["miwv"] == "double" and types["rank"] == "int64", types
+    assert miwv.Run(tmp_path).selected_indices == []
+
+
+def test_the_api_is_typed_for_editors_and_checkers(tmp_path):
+    # The installed package type-checks, and a checker catches a misspelt option and a
+    # value of the wrong type, as an editor would.
+    snippet = tmp_path / "use.py"
+    snippet.write_text(
+        "import miwv\n"
+        "run = miwv.select('d.jsonl', 'out', ctx_sise=4096)\n"
+        "run = miwv.select('d.jsonl', 'out', ratio='high')\n"
+        "ok = miwv.select([{'instruction': 'a', 'output': 'b'}], 'out', ratio=0.1, kv_reuse=False)\n"
+    )
+    mypy = [sys.executable, "-m", "mypy", "--ignore-missing-imports", "--no-incremental"]
+    # `-p`: the installed package, found as an editor finds it (it ships py.typed).
+    clean = subprocess.run([*mypy, "-p", "miwv"], capture_output=True, text=True, cwd=tmp_path)
+    assert clean.returncode == 0, clean.stdout
+    caught = subprocess.run([*mypy, str(snippet)], capture_output=True, text=True, cwd=tmp_path)
+    assert 'Unexpected keyword argument "ctx_sise"' in caught.stdout, caught.stdout
+    assert 'Argument "ratio" to "select" has incompatible type "str"' in caught.stdout, caught.stdout
+    assert "use.py:4" not in caught.stdout, caught.stdout
