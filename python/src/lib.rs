@@ -57,6 +57,13 @@ fn run(
     let argv = std::iter::once("miwv".to_string()).chain(args);
     let invocation =
         miwv::cli::parse(argv).map_err(|e| raise(py, "OptionsError", &clap_message(&e)))?;
+    if !runs_here(&invocation.action) {
+        return Err(raise(
+            py,
+            "OptionsError",
+            "this subcommand runs from the miwv command only",
+        ));
+    }
     set_log_filter(log_level, invocation.verbose);
     let stop = AtomicBool::new(false);
     let waited = wait(py, &on_event, &stop, move |stop| perform(invocation, stop))?;
@@ -82,10 +89,25 @@ fn clap_message(e: &clap::Error) -> String {
     text.trim_end().to_string()
 }
 
-/// The subcommands the API runs, their outcome as JSON text.
+/// Whether the API runs `action` (the others print rather than return what they find).
+fn runs_here(action: &Action) -> bool {
+    matches!(
+        action,
+        Action::Select(..)
+            | Action::Embed(..)
+            | Action::Neighbours(..)
+            | Action::Score(..)
+            | Action::Merge(..)
+            | Action::Plan(..)
+            | Action::Compare(..)
+            | Action::Report(..)
+    )
+}
+
+/// Runs one of the subcommands [`runs_here`] allows; its outcome as JSON text.
 fn perform(invocation: Invocation, stop: &AtomicBool) -> Result<String, miwv::Error> {
     use miwv::pipeline::{self, stages};
-    use miwv::tools::compare::{compare, ScoreFile};
+    use miwv::tools::compare::compare_files;
     match invocation.action {
         Action::Select(config) => json(pipeline::select_until(&config, stop)),
         Action::Embed(config, shard) => json(stages::embed(&config, shard, stop)),
@@ -95,16 +117,14 @@ fn perform(invocation: Invocation, stop: &AtomicBool) -> Result<String, miwv::Er
         Action::Plan(run, calibrate_tokens, _) => {
             json(pipeline::estimate::estimate(&run, calibrate_tokens))
         }
-        Action::Compare(settings) => json((|| {
-            let a = ScoreFile::read(&settings.a)?;
-            let b = ScoreFile::read(&settings.b)?;
-            Ok(compare(&a, &b, &settings.ratios)?)
-        })()),
+        Action::Compare(settings) => json(
+            compare_files(&settings.a, &settings.b, &settings.ratios).map_err(miwv::Error::from),
+        ),
         Action::Report(settings) => json(
             miwv::tools::report::write_report(&settings.out_dir, settings.top)
                 .map_err(miwv::Error::from),
         ),
-        _ => unreachable!("the Python package runs only the subcommands above"),
+        _ => unreachable!("checked by runs_here"),
     }
 }
 

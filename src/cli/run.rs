@@ -188,12 +188,8 @@ fn run_bench_scale(
 }
 
 fn run_compare(settings: CompareSettings) -> Result<(), crate::Error> {
-    use crate::tools::compare::{compare, ScoreFile};
-    let comparison = compare(
-        &ScoreFile::read(&settings.a)?,
-        &ScoreFile::read(&settings.b)?,
-        &settings.ratios,
-    )?;
+    let comparison =
+        crate::tools::compare::compare_files(&settings.a, &settings.b, &settings.ratios)?;
     print!("{}", comparison.render());
     if let Some(path) = settings.json {
         crate::data::output::write_json(&path, &comparison)?;

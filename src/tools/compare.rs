@@ -127,6 +127,15 @@ pub struct Comparison {
     pub overlaps: Vec<Overlap>,
 }
 
+/// [`compare`] of the score files at `a` and `b` (each a `scores.jsonl` or a directory holding
+/// one).
+///
+/// # Errors
+/// As [`ScoreFile::read`] and [`compare`].
+pub fn compare_files(a: &Path, b: &Path, ratios: &[f64]) -> Result<Comparison, CompareError> {
+    compare(&ScoreFile::read(a)?, &ScoreFile::read(b)?, ratios)
+}
+
 /// Compares two score files sample by sample (matched by id), with top-k overlaps at each of
 /// `ratios`.
 ///

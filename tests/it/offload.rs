@@ -7,7 +7,7 @@ use crate::common;
 
 use std::process::Output;
 
-use common::{miwv, read_json};
+use common::miwv;
 
 fn run(args: &[&str]) -> Output {
     miwv().args(args).output().unwrap()
@@ -46,7 +46,7 @@ fn a_cpu_build_refuses_gpu_layers_and_says_why() {
         shown.contains("CPU") && shown.contains("no device here takes layers"),
         "{shown}"
     );
-    let devices = read_json(&json);
+    let devices = common::read_json(&json);
     assert_eq!(
         devices["offload"]["layers"], 31,
         "SmolLM2-135M: 30 layers and the output"
