@@ -24,9 +24,6 @@ use tracing_subscriber::{reload, EnvFilter, Layer, Registry};
 /// How often the waiting thread looks at Ctrl-C and the callback's events.
 const POLL: Duration = Duration::from_millis(100);
 
-/// The log filter of the `miwv` binary without `-v`.
-const QUIET_FILTER: &str = "miwv=info,llama-cpp-2=error,warn";
-
 /// Runs the `miwv` command line `argv` (program name first) exactly as the binary does and
 /// returns its exit code: the Python package's `miwv` command.
 #[pyfunction]
@@ -271,12 +268,9 @@ struct Route;
 
 impl Route {
     fn to(sender: Sender<Event>) -> Self {
-        let phases = Mutex::new(sender.clone());
+        let phases = sender.clone();
         progress::observe(Some(Arc::new(move |event| {
-            let _ = phases
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .send(Event::Phase(event));
+            let _ = phases.send(Event::Phase(event));
         })));
         *sink().lock().unwrap_or_else(|e| e.into_inner()) = Some(sender);
         Route
@@ -290,20 +284,18 @@ impl Drop for Route {
     }
 }
 
-/// Sets which records are made: the binary's default, or debug and trace records when the
-/// Python logger (or `verbose`) asks for them; `RUST_LOG` overrides both, as in the binary.
+/// Sets which records are made, by the binary's rule ([`miwv::cli::log_filter`]): the
+/// Python logger at DEBUG counts as `-v`, below it (TRACE, 5) as `-vv`.
 fn set_log_filter(python_level: u32, verbose: u8) {
     let Some(handle) = log_filter() else {
         return;
     };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        EnvFilter::new(match (python_level, verbose) {
-            (0..=5, _) | (_, 2..) => "trace",
-            (6..=10, _) | (_, 1) => "debug",
-            _ => QUIET_FILTER,
-        })
-    });
-    let _ = handle.reload(filter);
+    let asked = match python_level {
+        0..=5 => 2,
+        6..=10 => 1,
+        _ => 0,
+    };
+    let _ = handle.reload(miwv::cli::log_filter(verbose.max(asked)));
 }
 
 /// The process's tracing subscriber, which forwards to the running call; installed on the
@@ -312,7 +304,7 @@ fn log_filter() -> Option<&'static reload::Handle<EnvFilter, Registry>> {
     static HANDLE: OnceLock<Option<reload::Handle<EnvFilter, Registry>>> = OnceLock::new();
     HANDLE
         .get_or_init(|| {
-            let (filter, handle) = reload::Layer::new(EnvFilter::new(QUIET_FILTER));
+            let (filter, handle) = reload::Layer::new(miwv::cli::log_filter(0));
             let subscriber = Registry::default().with(filter).with(Forward);
             tracing::subscriber::set_global_default(subscriber)
                 .ok()

@@ -22,7 +22,7 @@ use crate::state::config::{self, ConfigError, EmbedModel, IndexOptions, Problem,
 use crate::tools::bench::BenchConfig;
 
 mod run;
-pub use run::main;
+pub use run::{log_filter, main};
 
 /// Pick the instruction-tuning samples a model learns most from (MIWV).
 #[derive(Parser)]

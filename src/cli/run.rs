@@ -80,17 +80,22 @@ fn log_openmp_wait_policy() {
     }
 }
 
-fn init_logging(verbose: u8) {
+/// Which log records are made at `-v` given `verbose` times: `RUST_LOG` when set, else info
+/// (debug at `-v`, trace at `-vv`). The Python package's logging uses the same rule.
+pub fn log_filter(verbose: u8) -> tracing_subscriber::EnvFilter {
     let default = match verbose {
         // llama.cpp's own warnings are about GGUF details users cannot act on; -v shows them.
         0 => "miwv=info,llama-cpp-2=error,warn",
         1 => "debug",
         _ => "trace",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default))
+}
+
+fn init_logging(verbose: u8) {
     tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        .with_env_filter(log_filter(verbose))
         // Colour codes only where they are drawn: not in a log file, a pipe or CI.
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(crate::state::progress::LogWriter)
@@ -144,22 +149,27 @@ fn print_summary(summary: &crate::pipeline::RunSummary) {
     println!("run:      {}", summary.run.display());
 }
 
-fn run_bench(settings: BenchSettings) -> Result<(), crate::Error> {
-    let report = crate::tools::bench::run(&settings.config)?;
-    print!("{}", report.render());
-    if let Some(path) = settings.json {
-        crate::data::output::write_json(&path, &report)?;
+/// Prints a report as text, and saves it as JSON where `--json` asked.
+fn show<T: serde::Serialize>(
+    text: String,
+    report: &T,
+    json: Option<&std::path::Path>,
+) -> Result<(), crate::Error> {
+    print!("{text}");
+    if let Some(path) = json {
+        crate::data::output::write_json(path, report)?;
     }
     Ok(())
 }
 
+fn run_bench(settings: BenchSettings) -> Result<(), crate::Error> {
+    let report = crate::tools::bench::run(&settings.config)?;
+    show(report.render(), &report, settings.json.as_deref())
+}
+
 fn run_bench_neighbours(settings: crate::cli::BenchNeighboursSettings) -> Result<(), crate::Error> {
     let report = crate::tools::neighbour_bench::run(&settings.config)?;
-    print!("{}", report.render());
-    if let Some(path) = settings.json {
-        crate::data::output::write_json(&path, &report)?;
-    }
-    Ok(())
+    show(report.render(), &report, settings.json.as_deref())
 }
 
 fn run_plan(
@@ -168,11 +178,7 @@ fn run_plan(
     json: Option<&std::path::Path>,
 ) -> Result<(), crate::Error> {
     let estimate = crate::pipeline::estimate::estimate(run, calibrate_tokens)?;
-    print!("{}", estimate.render());
-    if let Some(path) = json {
-        crate::data::output::write_json(path, &estimate)?;
-    }
-    Ok(())
+    show(estimate.render(), &estimate, json)
 }
 
 fn run_bench_scale(
@@ -180,21 +186,13 @@ fn run_bench_scale(
     json: Option<&std::path::Path>,
 ) -> Result<(), crate::Error> {
     let report = crate::tools::scale_bench::run(config)?;
-    print!("{}", report.render());
-    if let Some(path) = json {
-        crate::data::output::write_json(path, &report)?;
-    }
-    Ok(())
+    show(report.render(), &report, json)
 }
 
 fn run_compare(settings: CompareSettings) -> Result<(), crate::Error> {
     let comparison =
         crate::tools::compare::compare_files(&settings.a, &settings.b, &settings.ratios)?;
-    print!("{}", comparison.render());
-    if let Some(path) = settings.json {
-        crate::data::output::write_json(&path, &comparison)?;
-    }
-    Ok(())
+    show(comparison.render(), &comparison, settings.json.as_deref())
 }
 
 fn run_quantize(settings: &QuantizeSettings) -> Result<(), crate::Error> {
