@@ -484,6 +484,11 @@ impl<'a> ScoringPlan<'a> {
         };
         (keeper.progress)(report);
         self.decode_segments(decoders, &mut keeper)?;
+        // A stop seen during the last decodes still stops the run, so a caller's Ctrl-C
+        // ends it the same way wherever it lands; everything is saved for the rerun.
+        if stop.load(Ordering::SeqCst) {
+            return Err(keeper.interrupted());
+        }
         let stats = keeper.stats;
         saved.steps_done = range.end;
         Ok((saved, stats))
