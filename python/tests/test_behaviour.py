@@ -68,27 +68,30 @@ def test_a_bad_model_raises_model_error(tmp_path):
 
 
 def test_a_run_locked_by_another_raises_miwv_error(tmp_path):
-    # Another run's lock: a second call on a directory a process is scoring.
-    data = write_jsonl(tmp_path / "d.jsonl", alpaca_records(12))
+    # Another process holds the run's lock without any timing: its data is a named pipe that
+    # nothing writes, so it blocks reading the data while it holds the lock.
+    blocked = tmp_path / "blocked.jsonl"
+    os.mkfifo(blocked)
+    data = write_jsonl(tmp_path / "d.jsonl", alpaca_records(4))
     out = tmp_path / "run"
     script = _script(f"""
-        import miwv, sys
-        from pathlib import Path
-        miwv.select(Path({str(data)!r}), Path({str(out)!r}), model={str(MODELS['model'])!r},
-                    embed_model={str(MODELS['embed_model'])!r}, progress=False)
+        import miwv
+        miwv.select({str(blocked)!r}, {str(out)!r}, progress=False, model={str(MODELS['model'])!r},
+                    embed_model={str(MODELS['embed_model'])!r})
     """)
     child = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE, text=True)
     try:
-        # The lock is taken before the checkpoint directory is made, and held to the end.
-        _wait_for(lambda: (out / "checkpoint").exists() or child.poll() is not None)
+        lock = out / "checkpoint" / "locks" / "run.lock"
+        holder = f'"pid":{child.pid}'
+        _wait_for(lambda: child.poll() is not None or (lock.exists() and holder in lock.read_text()))
         assert child.poll() is None, child.stderr.read()
         with pytest.raises(miwv.MiwvError) as raised:
             miwv.select(data, out, **MODELS)
         assert type(raised.value) is miwv.MiwvError
         assert "miwv select" in str(raised.value) and str(child.pid) in str(raised.value), raised.value
     finally:
-        child.wait(timeout=300)
-    assert child.returncode == 0
+        child.kill()
+        child.wait(timeout=60)
 
 
 # --- Ctrl-C ------------------------------------------------------------------------------
