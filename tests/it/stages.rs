@@ -33,11 +33,12 @@ fn path(p: &Path) -> &str {
 }
 
 /// Starts `score --shard 1/3` (two segments on this data) and kills it with SIGKILL once its
-/// log has saved the first.
+/// log has saved the first. One thread, hence one worker, decodes the segments in order: with
+/// two, the second could finish first and be saved with the first, just before the end.
 fn kill_mid_run(run_dir: &Path) {
     let log = run_dir.join("checkpoint/score/shard-00001-of-00003.jsonl");
     let mut child = miwv()
-        .args(["score", path(run_dir), "--shard", "1/3"])
+        .args(["score", path(run_dir), "--shard", "1/3", "-t", "1"])
         .env("OMP_WAIT_POLICY", "PASSIVE")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
