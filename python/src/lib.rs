@@ -12,7 +12,7 @@ use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use miwv::cli::{Action, Invocation};
+use miwv::cli::Action;
 use miwv::state::progress::{self, PhaseEvent};
 use pyo3::exceptions::{PyKeyboardInterrupt, PyValueError};
 use pyo3::prelude::*;
@@ -54,16 +54,16 @@ fn run(
     let argv = std::iter::once("miwv".to_string()).chain(args);
     let invocation =
         miwv::cli::parse(argv).map_err(|e| raise(py, "OptionsError", &clap_message(&e)))?;
-    if !runs_here(&invocation.action) {
+    let Some(job) = job(invocation.action) else {
         return Err(raise(
             py,
             "OptionsError",
             "this subcommand runs from the miwv command only",
         ));
-    }
+    };
     set_log_filter(log_level, invocation.verbose);
     let stop = AtomicBool::new(false);
-    let waited = wait(py, &on_event, &stop, move |stop| perform(invocation, stop))?;
+    let waited = wait(py, &on_event, &stop, job)?;
     match waited.outcome {
         Ok(json) => Ok(json),
         Err(e) => {
@@ -86,43 +86,41 @@ fn clap_message(e: &clap::Error) -> String {
     text.trim_end().to_string()
 }
 
-/// Whether the API runs `action` (the others print rather than return what they find).
-fn runs_here(action: &Action) -> bool {
-    matches!(
-        action,
-        Action::Select(..)
-            | Action::Embed(..)
-            | Action::Neighbours(..)
-            | Action::Score(..)
-            | Action::Merge(..)
-            | Action::Plan(..)
-            | Action::Compare(..)
-            | Action::Report(..)
-    )
-}
+/// What the worker thread runs for one call: a subcommand, its outcome as JSON text.
+type Job = Box<dyn FnOnce(&AtomicBool) -> Result<String, miwv::Error> + Send>;
 
-/// Runs one of the subcommands [`runs_here`] allows; its outcome as JSON text.
-fn perform(invocation: Invocation, stop: &AtomicBool) -> Result<String, miwv::Error> {
-    use miwv::pipeline::{self, stages};
-    use miwv::tools::compare::compare_files;
-    match invocation.action {
-        Action::Select(config) => json(pipeline::select_until(&config, stop)),
-        Action::Embed(config, shard) => json(stages::embed(&config, shard, stop)),
-        Action::Neighbours(run) => json(stages::neighbours(&run)),
-        Action::Score(run, shard, threads) => json(stages::score(&run, shard, threads, stop)),
-        Action::Merge(run, budget) => json(stages::merge(&run, budget)),
-        Action::Plan(run, calibrate_tokens, _) => {
-            json(pipeline::estimate::estimate(&run, calibrate_tokens))
+/// The job running `action`; `None` for the subcommands that print what they find rather
+/// than return it, which the `miwv` command runs.
+fn job(action: Action) -> Option<Job> {
+    use miwv::pipeline::{self, estimate::estimate, stages};
+    use miwv::tools::{compare::compare_files, report::write_report};
+    Some(match action {
+        Action::Select(config) => Box::new(move |stop| json(pipeline::select_until(&config, stop))),
+        Action::Embed(config, shard) => {
+            Box::new(move |stop| json(stages::embed(&config, shard, stop)))
         }
-        Action::Compare(settings) => json(
-            compare_files(&settings.a, &settings.b, &settings.ratios).map_err(miwv::Error::from),
-        ),
-        Action::Report(settings) => json(
-            miwv::tools::report::write_report(&settings.out_dir, settings.top)
-                .map_err(miwv::Error::from),
-        ),
-        _ => unreachable!("checked by runs_here"),
-    }
+        Action::Neighbours(run) => Box::new(move |_| json(stages::neighbours(&run))),
+        Action::Score(run, shard, threads) => {
+            Box::new(move |stop| json(stages::score(&run, shard, threads, stop)))
+        }
+        Action::Merge(run, budget) => Box::new(move |_| json(stages::merge(&run, budget))),
+        Action::Plan(run, calibrate_tokens, _) => {
+            Box::new(move |_| json(estimate(&run, calibrate_tokens)))
+        }
+        Action::Compare(settings) => Box::new(move |_| {
+            json(compare_files(&settings.a, &settings.b, &settings.ratios).map_err(Into::into))
+        }),
+        Action::Report(settings) => Box::new(move |_| {
+            json(write_report(&settings.out_dir, settings.top).map_err(Into::into))
+        }),
+        Action::Bench(_)
+        | Action::BenchNeighbours(_)
+        | Action::BenchScale(..)
+        | Action::Quantize(_)
+        | Action::Doctor(_)
+        | Action::Devices(..)
+        | Action::Completions(_) => return None,
+    })
 }
 
 fn json<T: Serialize>(outcome: Result<T, miwv::Error>) -> Result<String, miwv::Error> {

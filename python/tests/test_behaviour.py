@@ -57,6 +57,13 @@ def test_bad_data_raises_data_error_naming_file_line_and_field(tmp_path):
         miwv.select(42, tmp_path / "run", **MODELS)
 
 
+def test_the_subcommands_that_print_are_refused_before_running(tmp_path):
+    # They print what they find rather than return it: the `miwv` command runs them.
+    for args in (["doctor", "d.json"], ["devices"], ["completions", "bash"], ["bench", "d.json"]):
+        with pytest.raises(miwv.OptionsError, match="runs from the miwv command only"):
+            miwv._native.run(args, lambda *event: None, logging.INFO)
+
+
 def test_a_bad_model_raises_model_error(tmp_path):
     data = write_jsonl(tmp_path / "d.jsonl", alpaca_records(4))
     fake = tmp_path / "model.gguf"

@@ -1034,45 +1034,42 @@ mod tests {
         run(args).unwrap_or_else(|e| panic!("{args:?} refused: {e}"))
     }
 
+    /// The action of `command` followed by `extra`, which must be accepted.
+    fn action(command: &[&str], extra: &[&str]) -> Action {
+        let args: Vec<&str> = command.iter().chain(extra).copied().collect();
+        ok(&args).action
+    }
+
     fn select(extra: &[&str]) -> SelectConfig {
-        let args: Vec<&str> = ["select", "d.json"].iter().chain(extra).copied().collect();
-        match ok(&args).action {
+        match action(&["select", "d.json"], extra) {
             Action::Select(config) => config,
             other => panic!("{other:?}"),
         }
     }
 
     fn bench(extra: &[&str]) -> BenchSettings {
-        let args: Vec<&str> = ["bench", "d.json"].iter().chain(extra).copied().collect();
-        match ok(&args).action {
+        match action(&["bench", "d.json"], extra) {
             Action::Bench(settings) => settings,
             other => panic!("{other:?}"),
         }
     }
 
     fn compare(extra: &[&str]) -> CompareSettings {
-        let args: Vec<&str> = ["compare", "a", "b"].iter().chain(extra).copied().collect();
-        match ok(&args).action {
+        match action(&["compare", "a", "b"], extra) {
             Action::Compare(settings) => settings,
             other => panic!("{other:?}"),
         }
     }
 
     fn doctor(extra: &[&str]) -> DoctorSettings {
-        let args: Vec<&str> = ["doctor", "d.json", "--tokenizer", "t.json"]
-            .iter()
-            .chain(extra)
-            .copied()
-            .collect();
-        match ok(&args).action {
+        match action(&["doctor", "d.json", "--tokenizer", "t.json"], extra) {
             Action::Doctor(settings) => settings,
             other => panic!("{other:?}"),
         }
     }
 
     fn report(extra: &[&str]) -> ReportSettings {
-        let args: Vec<&str> = ["report", "out"].iter().chain(extra).copied().collect();
-        match ok(&args).action {
+        match action(&["report", "out"], extra) {
             Action::Report(settings) => settings,
             other => panic!("{other:?}"),
         }

@@ -486,7 +486,7 @@ impl<'a> ScoringPlan<'a> {
         self.decode_segments(decoders, &mut keeper)?;
         // A stop seen during the last decodes still stops the run, so a caller's Ctrl-C
         // ends it the same way wherever it lands; everything is saved for the rerun.
-        if stop.load(Ordering::SeqCst) {
+        if keeper.stopped() {
             return Err(keeper.interrupted());
         }
         let stats = keeper.stats;
